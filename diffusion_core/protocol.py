@@ -1,0 +1,264 @@
+"""Wire format between the editor-side server and the denoising core.
+
+Owns: frame layout (4-byte big-endian length + one msgpack map), the protocol version,
+the method names, the error codes, the size limit, request validation and the
+addresses (``unix:/path`` | ``tcp:host:port``) both sides agree on.
+
+Must not know: torch, the engine, asyncio servers, LSP. It is the only module both
+processes import, so it imports nothing but the standard library and msgpack.
+
+Messages (all msgpack maps with string keys):
+
+    request  {"id": int | str, "method": str, "params": map}
+    reply    {"id": ..., "result": map}
+    error    {"id": ... | None, "error": {"code": str, "message": str}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+
+# One frame carries one request or reply. A fill request holds the text around the
+# holes; the planner already trims documents, so 16 MiB leaves room for a 10 MB file
+# while a corrupt length prefix cannot make either side allocate gigabytes.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+_HEADER = struct.Struct(">I")
+HEADER_BYTES = _HEADER.size
+
+# Methods.
+HELLO = "hello"
+FILL = "fill"
+CANCEL = "cancel"
+STATUS = "status"
+SHUTDOWN = "shutdown"
+METHODS = (HELLO, FILL, CANCEL, STATUS, SHUTDOWN)
+
+# Error codes (the "code" of an error reply).
+E_BAD_FRAME = "bad_frame"  # undecodable or oversized frame: the connection is closed
+E_BAD_REQUEST = "bad_request"  # well-formed frame, wrong shape (missing id, bad params)
+E_UNKNOWN_METHOD = "unknown_method"
+E_HANDSHAKE = "handshake_required"  # a request before a successful hello
+E_VERSION = "version_mismatch"
+E_UNAUTHORIZED = "unauthorized"  # wrong or missing token: the connection is closed
+E_INVALID_PARAMS = "invalid_params"  # the engine rejected the fill (CoreError)
+E_BUSY = "busy"  # the scheduler queue is full; retry later
+E_CANCELLED = "cancelled"
+E_OUT_OF_MEMORY = "out_of_memory"
+E_SHUTTING_DOWN = "shutting_down"
+E_INTERNAL = "internal"
+
+TOKEN_ENV = "DIFFILL_CORE_TOKEN"
+
+
+class ProtocolError(ValueError):
+    """A frame or message that breaks the protocol; ``code`` is one of the E_* codes."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------- frames
+
+
+def encode(message: dict, max_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """One frame: length prefix + msgpack body. Raises ProtocolError when too large."""
+    body = msgpack.packb(message, use_bin_type=True)
+    if len(body) > max_bytes:
+        raise ProtocolError(E_BAD_FRAME, f"frame of {len(body)} bytes exceeds the limit of {max_bytes}")
+    return _HEADER.pack(len(body)) + body
+
+
+def decode_body(body: bytes) -> dict:
+    """The message in one frame body; ProtocolError for anything that is not a msgpack map."""
+    try:
+        message = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises many types (ExtraData, FormatError, ValueError, ...)
+        raise ProtocolError(E_BAD_FRAME, f"undecodable msgpack frame: {type(exc).__name__}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(E_BAD_FRAME, f"frame holds a {type(message).__name__}, not a map")
+    return message
+
+
+def frame_length(header: bytes, max_bytes: int = MAX_FRAME_BYTES) -> int:
+    """Body length announced by a 4-byte header; ProtocolError when over the limit."""
+    (length,) = _HEADER.unpack(header)
+    if length > max_bytes:
+        raise ProtocolError(E_BAD_FRAME, f"frame of {length} bytes exceeds the limit of {max_bytes}")
+    return length
+
+
+class FrameDecoder:
+    """Incremental decoder for a byte stream: feed() bytes, get whole messages back.
+
+    After a ProtocolError the stream is out of sync and the decoder must be dropped.
+    """
+
+    def __init__(self, max_bytes: int = MAX_FRAME_BYTES):
+        self.max_bytes = max_bytes
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[dict]:
+        self._buf += data
+        out = []
+        while len(self._buf) >= HEADER_BYTES:
+            length = frame_length(bytes(self._buf[:HEADER_BYTES]), self.max_bytes)
+            end = HEADER_BYTES + length
+            if len(self._buf) < end:
+                break
+            body = bytes(self._buf[HEADER_BYTES:end])
+            del self._buf[:end]
+            out.append(decode_body(body))
+        return out
+
+
+async def read_message(reader: asyncio.StreamReader, max_bytes: int = MAX_FRAME_BYTES) -> dict | None:
+    """Next message from a stream; None at a clean end of stream between frames.
+
+    Raises ProtocolError for an oversized or undecodable frame and
+    asyncio.IncompleteReadError when the stream ends inside a frame.
+    """
+    try:
+        header = await reader.readexactly(HEADER_BYTES)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise
+    length = frame_length(header, max_bytes)
+    return decode_body(await reader.readexactly(length))
+
+
+# ---------------------------------------------------------------- messages
+
+
+def request(msg_id: int | str, method: str, params: dict | None = None) -> dict:
+    return {"id": msg_id, "method": method, "params": params or {}}
+
+
+def reply(msg_id: Any, result: dict) -> dict:
+    return {"id": msg_id, "result": result}
+
+
+def error(msg_id: Any, code: str, message: str) -> dict:
+    return {"id": msg_id, "error": {"code": code, "message": message}}
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int | str
+    method: str
+    params: dict
+
+
+def parse_request(message: dict) -> Request:
+    """Check the envelope of a request; ProtocolError(E_BAD_REQUEST | E_UNKNOWN_METHOD)."""
+    msg_id = message.get("id")
+    if isinstance(msg_id, bool) or not isinstance(msg_id, (int, str)):
+        raise ProtocolError(E_BAD_REQUEST, "request 'id' must be an int or a str")
+    method = message.get("method")
+    if not isinstance(method, str):
+        raise ProtocolError(E_BAD_REQUEST, "request 'method' must be a str")
+    params = message.get("params", {})
+    if not isinstance(params, dict):
+        raise ProtocolError(E_BAD_REQUEST, "request 'params' must be a map")
+    if method not in METHODS:
+        raise ProtocolError(E_UNKNOWN_METHOD, f"unknown method {method[:64]!r}")
+    return Request(msg_id, method, params)
+
+
+@dataclass(frozen=True)
+class FillRequest:
+    segments: list[str]
+    budgets: list[int]
+    params: dict
+    request_id: str | None
+
+
+def parse_fill(params: dict) -> FillRequest:
+    """Check the shape of fill params (values are the engine's business)."""
+    segments = params.get("segments")
+    budgets = params.get("budgets")
+    if not isinstance(segments, list) or not all(isinstance(s, str) for s in segments):
+        raise ProtocolError(E_BAD_REQUEST, "fill 'segments' must be a list of str")
+    if not isinstance(budgets, list) or not all(isinstance(b, int) and not isinstance(b, bool) for b in budgets):
+        raise ProtocolError(E_BAD_REQUEST, "fill 'budgets' must be a list of int")
+    if not budgets or len(segments) != len(budgets) + 1:
+        raise ProtocolError(
+            E_BAD_REQUEST,
+            f"fill needs len(segments) == len(budgets) + 1 >= 2, got {len(segments)} and {len(budgets)}",
+        )
+    fill_params = params.get("params", {})
+    if not isinstance(fill_params, dict):
+        raise ProtocolError(E_BAD_REQUEST, "fill 'params' must be a map")
+    request_id = params.get("request_id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError(E_BAD_REQUEST, "fill 'request_id' must be a str")
+    return FillRequest(segments, budgets, fill_params, request_id)
+
+
+# ---------------------------------------------------------------- addresses
+
+
+@dataclass(frozen=True)
+class Address:
+    kind: str  # "unix" | "tcp"
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """``unix:/path`` or ``tcp:host:port`` (IPv6 hosts in brackets); ValueError otherwise."""
+    if text.startswith("unix:") and len(text) > 5:
+        return Address("unix", path=text[5:])
+    if text.startswith("tcp:"):
+        host, port = split_host_port(text[4:])
+        return Address("tcp", host=host, port=port)
+    raise ValueError(f"core address {text!r} is neither unix:/path nor tcp:host:port")
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"address {text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def runtime_dir() -> str:
+    """A private (0700) directory for sockets and tokens: $XDG_RUNTIME_DIR/diffill or a temp dir."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    path = os.path.join(base, "diffill") if base and os.path.isdir(base) else os.path.join(
+        tempfile.gettempdir(), f"diffill-{os.getuid()}"
+    )
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ValueError(f"runtime directory {path} is not private to this user (needs mode 0700)")
+    return path
+
+
+def default_socket_path() -> str:
+    return os.path.join(runtime_dir(), "core.sock")
