@@ -1,0 +1,338 @@
+"""The infill engine: `fill(segments, holes, params) -> FillResult`, and its step-granular form.
+
+Owns the request lifecycle: tokenize, truncate, lay out, encode or reuse the context's
+keys/values, run denoising steps (several requests packed into one forward pass), decode.
+Knows nothing of LSP or of the wire protocol.
+
+Cache modes:
+  * exact (our own "diffill" layout): the context is encoded once, causally, and reused
+    across requests by longest common token prefix; each step runs only the hole region.
+  * dual (approximate DualCache, Fast-dLLM, for bidirectional checkpoints): a full forward
+    at the start of every block refreshes all keys/values; steps inside the block run only
+    the block's tokens against that cache.
+  * none: a full forward over the whole sequence every step (the uncached reference).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import CoreError, FillCancelled
+from .layout import Layout, attention_mask, build_diffill, build_natural, fit_context, full_mask, logit_source
+from .loader import LoadedModel, load_model
+from .model import KVCache, Segment
+from .params import MAX_BUDGET, FillParams
+from .sampler import HoleState, commit_hole, trim
+
+ENCODE_CHUNK = 1024  # context tokens per forward when encoding (bounds the [T, S] mask)
+CONTEXT_STORE_SIZE = 4  # cached contexts kept for reuse across requests (one per recent document)
+
+
+@dataclass(frozen=True)
+class HoleSpec:
+    budget: int  # at most this many new tokens
+
+
+@dataclass
+class StepInfo:
+    step: int
+    committed: int
+    masked_left: int
+
+
+@dataclass
+class FillStats:
+    forward_passes: int = 0
+    tokens_committed: int = 0
+    tokens_per_forward: float = 0.0
+    tokenize_ms: float = 0.0
+    encode_ms: float = 0.0
+    denoise_ms: float = 0.0
+    context_tokens: int = 0
+    reused_tokens: int = 0  # context tokens whose keys/values came from an earlier request
+    truncated_tokens: int = 0
+    cache: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FillResult:
+    texts: list[str]
+    stats: FillStats
+    token_ids: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class _StoredContext:
+    ids: torch.Tensor  # [n] context ids whose keys/values are in cache slots [0, n)
+    cache: KVCache
+    in_use: bool = False
+
+
+class Job:
+    """One request in flight: its sequence, cache and per-hole progress."""
+
+    def __init__(self, engine: "Engine", layout: Layout, params: FillParams, mode: str, cache: KVCache,
+                 stored: _StoredContext | None, cancel, on_step, stats: FillStats):
+        self.layout, self.params, self.mode, self.cache, self.stored = layout, params, mode, cache, stored
+        self.cancel, self.on_step, self.stats = cancel, on_step, stats
+        self.x = torch.tensor(layout.ids, dtype=torch.long)  # [T] on the CPU: cheap to index per position
+        self.holes = [HoleState(s, e, params.block_size) for s, e in layout.holes]
+        self.gen = torch.Generator().manual_seed(params.seed)
+        self.blocks: list[tuple[int, int] | None] = []
+        self.steps = 0
+        self.done = False
+        self.error: Exception | None = None
+        self._refresh = True  # dual mode: the cache needs a full forward
+        self._end_ids = engine.tokenizer.special.end_ids()
+        self._mask_id = engine.tokenizer.special.mask
+        self._engine = engine
+        self._update_blocks()
+
+    def _update_blocks(self) -> None:
+        masked = self.x == self._mask_id
+        blocks = [h.current_block(masked) for h in self.holes]
+        if self.mode == "dual" and blocks != self.blocks:
+            self._refresh = True
+        for h, old, new in zip(self.holes, self.blocks or [None] * len(blocks), blocks):
+            if old != new:
+                h.steps_in_block = 0
+        self.blocks = blocks
+        if all(b is None for b in blocks):
+            self._finish()
+
+    def _finish(self, error: Exception | None = None) -> None:
+        self.done, self.error = True, error
+        if self.stored is not None:
+            self.stored.in_use = False
+
+    def masked_positions(self) -> list[list[int]]:
+        """Per hole, the masked positions of its current block."""
+        out = []
+        for blk in self.blocks:
+            if blk is None:
+                out.append([])
+                continue
+            seg = self.x[blk[0] : blk[1]]
+            out.append((torch.nonzero(seg == self._mask_id).flatten() + blk[0]).tolist())
+        return out
+
+    def result(self) -> FillResult:
+        if self.error is not None:
+            raise self.error
+        assert self.done, "result() of an unfinished job"
+        ids = [trim(self.x[s:e].tolist(), self._end_ids) for s, e in self.layout.holes]
+        st = self.stats
+        st.tokens_per_forward = st.tokens_committed / st.forward_passes if st.forward_passes else 0.0
+        return FillResult([self._engine.tokenizer.decode(i) for i in ids], st, ids)
+
+
+class Engine:
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.model, self.tokenizer, self.config = loaded.model, loaded.tokenizer, loaded.config
+        self.device = next(self.model.parameters()).device
+        self._store: list[_StoredContext] = []
+        sp = self.tokenizer.special
+        if self.config.layout == "diffill" and None in (sp.suf, sp.pre, sp.mid):
+            raise CoreError(f"{loaded.path}: the diffill layout needs suf/pre/mid special tokens in tokenizer.json")
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None, device: str = "auto", **kw) -> "Engine":
+        return cls(load_model(model_dir, device, **kw))
+
+    def info(self) -> dict:
+        cfg = self.config
+        return {
+            "model": self.loaded.path.name, "path": str(self.loaded.path), "model_type": cfg.model_type,
+            "device": str(self.device), "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "parameters": self.model.num_parameters(), "vocab_size": cfg.vocab_size,
+            "max_context": cfg.max_context, "layout": cfg.layout,
+        }
+
+    # -- request lifecycle -------------------------------------------------------------
+
+    def fill(self, segments: list[str], holes: list[HoleSpec], params: FillParams | None = None,
+             cancel: Callable[[], bool] | None = None, on_step: Callable[[StepInfo], None] | None = None) -> FillResult:
+        job = self.begin(segments, holes, params, cancel=cancel, on_step=on_step)
+        while not job.done:
+            self.step([job])
+        return job.result()
+
+    def begin(self, segments: list[str], holes: list[HoleSpec], params: FillParams | None = None,
+              cancel: Callable[[], bool] | None = None, on_step: Callable[[StepInfo], None] | None = None) -> Job:
+        params = params or FillParams()
+        budgets = self._check(segments, holes)
+        stats = FillStats()
+        t0 = time.perf_counter()
+        seg_ids = self.tokenizer.encode_batch(segments)
+        # Room for the hole region and the layout's marker tokens inside the model's window.
+        room = min(self.config.max_context, self.config.max_position_embeddings - sum(budgets) - 2 * len(budgets) - 4)
+        if room < 0:
+            raise CoreError(f"holes: total budget {sum(budgets)} exceeds the model's {self.config.max_position_embeddings} positions")
+        seg_ids, stats.truncated_tokens = fit_context(seg_ids, room)
+        build = build_diffill if self.config.layout == "diffill" else build_natural
+        layout = build(seg_ids, budgets, self.tokenizer.special)
+        stats.tokenize_ms = (time.perf_counter() - t0) * 1e3
+        mode = self._mode(params)
+        stats.cache = mode
+        stats.context_tokens = layout.n_context if layout.kind == "diffill" else len(layout.ids) - sum(budgets)
+        t1 = time.perf_counter()
+        stored = None
+        if mode == "exact":
+            stored = self._encode_context(torch.tensor(layout.ids[: layout.n_context], dtype=torch.long), stats)
+            cache = stored.cache
+        else:
+            cache = self.model.new_cache(len(layout.ids) + 16)
+        stats.encode_ms = (time.perf_counter() - t1) * 1e3
+        return Job(self, layout, params, mode, cache, stored, cancel, on_step, stats)
+
+    def _check(self, segments, holes) -> list[int]:
+        if not isinstance(segments, (list, tuple)) or not all(isinstance(s, str) for s in segments):
+            raise CoreError("segments: expected a list of strings")
+        if not isinstance(holes, (list, tuple)) or len(segments) != len(holes) + 1:
+            raise CoreError(f"segments: expected {len(holes) + 1 if isinstance(holes, (list, tuple)) else 'holes + 1'} segments around the holes, got {len(segments)}")
+        budgets = []
+        for i, h in enumerate(holes):
+            b = h.budget if isinstance(h, HoleSpec) else h
+            if not isinstance(b, int) or isinstance(b, bool) or not 0 <= b <= MAX_BUDGET:
+                raise CoreError(f"holes[{i}].budget: {b!r} is not an integer in [0, {MAX_BUDGET}]")
+            budgets.append(b)
+        return budgets
+
+    def _mode(self, params: FillParams) -> str:
+        if params.cache == "auto":
+            return "exact" if self.config.layout == "diffill" else "dual"
+        if params.cache == "exact" and self.config.layout != "diffill":
+            raise CoreError("params.cache: 'exact' needs a model with a causal context (layout 'diffill'); use 'dual' or 'none'")
+        if params.cache == "dual" and self.config.layout == "diffill":
+            return "exact"  # our context never attends to the holes: the exact cache is strictly better
+        return params.cache
+
+    def _encode_context(self, ids: torch.Tensor, stats: FillStats) -> _StoredContext:
+        """Keys/values of the causal context, reusing the longest common prefix of a stored one."""
+        best, best_n = None, 0
+        for entry in self._store:
+            n = min(len(entry.ids), len(ids))
+            same = (entry.ids[:n] == ids[:n]).to(torch.int8)
+            lcp = int(same.cumprod(0).sum()) if n else 0
+            if lcp > best_n or best is None:
+                best, best_n = entry, lcp
+        # Reuse in place only when most of the stored context survives: otherwise another
+        # document's cache would be cut down to its first few tokens.
+        if best is not None and best_n > 0 and (best.in_use or 2 * best_n >= len(best.ids)):
+            if best.in_use:
+                cache = best.cache.clone(len(ids) - best_n + 256)
+                cache.truncate(best_n)
+                stored = _StoredContext(ids, cache)
+                self._remember(stored)
+            else:
+                stored = best
+                stored.cache.truncate(best_n)
+                stored.ids = ids
+                self._store.remove(stored)
+                self._store.append(stored)
+        else:
+            stored = _StoredContext(ids, self.model.new_cache(len(ids) + 256))
+            self._remember(stored)
+        stored.in_use = True
+        stats.reused_tokens = stored.cache.n
+        kind = self.config.layout
+        with torch.inference_mode():
+            while stored.cache.n < len(ids):
+                lo = stored.cache.n
+                hi = min(len(ids), lo + ENCODE_CHUNK)
+                stored.cache.reserve(hi + 512)  # room for the hole region's scratch slots too
+                mask = attention_mask(kind, len(ids), lo, hi - lo, hi, self.device)
+                seg = Segment(0, hi - lo, stored.cache, "append", mask)
+                pos = torch.arange(lo, hi, device=self.device)
+                self.model.forward_packed(ids[lo:hi].to(self.device), pos, [seg], out_rows=torch.empty(0, dtype=torch.long, device=self.device))
+        return stored
+
+    def _remember(self, stored: _StoredContext) -> None:
+        self._store.append(stored)
+        idle = [e for e in self._store if not e.in_use and e is not stored]
+        while len(self._store) > CONTEXT_STORE_SIZE and idle:
+            self._store.remove(idle.pop(0))
+
+    # -- denoising steps ---------------------------------------------------------------
+
+    def step(self, jobs: list[Job]) -> None:
+        """One denoising step for every unfinished job, all packed into one forward pass."""
+        live = []
+        for job in jobs:
+            if job.done:
+                continue
+            if job.cancel is not None and job.cancel():
+                job._finish(FillCancelled())
+                continue
+            live.append(job)
+        if not live:
+            return
+        t0 = time.perf_counter()
+        ids, pos, segs, rows, plans = [], [], [], [], []
+        n = 0
+        for job in live:
+            chunk_ids, chunk_pos, seg, src, positions = self._plan_step(job)
+            seg.start, seg.end = n, n + len(chunk_ids)
+            ids.append(chunk_ids)
+            pos.append(chunk_pos)
+            segs.append(seg)
+            rows.append(src + n)
+            plans.append(positions)
+            n += len(chunk_ids)
+        dev = self.device
+        with torch.inference_mode():
+            logits = self.model.forward_packed(torch.cat(ids).to(dev), torch.cat(pos).to(dev), segs,
+                                               torch.cat(rows).to(dev)).float().cpu()
+        offset = 0
+        elapsed = (time.perf_counter() - t0) * 1e3 / len(live)
+        for job, positions in zip(live, plans):
+            job.stats.forward_passes += 1
+            job.stats.denoise_ms += elapsed
+            committed = 0
+            for h, blk, hole_pos in zip(job.holes, job.blocks, positions):
+                if blk is None:
+                    continue
+                m = len(hole_pos)
+                committed += commit_hole(job.x, h, blk, hole_pos, logits[offset : offset + m], job.params, job.gen, job._end_ids)
+                offset += m
+            job.steps += 1
+            job.stats.tokens_committed += committed
+            job._update_blocks()
+            if job.on_step is not None:
+                job.on_step(StepInfo(job.steps, committed, int((job.x == job._mask_id).sum())))
+
+    def _plan_step(self, job: Job):
+        """What one job contributes to a packed step: (ids, pos, segment, logit rows, masked positions per hole)."""
+        positions = job.masked_positions()
+        flat = torch.tensor([p for hp in positions for p in hp], dtype=torch.long)
+        shift = self.config.logits_shift
+        T = len(job.x)
+        if job.mode == "exact":
+            lo = job.layout.n_context
+            job.cache.reserve(T + 16)
+            seg = Segment(0, 0, job.cache, "scratch", None)
+            return job.x[lo:], torch.arange(lo, T), seg, logit_source(flat, shift) - lo, positions
+        if job.mode == "none" or job._refresh:
+            # Full forward over everything; in dual mode it also refreshes the whole cache.
+            job.cache.truncate(0)
+            job.cache.reserve(T + 16)
+            mode = "append" if job.mode == "dual" else "scratch"
+            seg = Segment(0, 0, job.cache, mode, full_mask(job.layout.kind, job.layout.n_context, T, self.device))
+            job._refresh = False
+            return job.x, torch.arange(T), seg, logit_source(flat, shift), positions
+        # dual, inside a block: only the current blocks' tokens (and, with shifted logits,
+        # the token before each block, whose output predicts the block's first token).
+        active = sorted({p for blk in job.blocks if blk for p in range(blk[0] - (1 if shift else 0), blk[1])})
+        act = torch.tensor(active, dtype=torch.long)
+        index = {p: i for i, p in enumerate(active)}
+        src = torch.tensor([index[int(p)] for p in logit_source(flat, shift)], dtype=torch.long)
+        seg = Segment(0, 0, job.cache, "overwrite", None, act.to(self.device))
+        return job.x[act], act, seg, src, positions

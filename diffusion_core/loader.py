@@ -1,0 +1,177 @@
+"""Model folders: config.json + tokenizer.json + safetensors weights (sharded with an index past 15 MiB).
+
+Owns reading and writing model folders. Builds the network on the meta device and loads
+memory-mapped tensors with assign, so a model is never materialised twice. Never executes
+code from a model folder (no trust_remote_code, no pickle) and never downloads.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import ModelConfig
+from .errors import CoreError
+from .model import Transformer
+from .tokenizer import Tokenizer
+
+SHARD_BYTES = 15 * 1024 * 1024  # one safetensors file at most; larger models get an index
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    tokenizer: Tokenizer
+    config: ModelConfig
+    path: Path
+
+
+def resolve_device(device: str) -> torch.device:
+    if device in ("auto", "", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise CoreError(f"device: unknown device {device!r} (use auto, cpu or cuda[:N])") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CoreError(f"device: {device!r} requested but CUDA is not available")
+    if dev.type not in ("cpu", "cuda"):
+        raise CoreError(f"device: unsupported device {device!r} (use auto, cpu or cuda[:N])")
+    return dev
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a folder: the index's shards, or the single file."""
+    index = folder / INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+            raise CoreError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)") from None
+        names = sorted(set(weight_map.values()))
+        files = [folder / n for n in names]
+        for f in files:
+            if not f.is_file():
+                raise CoreError(f"{f}: shard named in {INDEX_NAME} is missing")
+        return files
+    single = folder / SINGLE_NAME
+    if single.is_file():
+        return [single]
+    raise CoreError(f"{folder}: no {SINGLE_NAME} or {INDEX_NAME}")
+
+
+def read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Memory-mapped tensors of all files; a corrupt file fails naming the file."""
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    tensors[key] = st.get_tensor(key)
+        except Exception as e:  # safetensors raises SafetensorError/OSError on truncated or bad headers
+            raise CoreError(f"{f}: cannot read safetensors ({str(e).splitlines()[0][:120]})") from None
+    return tensors
+
+
+def assign_weights(model: Transformer, tensors: dict[str, torch.Tensor], source: str,
+                   device: torch.device, dtype: torch.dtype) -> None:
+    """Load tensors into a meta-device model with assign; any mismatch is one CoreError line."""
+    cfg = model.config
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+        tensors.pop("lm_head.weight", None)
+    for key, shape in expected.items():
+        if key not in tensors:
+            raise CoreError(f"{source}: missing tensor {key!r}")
+        if tuple(tensors[key].shape) != tuple(shape):
+            raise CoreError(f"{source}: tensor {key!r} has shape {tuple(tensors[key].shape)}, config.json implies {tuple(shape)}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise CoreError(f"{source}: unexpected tensor {extra[0]!r} (config.json does not match the weights)")
+    state = {k: tensors[k].to(device=device, dtype=dtype) for k in expected}
+    model.load_state_dict(state, strict=False, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    # Buffers are not in the state dict: rebuild them on the target device.
+    model.inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device=device) / cfg.head_dim))
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    # CPUs here lack bf16 matmul units (no AVX512-BF16/AMX), so fp32 is faster there.
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_model(folder: str | Path | None = None, device: str = "auto", dtype: torch.dtype | None = None,
+               convert: Callable[[Path], tuple[ModelConfig, dict, dict]] | None = None) -> LoadedModel:
+    """Load a model folder (None: the bundled default model).
+
+    convert: for foreign checkpoint layouts, a function folder -> (config, special token
+    names, renamed tensors); our own folders need none.
+    """
+    folder = Path(folder) if folder else DEFAULT_MODEL_DIR
+    if not folder.is_dir():
+        raise CoreError(f"{folder}: model folder not found")
+    dev = resolve_device(device)
+    dtype = dtype or default_dtype(dev)
+    if convert is not None:
+        cfg, special_names, tensors = convert(folder)
+    else:
+        cfg = ModelConfig.load(folder / "config.json")
+        special_names = cfg.special_tokens
+        tensors = read_tensors(weight_files(folder))
+    tokenizer = Tokenizer(folder / "tokenizer.json", special_names)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise CoreError(f"{folder / 'tokenizer.json'}: vocabulary of {tokenizer.vocab_size} exceeds config vocab_size {cfg.vocab_size}")
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    assign_weights(model, tensors, str(folder), dev, dtype)
+    model.eval().requires_grad_(False)
+    return LoadedModel(model, tokenizer, cfg, folder)
+
+
+def save_model(model: Transformer, folder: str | Path, tokenizer_json: str | Path | None = None,
+               shard_bytes: int = SHARD_BYTES) -> list[Path]:
+    """Write config.json and safetensors (sharded with an index past shard_bytes); returns the weight files."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+    if tokenizer_json is not None and Path(tokenizer_json).resolve() != (folder / "tokenizer.json").resolve():
+        (folder / "tokenizer.json").write_bytes(Path(tokenizer_json).read_bytes())
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key in sorted(state):
+        nbytes = state[key].numel() * state[key].element_size()
+        if shards[-1] and size + nbytes > shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = state[key]
+        size += nbytes
+    for stale in list(folder.glob("model*.safetensors")) + [folder / INDEX_NAME]:
+        stale.unlink(missing_ok=True)
+    if len(shards) == 1:
+        path = folder / SINGLE_NAME
+        save_file(shards[0], str(path), metadata={"format": "pt"})
+        return [path]
+    files, weight_map = [], {}
+    for i, shard in enumerate(shards):
+        path = folder / f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path), metadata={"format": "pt"})
+        files.append(path)
+        weight_map.update({k: path.name for k in shard})
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return files

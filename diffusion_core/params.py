@@ -1,0 +1,63 @@
+"""Sampling parameters of one fill request: the one place their defaults live."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .errors import CoreError
+
+STRATEGIES = ("threshold", "topk")
+CONFIDENCES = ("prob", "margin", "entropy")
+CACHE_MODES = ("auto", "exact", "dual", "none")
+MAX_BUDGET = 1024  # tokens in one hole; beyond this a request is rejected, not truncated
+
+
+@dataclass(frozen=True)
+class FillParams:
+    strategy: str = "threshold"  # "threshold": Fast-dLLM parallel decoding; "topk": LLaDA low-confidence remasking
+    steps: int = 0  # topk: total steps per hole (0: one per token); threshold: a cap (0: none)
+    threshold: float = 0.9  # Fast-dLLM tau: commit every masked position with confidence >= tau
+    block_size: int = 32  # semi-autoregressive blocks inside a hole
+    confidence: str = "prob"  # "prob" (max probability), "margin" (top1 - top2), "entropy" (exp(-H))
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+    cache: str = "auto"  # "exact" for models with a causal context, "dual" (approximate) for bidirectional ones
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise CoreError(f"params.strategy: {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if self.confidence not in CONFIDENCES:
+            raise CoreError(f"params.confidence: {self.confidence!r} is not one of {', '.join(CONFIDENCES)}")
+        if self.cache not in CACHE_MODES:
+            raise CoreError(f"params.cache: {self.cache!r} is not one of {', '.join(CACHE_MODES)}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise CoreError(f"params.threshold: {self.threshold} is outside [0, 1]")
+        if self.block_size < 1:
+            raise CoreError(f"params.block_size: {self.block_size} must be at least 1")
+        if self.steps < 0:
+            raise CoreError(f"params.steps: {self.steps} must not be negative")
+        if self.temperature < 0:
+            raise CoreError(f"params.temperature: {self.temperature} must not be negative")
+        if not 0.0 < self.top_p <= 1.0:
+            raise CoreError(f"params.top_p: {self.top_p} is outside (0, 1]")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "FillParams":
+        """Build from a wire/settings dict; unknown keys and wrong types are a CoreError."""
+        if not d:
+            return cls()
+        if not isinstance(d, dict):
+            raise CoreError("params: expected a map")
+        known = {f.name: f.type for f in fields(cls)}
+        kwargs = {}
+        for key, value in d.items():
+            if key not in known:
+                raise CoreError(f"params: unknown key {key!r}")
+            default = getattr(cls, key)
+            if isinstance(default, bool) or not isinstance(value, (type(default), int)) or isinstance(value, bool):
+                raise CoreError(f"params.{key}: expected {type(default).__name__}, got {type(value).__name__}")
+            kwargs[key] = type(default)(value)
+        return cls(**kwargs)
+
+    def as_dict(self) -> dict:
+        return asdict(self)

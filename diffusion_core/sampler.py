@@ -1,0 +1,152 @@
+"""Which masked positions to commit at each denoising step, and the slow reference loop.
+
+Owns the sampling rules, independent of caching and batching:
+  * LLaDA low-confidence remasking ("topk"): per step, commit the k most confident masked
+    positions of the current block, k from an even schedule over the block's steps
+    (Nie et al. 2025, Alg. 2 / `generate.py`).
+  * Fast-dLLM threshold parallel decoding ("threshold"): commit every masked position of
+    the current block whose confidence is >= tau, and at least the most confident one
+    (Wu et al. 2025, Sec. 3.2).
+  * Semi-autoregressive blocks of `block_size` inside each hole; holes advance together.
+  * Variable length: once a hole commits an end token, the positions after it become end
+    tokens too (the hole is over), and the trimmed text stops there.
+
+`denoise_reference` is the obviously-correct loop the engine's fast path is tested against:
+a full uncached forward over the whole sequence every step, and plain Python per hole.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .errors import FillCancelled
+from .params import FillParams
+
+
+@dataclass
+class HoleState:
+    """Denoising progress of one hole: positions [start, end) of the sequence."""
+
+    start: int
+    end: int
+    block_size: int
+    steps_in_block: int = 0  # steps spent on the current block (LLaDA schedule)
+
+    def current_block(self, masked: torch.Tensor) -> tuple[int, int] | None:
+        """[lo, hi) of the first block that still has masked positions, or None when done."""
+        idx = torch.nonzero(masked[self.start : self.end]).flatten()
+        if idx.numel() == 0:
+            return None
+        b = int(idx[0]) // self.block_size
+        lo = self.start + b * self.block_size
+        return lo, min(lo + self.block_size, self.end)
+
+
+def sample_tokens(logits: torch.Tensor, params: FillParams, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [M, V] -> (tokens [M], confidence [M]) under the request's temperature, top-p and confidence rule."""
+    logits = logits.float()
+    if params.temperature > 0:
+        logits = logits / params.temperature
+    probs = torch.softmax(logits, dim=-1)
+    if params.temperature > 0:
+        p = probs
+        if params.top_p < 1.0:
+            sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+            # Keep the smallest set whose mass reaches top_p (the first token always stays).
+            drop = sorted_p.cumsum(-1) - sorted_p >= params.top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            p = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        tokens = torch.multinomial(p, 1, generator=gen).squeeze(-1)
+    else:
+        tokens = probs.argmax(-1)
+    if params.confidence == "prob":
+        conf = probs.gather(-1, tokens[:, None]).squeeze(-1)
+    elif params.confidence == "margin":
+        top2 = probs.topk(2, dim=-1).values
+        conf = top2[:, 0] - top2[:, 1]
+    else:  # entropy, mapped to (0, 1] so one threshold scale fits all three rules
+        conf = torch.exp((probs * torch.log(probs.clamp_min(1e-12))).sum(-1))
+    return tokens, conf
+
+
+def num_to_commit(n_masked: int, hole: HoleState, block_len: int, budget: int, params: FillParams) -> int:
+    """LLaDA's schedule: the block's share of `steps`, spread evenly over what is left of it."""
+    if params.steps <= 0:
+        total_steps = block_len  # one token per step
+    else:
+        total_steps = max(1, round(params.steps * block_len / budget))
+    steps_left = max(1, total_steps - hole.steps_in_block)
+    return max(1, math.ceil(n_masked / steps_left))
+
+
+def choose(conf: torch.Tensor, k: int, params: FillParams) -> torch.Tensor:
+    """Indices into conf [M] of the positions to commit this step (never empty for M > 0)."""
+    order = torch.argsort(conf, descending=True, stable=True)
+    if params.strategy == "topk":
+        return order[: min(k, conf.numel())]
+    n = int((conf >= params.threshold).sum())
+    if params.steps > 0:
+        n = max(n, k)  # a step cap forces the schedule's minimum
+    return order[: max(1, min(n, conf.numel()))]
+
+
+def commit_hole(x: torch.Tensor, hole: HoleState, block: tuple[int, int], positions: list[int],
+                logits: torch.Tensor, params: FillParams, gen: torch.Generator | None, end_ids: tuple[int, ...]) -> int:
+    """One step for one hole: commit some of its masked `positions` (all in `block`) given
+    their logits [len(positions), V]. Returns the number of tokens committed.
+
+    A committed end token ends the hole: the positions after the leftmost one become end
+    tokens too, so the hole stops where the model first closed it.
+    """
+    tokens, conf = sample_tokens(logits, params, gen)
+    k = num_to_commit(len(positions), hole, block[1] - block[0], hole.end - hole.start, params)
+    chosen = choose(conf, k, params).tolist()
+    for j in chosen:
+        x[positions[j]] = tokens[j]
+    hole.steps_in_block += 1
+    for p in sorted(positions[j] for j in chosen):
+        if int(x[p]) in end_ids:
+            x[p + 1 : hole.end] = int(x[p])
+            break
+    return len(chosen)
+
+
+def trim(ids: list[int], end_ids: tuple[int, ...]) -> list[int]:
+    """Cut a hole's ids at its first end token."""
+    for i, t in enumerate(ids):
+        if t in end_ids:
+            return ids[:i]
+    return ids
+
+
+def denoise_reference(full_logits: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor,
+                      holes: list[tuple[int, int]], params: FillParams, mask_id: int, end_ids: tuple[int, ...],
+                      shift: bool, cancel: Callable[[], bool] | None = None) -> tuple[torch.Tensor, int]:
+    """The slow, obviously correct loop: returns (final ids [T], forward passes).
+
+    full_logits(ids [T]) -> logits [T, V] is one uncached forward over the whole sequence.
+    """
+    x = ids.clone()
+    gen = torch.Generator().manual_seed(params.seed)
+    states = [HoleState(s, e, params.block_size) for s, e in holes]
+    passes = 0
+    while True:
+        if cancel is not None and cancel():
+            raise FillCancelled()
+        masked = x == mask_id
+        blocks = [h.current_block(masked) for h in states]
+        if all(b is None for b in blocks):
+            return x, passes
+        logits = full_logits(x)
+        passes += 1
+        for h, blk in zip(states, blocks):
+            if blk is None:
+                continue
+            positions = [p for p in range(blk[0], blk[1]) if x[p] == mask_id]
+            rows = [p - 1 if shift else p for p in positions]
+            commit_hole(x, h, blk, positions, logits[rows], params, gen, end_ids)
+            if h.current_block(x == mask_id) != blk:
+                h.steps_in_block = 0

@@ -1,0 +1,307 @@
+"""Step-granular scheduler: many clients, one model, one engine thread.
+
+Owns: the queue of fill tickets, admission (round-robin across clients, bounded), the
+engine thread loop (begin, one ``step`` over every active job, answer the finished,
+drop the cancelled between steps), out-of-memory isolation and the counters.
+
+Must not know: sockets, msgpack, LSP, tensors. It drives any backend with
+``begin(prepared) -> job``, ``step(jobs)``, ``job.done`` and ``job.result()``, so the
+tests drive it with a fake engine.
+
+Why step granularity: a denoising request is a few dozen forward passes. Stepping every
+active request once per iteration lets the engine batch them into one forward pass
+(what ``batched=False`` turns off, for the benchmark) and lets a cancel or a newly
+arrived request take effect after at most one step instead of a whole request.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from diffusion_core import protocol
+
+log = logging.getLogger("diffill.core.scheduler")
+
+
+class Job(Protocol):
+    done: bool
+
+    def result(self) -> Any: ...
+
+
+class Backend(Protocol):
+    def begin(self, prepared: Any) -> Job: ...
+
+    def step(self, jobs: list[Job]) -> None: ...
+
+
+class Busy(Exception):
+    """The queue is full; the message says which bound was hit."""
+
+
+@dataclass
+class SchedulerConfig:
+    max_batch: int = 8  # active (begun) jobs stepped together; more wait their turn
+    max_queue: int = 64  # tickets waiting or active, all clients together
+    max_per_client: int = 16  # so one flooding client cannot take the whole queue
+    batched: bool = True  # False: step each job alone (benchmark baseline)
+
+
+@dataclass
+class Outcome:
+    """What a ticket ends with: a result, or an error code from protocol's E_* and a message."""
+
+    result: Any = None
+    code: str | None = None
+    message: str = ""
+    queue_ms: float = 0.0
+    run_ms: float = 0.0
+    max_batch: int = 0  # the largest batch this job was stepped in
+
+
+@dataclass(eq=False)
+class Ticket:
+    client: Any
+    prepared: Any
+    on_done: Callable[[Outcome], None]
+    submitted: float = field(default_factory=time.perf_counter)
+    started: float = 0.0
+    job: Any = None
+    cancelled: bool = False
+    finished: bool = False
+    max_batch: int = 0
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    # torch.cuda.OutOfMemoryError subclasses RuntimeError; matching the message also
+    # catches the MPS and CPU allocator failures without importing torch here.
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def _release_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class Scheduler:
+    """Thread-safe front (submit/cancel from any thread); the engine runs on its own thread."""
+
+    def __init__(self, backend: Backend, config: SchedulerConfig | None = None):
+        self.backend = backend
+        self.config = config or SchedulerConfig()
+        self._cond = threading.Condition()
+        self._waiting: dict[Any, collections.deque[Ticket]] = {}  # client -> FIFO, insertion order = turn order
+        self._active: list[Ticket] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.counters = collections.Counter()
+
+    # ------------------------------------------------------------ front (any thread)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="diffill-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, client: Any, prepared: Any, on_done: Callable[[Outcome], None]) -> Ticket:
+        """Queue a fill; raises Busy when a bound is hit. on_done runs on the engine thread."""
+        ticket = Ticket(client, prepared, on_done)
+        with self._cond:
+            if self._stopping:
+                raise Busy("the core is shutting down")
+            total = self._queued_locked()
+            if total >= self.config.max_queue:
+                self.counters["busy"] += 1
+                raise Busy(f"core busy: {total} requests queued (limit {self.config.max_queue})")
+            mine = len(self._waiting.get(client, ())) + sum(t.client == client for t in self._active)
+            if mine >= self.config.max_per_client:
+                self.counters["busy"] += 1
+                raise Busy(f"core busy: this client has {mine} requests queued (limit {self.config.max_per_client})")
+            self._waiting.setdefault(client, collections.deque()).append(ticket)
+            self.counters["submitted"] += 1
+            self._cond.notify()
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> bool:
+        """Cancel a ticket; a waiting one is answered now, an active one after the current step."""
+        with self._cond:
+            if ticket.finished or ticket.cancelled:
+                return False
+            ticket.cancelled = True
+            queue = self._waiting.get(ticket.client)
+            if queue is not None and ticket in queue:
+                queue.remove(ticket)
+                if not queue:
+                    del self._waiting[ticket.client]
+                self._finish_locked(ticket, Outcome(code=protocol.E_CANCELLED, message="request cancelled"))
+            self._cond.notify()
+        return True
+
+    def cancel_client(self, client: Any) -> int:
+        """Cancel every ticket of a client (its connection closed)."""
+        with self._cond:
+            tickets = list(self._waiting.get(client, ())) + [t for t in self._active if t.client == client]
+        return sum(self.cancel(t) for t in tickets)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Fail everything queued with 'shutting_down' and join the engine thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def snapshot(self) -> dict:
+        with self._cond:
+            return {
+                "waiting": sum(len(q) for q in self._waiting.values()),
+                "active": len(self._active),
+                "clients_waiting": len(self._waiting),
+                "batched": self.config.batched,
+                "max_batch": self.config.max_batch,
+                "max_queue": self.config.max_queue,
+                "counters": dict(self.counters),
+            }
+
+    # ------------------------------------------------------------ engine thread
+
+    def _queued_locked(self) -> int:
+        return sum(len(q) for q in self._waiting.values()) + len(self._active)
+
+    def _finish_locked(self, ticket: Ticket, outcome: Outcome) -> None:
+        if ticket.finished:
+            return
+        ticket.finished = True
+        now = time.perf_counter()
+        start = ticket.started or now
+        outcome.queue_ms = (start - ticket.submitted) * 1000.0
+        outcome.run_ms = (now - start) * 1000.0
+        outcome.max_batch = ticket.max_batch
+        self.counters["cancelled" if outcome.code == protocol.E_CANCELLED else "failed" if outcome.code else "completed"] += 1
+        try:
+            ticket.on_done(outcome)
+        except Exception:  # a broken callback must not kill the engine thread
+            log.exception("on_done callback failed")
+
+    def _admit_locked(self) -> list[Ticket]:
+        """Waiting tickets to begin now: one per client per round, until the batch is full.
+
+        A client that got a turn moves to the back of the order, so a client with many
+        queued requests cannot starve one with a single request.
+        """
+        admitted = []
+        while self._waiting and len(self._active) + len(admitted) < self.config.max_batch:
+            client = next(iter(self._waiting))
+            queue = self._waiting.pop(client)
+            admitted.append(queue.popleft())
+            if queue:
+                self._waiting[client] = queue  # re-inserted at the end: its next turn is last
+        return admitted
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._waiting and not self._active:
+                    self._cond.wait()
+                if self._stopping:
+                    self._fail_all_locked()
+                    return
+                self._drop_cancelled_locked()
+                admitted = self._admit_locked()
+            for ticket in admitted:
+                self._begin(ticket)
+            with self._cond:
+                self._drop_cancelled_locked()
+                batch = list(self._active)
+            if batch:
+                self._step(batch)
+
+    def _fail_all_locked(self) -> None:
+        for ticket in [t for q in self._waiting.values() for t in q] + self._active:
+            self._finish_locked(ticket, Outcome(code=protocol.E_SHUTTING_DOWN, message="the core is shutting down"))
+        self._waiting.clear()
+        self._active.clear()
+
+    def _drop_cancelled_locked(self) -> None:
+        for ticket in [t for t in self._active if t.cancelled]:
+            self._active.remove(ticket)
+            self._finish_locked(ticket, Outcome(code=protocol.E_CANCELLED, message="request cancelled"))
+
+    def _begin(self, ticket: Ticket) -> None:
+        ticket.started = time.perf_counter()
+        try:
+            ticket.job = self.backend.begin(ticket.prepared)
+        except Exception as exc:
+            with self._cond:
+                self._finish_locked(ticket, self._error_outcome(exc))
+            return
+        with self._cond:
+            self._active.append(ticket)
+        self._answer_done([ticket])  # a job may be done at begin (all budgets tiny)
+
+    def _step(self, batch: list[Ticket]) -> None:
+        groups = [batch] if self.config.batched else [[t] for t in batch]
+        for group in groups:
+            jobs = [t.job for t in group if not t.job.done]
+            if jobs:
+                self._step_group(group, jobs)
+            self._answer_done(group)
+
+    def _step_group(self, group: list[Ticket], jobs: list[Job]) -> None:
+        for ticket in group:
+            ticket.max_batch = max(ticket.max_batch, len(jobs))
+        try:
+            self.backend.step(jobs)
+            self.counters["steps"] += 1
+            self.counters["stepped_jobs"] += len(jobs)
+            return
+        except Exception as exc:
+            if len(group) == 1:
+                with self._cond:
+                    self._active.remove(group[0])
+                    self._finish_locked(group[0], self._error_outcome(exc))
+                return
+            # The batch failed as a whole (e.g. out of memory for the combined shape):
+            # retry each job alone so only the one at fault gets the error. A job the
+            # engine half-stepped is not trusted: it fails with the same error.
+            log.warning("batched step of %d jobs failed (%s); retrying one by one", len(jobs), exc)
+            self.counters["batch_retries"] += 1
+        for ticket in group:
+            if not ticket.job.done:
+                self._step_group([ticket], [ticket.job])
+
+    def _answer_done(self, group: list[Ticket]) -> None:
+        for ticket in group:
+            if ticket.finished or not ticket.job.done:
+                continue
+            try:
+                outcome = Outcome(result=ticket.job.result())
+            except Exception as exc:
+                outcome = self._error_outcome(exc)
+            with self._cond:
+                if ticket in self._active:
+                    self._active.remove(ticket)
+                self._finish_locked(ticket, outcome)
+
+    def _error_outcome(self, exc: Exception) -> Outcome:
+        name = type(exc).__name__
+        if name == "FillCancelled":
+            return Outcome(code=protocol.E_CANCELLED, message="request cancelled")
+        if is_out_of_memory(exc):
+            _release_memory()
+            return Outcome(code=protocol.E_OUT_OF_MEMORY, message=f"out of memory on this request: {_one_line(exc)}")
+        if isinstance(exc, ValueError):  # CoreError is a ValueError: the user's input is at fault
+            return Outcome(code=protocol.E_INVALID_PARAMS, message=_one_line(exc))
+        log.error("engine failed", exc_info=exc)
+        return Outcome(code=protocol.E_INTERNAL, message=f"{name}: {_one_line(exc)}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:500] if text else type(exc).__name__

@@ -1,0 +1,463 @@
+"""The core process: one model, many editor connections, over msgpack frames.
+
+Owns: the listening socket (Unix 0600 or TCP with a token), per-connection read loops
+and bounded write queues, the hello handshake, dispatch of hello/fill/cancel/status/
+shutdown, the adapter from the engine contract to the scheduler, and ``main`` (what
+``diffill core`` and ``python -m diffusion_core.service`` run).
+
+Must not know: LSP, documents, grammars. Tensors stay behind the engine; scheduling
+(batching, fairness, the queue bound) lives in ``scheduler``; the wire format in
+``protocol``.
+
+Threads: asyncio owns every socket on the main thread; the scheduler owns the engine on
+its thread. Finished fills come back through ``loop.call_soon_threadsafe``, so a slow
+client can only ever fill its own write queue, which is bounded: past the bound the
+connection is dropped instead of buffering without limit or blocking anyone else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import secrets
+import signal
+import socket
+import stat
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffusion_core import protocol
+from diffusion_core.scheduler import Busy, Outcome, Scheduler, SchedulerConfig, Ticket
+
+log = logging.getLogger("diffill.core")
+
+SERVER_NAME = "diffill-core"
+
+
+@dataclass
+class ServiceConfig:
+    token: str | None = None  # required in hello when set (always set for TCP)
+    max_frame_bytes: int = protocol.MAX_FRAME_BYTES
+    # Replies buffered for one connection beyond what the socket takes. A client that
+    # stops reading hits this and is disconnected; it never holds up anyone else.
+    write_queue: int = 256
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+class EngineBackend:
+    """Adapter from the engine contract (diffusion_core.engine) to what the server needs."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    def prepare(self, fill: protocol.FillRequest) -> tuple:
+        """Validate on the event loop (cheap); raises CoreError for bad params."""
+        from diffusion_core.engine import FillParams, HoleSpec
+
+        holes = [HoleSpec(budget=b) for b in fill.budgets]
+        return fill.segments, holes, FillParams.from_dict(fill.params)
+
+    def begin(self, prepared: tuple) -> Any:
+        segments, holes, params = prepared
+        return self.engine.begin(segments, holes, params)
+
+    def step(self, jobs: list) -> None:
+        self.engine.step(jobs)
+
+    def info(self) -> dict:
+        return dict(self.engine.info())
+
+    def reply(self, result: Any) -> dict:
+        return {"texts": list(result.texts), "stats": dict(result.stats.as_dict())}
+
+
+class Connection:
+    """One client socket: a read loop, a bounded write queue and its in-flight fills."""
+
+    def __init__(self, server: CoreServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cid: int):
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.cid = cid
+        self.authed = False
+        self.closing = False
+        self.tickets: dict[Any, Ticket] = {}
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    # ------------------------------------------------------------ writing
+
+    def send(self, message: dict) -> None:
+        if self.closing:
+            return
+        try:
+            frame = protocol.encode(message, self.server.config.max_frame_bytes)
+        except protocol.ProtocolError as exc:
+            frame = protocol.encode(protocol.error(message.get("id"), protocol.E_INTERNAL, f"reply too large: {exc}"))
+        if self.queue.qsize() >= self.server.config.write_queue:
+            log.warning("client %d is not reading its replies; dropping the connection", self.cid)
+            self.abort()
+            return
+        self.queue.put_nowait(frame)
+
+    def close_after_flush(self) -> None:
+        if not self.closing:
+            self.queue.put_nowait(None)
+            self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+        self.writer.transport.abort()
+
+    async def write_loop(self) -> None:
+        try:
+            while True:
+                frame = await self.queue.get()
+                if frame is None:
+                    break
+                self.writer.write(frame)
+                await self.writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self.closing = True
+            self.writer.close()
+
+    # ------------------------------------------------------------ reading
+
+    async def read_loop(self) -> None:
+        max_bytes = self.server.config.max_frame_bytes
+        try:
+            while not self.closing:
+                try:
+                    message = await protocol.read_message(self.reader, max_bytes)
+                except protocol.ProtocolError as exc:
+                    self.send(protocol.error(None, exc.code, str(exc)))
+                    self.close_after_flush()
+                    return
+                if message is None:
+                    return
+                self.dispatch(message)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            return
+
+    def dispatch(self, message: dict) -> None:
+        try:
+            req = protocol.parse_request(message)
+        except protocol.ProtocolError as exc:
+            msg_id = message.get("id")
+            self.send(protocol.error(msg_id if isinstance(msg_id, (int, str)) else None, exc.code, str(exc)))
+            return
+        if not self.authed and req.method != protocol.HELLO:
+            self.send(protocol.error(req.id, protocol.E_HANDSHAKE, "send hello first"))
+            self.close_after_flush()
+            return
+        handler = getattr(self, "on_" + req.method)
+        try:
+            handler(req)
+        except protocol.ProtocolError as exc:
+            self.send(protocol.error(req.id, exc.code, str(exc)))
+        except Exception as exc:  # a handler bug answers that request; the loop lives on
+            log.exception("handler %s failed", req.method)
+            self.send(protocol.error(req.id, protocol.E_INTERNAL, f"{type(exc).__name__}: {exc}"))
+
+    # ------------------------------------------------------------ methods
+
+    def on_hello(self, req: protocol.Request) -> None:
+        version = req.params.get("version")
+        if version != protocol.PROTOCOL_VERSION:
+            self.send(protocol.error(req.id, protocol.E_VERSION,
+                                     f"client speaks protocol {version!r}, core speaks {protocol.PROTOCOL_VERSION}"))
+            self.close_after_flush()
+            return
+        expected = self.server.config.token
+        token = req.params.get("token")
+        if expected is not None and not (
+            isinstance(token, str) and hmac.compare_digest(token.encode(), expected.encode())
+        ):
+            log.warning("client %d: wrong or missing token", self.cid)
+            self.send(protocol.error(req.id, protocol.E_UNAUTHORIZED, "wrong or missing token"))
+            self.close_after_flush()
+            return
+        self.authed = True
+        self.send(protocol.reply(req.id, {
+            "version": protocol.PROTOCOL_VERSION,
+            "server": SERVER_NAME,
+            "pid": os.getpid(),
+            "info": self.server.info,
+        }))
+
+    def on_fill(self, req: protocol.Request) -> None:
+        fill = protocol.parse_fill(req.params)
+        if req.id in self.tickets:
+            raise protocol.ProtocolError(protocol.E_BAD_REQUEST, f"request id {req.id!r} is already in flight")
+        try:
+            prepared = self.server.backend.prepare(fill)
+        except ValueError as exc:  # CoreError: bad params, one line
+            raise protocol.ProtocolError(protocol.E_INVALID_PARAMS, str(exc)) from None
+        loop = asyncio.get_running_loop()
+
+        def on_done(outcome: Outcome) -> None:  # engine thread
+            loop.call_soon_threadsafe(self.finish_fill, req.id, fill.request_id, outcome)
+
+        try:
+            self.tickets[req.id] = self.server.scheduler.submit(self.cid, prepared, on_done)
+        except Busy as exc:
+            raise protocol.ProtocolError(protocol.E_BUSY, str(exc)) from None
+
+    def finish_fill(self, msg_id: Any, request_id: str | None, outcome: Outcome) -> None:
+        self.tickets.pop(msg_id, None)
+        tag = request_id or msg_id
+        if outcome.code is not None:
+            log.info("fill %s: %s (%s)", tag, outcome.code, outcome.message)
+            self.send(protocol.error(msg_id, outcome.code, outcome.message))
+            return
+        try:
+            result = self.server.backend.reply(outcome.result)
+        except Exception as exc:
+            log.exception("fill %s: bad result", tag)
+            self.send(protocol.error(msg_id, protocol.E_INTERNAL, f"{type(exc).__name__}: {exc}"))
+            return
+        stats = result.setdefault("stats", {})
+        stats.update(queue_ms=round(outcome.queue_ms, 3), core_ms=round(outcome.run_ms, 3), batch=outcome.max_batch)
+        log.info("fill %s: done queue_ms=%.1f core_ms=%.1f batch=%d", tag, outcome.queue_ms, outcome.run_ms,
+                 outcome.max_batch)
+        self.send(protocol.reply(msg_id, result))
+
+    def on_cancel(self, req: protocol.Request) -> None:
+        ticket = self.tickets.get(req.params.get("id"))
+        cancelled = ticket is not None and self.server.scheduler.cancel(ticket)
+        self.send(protocol.reply(req.id, {"cancelled": cancelled}))
+
+    def on_status(self, req: protocol.Request) -> None:
+        self.send(protocol.reply(req.id, self.server.status()))
+
+    def on_shutdown(self, req: protocol.Request) -> None:
+        self.send(protocol.reply(req.id, {"ok": True}))
+        self.server.request_shutdown()
+
+    def drop(self) -> None:
+        """The connection ended: cancel its fills so the engine stops spending steps on them."""
+        self.closing = True
+        for ticket in list(self.tickets.values()):
+            self.server.scheduler.cancel(ticket)
+        self.tickets.clear()
+
+
+class CoreServer:
+    """Accepts connections on one address and serves them from one scheduler."""
+
+    def __init__(self, backend: Any, config: ServiceConfig | None = None):
+        self.backend = backend
+        self.config = config or ServiceConfig()
+        self.info = backend.info()
+        self.scheduler = Scheduler(backend, self.config.scheduler)
+        self.connections: dict[int, Connection] = {}
+        self.address: protocol.Address | None = None
+        self.started = time.monotonic()
+        self._server: asyncio.AbstractServer | None = None
+        self._shutdown = asyncio.Event()
+        self._next_cid = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self, address: protocol.Address) -> protocol.Address:
+        """Bind and start serving; returns the bound address (a TCP port 0 resolved)."""
+        self.scheduler.start()
+        if address.kind == "unix":
+            _clear_stale_socket(address.path)
+            old = os.umask(0o177)  # the socket is born 0600; chmod below makes sure
+            try:
+                self._server = await asyncio.start_unix_server(self._accept, path=address.path)
+            finally:
+                os.umask(old)
+            os.chmod(address.path, 0o600)
+            self.address = address
+        else:
+            self._server = await asyncio.start_server(self._accept, host=address.host, port=address.port)
+            port = self._server.sockets[0].getsockname()[1]
+            self.address = protocol.Address("tcp", host=address.host, port=port)
+        return self.address
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._next_cid += 1
+        conn = Connection(self, reader, writer, self._next_cid)
+        self.connections[conn.cid] = conn
+        writer_task = asyncio.create_task(conn.write_loop())
+        self._tasks.add(writer_task)
+        try:
+            await conn.read_loop()
+        finally:
+            conn.drop()
+            self.connections.pop(conn.cid, None)
+            if not writer_task.done():
+                conn.queue.put_nowait(None)
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(writer_task), 5.0)
+            writer_task.cancel()
+            self._tasks.discard(writer_task)
+            if not writer.is_closing():
+                writer.transport.abort()
+
+    def status(self) -> dict:
+        return {
+            "version": protocol.PROTOCOL_VERSION,
+            "server": SERVER_NAME,
+            "pid": os.getpid(),
+            "address": str(self.address),
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "info": self.info,
+            "connections": len(self.connections),
+            "scheduler": self.scheduler.snapshot(),
+        }
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def wait_closed(self) -> None:
+        await self._shutdown.wait()
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop accepting, fail what is queued, flush the replies, close everything."""
+        self._shutdown.set()
+        if self._server is not None:
+            self._server.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.scheduler.stop)
+        await asyncio.sleep(0.05)  # let the shutting_down replies reach the write queues
+        for conn in list(self.connections.values()):
+            conn.close_after_flush()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
+        for conn in list(self.connections.values()):
+            conn.abort()
+        if self.address is not None and self.address.kind == "unix":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.address.path)
+
+
+def _clear_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead core; refuse a live one or a non-socket."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ValueError(f"--socket {path}: exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: a stale socket from a core that died
+        return
+    finally:
+        probe.close()
+    raise ValueError(f"--socket {path}: another core is already listening there")
+
+
+# ---------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diffill core", description="Run the shared denoising core.")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH", help="Unix socket path (default: under $XDG_RUNTIME_DIR)")
+    where.add_argument("--listen", metavar="HOST:PORT", help="TCP address (needs a token)")
+    p.add_argument("--token-file", metavar="F", help=f"file holding the client token (or ${protocol.TOKEN_ENV})")
+    p.add_argument("--model", metavar="DIR", default=None, help="model folder (default: the bundled model)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    d = SchedulerConfig()
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="jobs stepped together")
+    p.add_argument("--max-queue", type=int, default=d.max_queue, help="queued requests before 'busy'")
+    p.add_argument("--max-per-client", type=int, default=d.max_per_client, help="queued requests per client")
+    p.add_argument("--no-batch", action="store_true", help="step each request alone (benchmark baseline)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG | INFO | WARNING")
+    return p
+
+
+def resolve_listen(args: argparse.Namespace) -> tuple[protocol.Address, str | None, bool]:
+    """Address, token and whether the token must be written out; ValueError with one line."""
+    if any(b < 1 for b in (args.max_batch, args.max_queue, args.max_per_client)):
+        raise ValueError("--max-batch, --max-queue and --max-per-client must be >= 1")
+    token = None
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise ValueError(f"--token-file {args.token_file}: {exc.strerror}") from None
+        if not token:
+            raise ValueError(f"--token-file {args.token_file}: the file is empty")
+    elif os.environ.get(protocol.TOKEN_ENV):
+        token = os.environ[protocol.TOKEN_ENV].strip()
+    if args.listen:
+        host, port = protocol.split_host_port(args.listen)
+        if token is None and not protocol.is_loopback(host):
+            raise ValueError(f"--listen {args.listen}: a non-loopback address needs --token-file or "
+                             f"${protocol.TOKEN_ENV}")
+        generate = token is None
+        if generate:
+            token = secrets.token_urlsafe(32)
+        return protocol.Address("tcp", host=host, port=port), token, generate
+    return protocol.Address("unix", path=args.socket or protocol.default_socket_path()), token, False
+
+
+def write_token(address: protocol.Address, token: str) -> str:
+    path = os.path.join(protocol.runtime_dir(), f"core-tcp-{address.port}.token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    return path
+
+
+async def serve(backend: Any, address: protocol.Address, config: ServiceConfig, token_out: bool = False) -> None:
+    server = CoreServer(backend, config)
+    bound = await server.start(address)
+    if token_out:
+        log.info("no token given: generated one in %s", write_token(bound, config.token))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, server.request_shutdown)
+    info = server.info
+    log.info("diffill core listening on %s (model %s, device %s, pid %d)", bound, info.get("model", info.get("name")),
+             info.get("device"), os.getpid())
+    await server.wait_closed()
+    log.info("diffill core stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        address, token, generate = resolve_listen(args)
+    except ValueError as exc:
+        print(f"diffill core: {exc}", file=sys.stderr)
+        return 2
+    config = ServiceConfig(token=token, scheduler=SchedulerConfig(
+        max_batch=args.max_batch, max_queue=args.max_queue, max_per_client=args.max_per_client,
+        batched=not args.no_batch))
+    try:
+        from diffusion_core.engine import Engine
+
+        backend = EngineBackend(Engine.load(model_dir=args.model, device=args.device))
+    except ValueError as exc:  # CoreError: one line naming the file or value at fault
+        print(f"diffill core: {exc}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(serve(backend, address, config, token_out=generate))
+    except (ValueError, OSError) as exc:
+        print(f"diffill core: cannot listen on {address}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training the default model: corpus, tokenizer, objective, trainer, evaluation data."""
