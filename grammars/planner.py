@@ -1,0 +1,284 @@
+"""The span planner: what to fill at the cursor, and the text around the holes.
+
+Owns FillPlan and StopRules and the rules that turn (document, cursor, selection) into
+a plan: mid-line -> rest of the line; an empty line in a body or after a block opener
+-> a block; an empty body -> the body; a placeholder or marker at the cursor -> replace
+it; a selection -> regenerate it; mid-identifier, strings and comments -> None. On the
+keystroke path it looks only at the cursor's line, its neighbours and the tree path to
+the cursor (queries restricted to a byte range), never at the whole file. Must not
+know tokens, models or LSP types.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+from grammars import budgets, queries
+from grammars.document import Document, decode
+from grammars.text import BracketScan, guess_indent_unit, indent_width, is_ident_char, leading_ws, scanner_for
+
+log = logging.getLogger(__name__)
+
+MODES = ("insert", "replace", "regenerate")
+KINDS = ("line", "block")
+# Lines looked at around the cursor to guess the indentation unit.
+_INDENT_WINDOW = 64
+_PY_BODY_HEADER = re.compile(r"^\s*(async\s+def|def|class)\b")
+_STRING_ESCAPES = {"interpolation", "template_substitution", "format_expression"}
+
+
+@dataclass(frozen=True)
+class StopRules:
+    """Where post-processing cuts a fill (and where a streaming decoder could stop).
+
+    single_line: stop at the first newline.
+    dedent:      stop at the first later line indented less than the plan's indent.
+    min_depth:   lowest bracket depth the fill may reach; -n lets it close n brackets
+                 opened before the hole and not closed after it, so a closer below that
+                 ends the fill (it would close the enclosing scope).
+    max_lines:   keep at most this many lines (None: no limit).
+    """
+
+    single_line: bool = False
+    dedent: bool = False
+    min_depth: int = 0
+    max_lines: int | None = None
+
+
+@dataclass(frozen=True)
+class FillPlan:
+    """A span of the document to fill. Byte offsets index doc.source (UTF-8)."""
+
+    start_byte: int
+    end_byte: int
+    mode: str  # "insert" | "replace" | "regenerate"
+    kind: str  # "line" | "block"
+    budget: int
+    indent: str
+    stop: StopRules = field(default_factory=StopRules)
+    target: str = "line"  # the capture-vocabulary name of what is filled (or "line", "hole")
+    leading: str = ""  # text finalize puts before the fill (a newline after `def f():|`)
+    trailing: str = ""  # text finalize puts after it (a newline before `}` in `{|}`)
+
+
+def plan(doc: Document, line: int, character: int, encoding: str = "utf-16",
+         selection: tuple[tuple[int, int], tuple[int, int]] | None = None) -> FillPlan | None:
+    """The plan at the cursor, or None where completing makes no sense.
+
+    Raises ValueError only for an unknown `encoding` (a programmer error); anything the
+    document's content can cause ends as None and a log line.
+    """
+    from grammars.positions import check_encoding
+
+    check_encoding(encoding)
+    try:
+        return _plan(doc, line, character, encoding, selection)
+    except Exception:  # keep the editor alive on any surprise in a broken tree
+        log.exception("planner failed at %s:%s", line, character)
+        return None
+
+
+def _plan(doc: Document, line: int, character: int, encoding: str, selection) -> FillPlan | None:
+    off = doc.offset_at(line, character, encoding)
+    if off is None:
+        return None
+    if selection is not None:
+        sel = _selection_plan(doc, selection, encoding)
+        if sel is not None:
+            return sel
+    _, ls, le = doc.line_of(off)
+    before = decode(doc.source[ls:off])
+    after = decode(doc.source[off:le])
+
+    from grammars.holes import DEFAULT_MARKER, hole_at
+
+    hole = hole_at(doc, off, DEFAULT_MARKER)
+    if hole is not None:
+        return hole
+    if before and after and is_ident_char(before[-1]) and is_ident_char(after[0]):
+        return None  # mid-identifier with text to the right
+    if doc.tree is not None and in_string_or_comment(doc, off):
+        return None
+
+    opener = doc.lang.opener if doc.lang else None
+    if not before.strip() and not after.strip():
+        return _block_plan(doc, off, ls, le, before, leading="")
+    if opener and not after.strip() and before.rstrip().endswith(opener):
+        return _block_plan(doc, off, ls, le, before, leading="\n")
+    if opener == "{" and before.rstrip().endswith("{") and after.lstrip().startswith("}"):
+        return _block_plan(doc, off, ls, le, before, leading="\n", trailing="\n")
+    return _line_plan(doc, off, before, after)
+
+
+def line_stop(scan: BracketScan, before: str, after: str) -> StopRules:
+    """Single-line stop rules: the fill may close brackets the line opened before it
+    and the rest of the line does not close."""
+    _, open_before = scan.net(before)
+    close_after, _ = scan.net(after)
+    return StopRules(single_line=True, min_depth=-max(0, open_before - close_after))
+
+
+def _line_plan(doc: Document, off: int, before: str, after: str) -> FillPlan:
+    scan = scanner_for(doc.lang)
+    return FillPlan(off, off, "insert", "line", budgets.LINE_BUDGET, leading_ws(before),
+                    line_stop(scan, before, after), target=_target_at(doc, off))
+
+
+def _block_plan(doc: Document, off: int, ls: int, le: int, before: str, leading: str,
+                trailing: str = "") -> FillPlan:
+    line_no = doc.position_at(off, "utf-8")[0]
+    prev = _neighbour(doc, line_no, -1)
+    nxt = _neighbour(doc, line_no, +1)
+    opener = doc.lang.opener if doc.lang else ":{"
+    unit = _indent_unit(doc, line_no)
+    if leading:  # cursor at the end of the opener line itself
+        prev = before
+    prev_ws = leading_ws(prev or "")
+    opens = bool(prev) and prev.rstrip()[-1:] in opener
+    if leading:
+        indent = prev_ws + unit
+    elif before:  # the editor already indented the blank line: trust its column
+        indent = before
+    elif opens:
+        indent = prev_ws + unit
+    elif doc.lang is not None and doc.lang.offside:
+        indent = prev_ws if nxt is not None and leading_ws(nxt) == prev_ws else ""
+    else:
+        indent = prev_ws
+    empty_scope = opens and (nxt is None or indent_width(leading_ws(nxt)) < indent_width(indent)
+                             or nxt.strip().startswith("}"))
+    is_body = empty_scope and _is_body(doc, off, prev or "")
+    offside = doc.lang is None or doc.lang.offside
+    stop = StopRules(dedent=offside, min_depth=0)
+    budget = budgets.BODY_BUDGET if is_body else budgets.BLOCK_BUDGET
+    return FillPlan(off, off, "insert", "block", budget, indent, stop,
+                    target="body" if is_body else "block",
+                    leading=leading + (indent if leading else ""),
+                    trailing=trailing + (prev_ws if trailing else ""))
+
+
+def _is_body(doc: Document, off: int, opener_line: str) -> bool:
+    if doc.lang is None or doc.lang.offside:
+        return bool(_PY_BODY_HEADER.match(opener_line))
+    return _target_at(doc, off, ("body", "block")) == "body"
+
+
+def _target_at(doc: Document, off: int, names: tuple[str, ...] | None = None) -> str:
+    """Name of the smallest infill capture containing `off` (or "line")."""
+    if doc.tree is None or doc.lang is None:
+        return "line"
+    query = queries.load(doc.lang.name, "infill")
+    if query is None:
+        return "line"
+    best = None
+    for name, node in queries.captures_in_range(query, doc.tree.root_node, off - 1, off + 1):
+        if names is not None and name not in names:
+            continue
+        if node.start_byte <= off <= node.end_byte and node.type != "comment":
+            if best is None or node.end_byte - node.start_byte < best[1].end_byte - best[1].start_byte:
+                best = (name, node)
+    return best[0] if best else "line"
+
+
+def in_string_or_comment(doc: Document, off: int) -> bool:
+    """Whether the cursor sits inside a string literal or a comment (not in an
+    interpolation such as f"{x}" or `${x}`)."""
+    root = doc.tree.root_node
+    for probe in {max(off - 1, 0), off}:
+        node = root.descendant_for_byte_range(probe, probe)
+        while node is not None:
+            kind = node.type
+            inside = node.start_byte < off < node.end_byte
+            if kind in _STRING_ESCAPES and inside:
+                break
+            if "comment" in kind and node.start_byte < off <= node.end_byte:
+                closed = doc.source[node.end_byte - 2:node.end_byte] == b"*/"
+                if inside or not closed:
+                    return True
+            if _is_string_type(kind) and inside:
+                return True
+            node = node.parent
+    return False
+
+
+def _is_string_type(kind: str) -> bool:
+    return kind.endswith("string") or kind.endswith("string_literal") or kind in (
+        "string_content", "string_fragment", "char_literal", "character_literal", "text_block", "raw_string")
+
+
+def _neighbour(doc: Document, line_no: int, step: int) -> str | None:
+    """The nearest non-blank line above (step -1) or below (+1), or None."""
+    line = line_no + step
+    seen = 0
+    while 0 <= line < doc.line_count and seen < _INDENT_WINDOW:
+        text = _line_text(doc, line)
+        if text.strip():
+            return text
+        line += step
+        seen += 1
+    return None
+
+
+def _line_text(doc: Document, line: int) -> str:
+    from grammars.positions import line_end
+
+    start = doc.line_starts[line]
+    return decode(doc.source[start:line_end(doc.source, doc.line_starts, line)])
+
+
+def _indent_unit(doc: Document, line_no: int) -> str:
+    lo = max(0, line_no - _INDENT_WINDOW)
+    hi = min(doc.line_count, line_no + _INDENT_WINDOW)
+    lines = [_line_text(doc, i) for i in range(lo, hi)]
+    return guess_indent_unit(lines, budgets.DEFAULT_INDENT)
+
+
+def _selection_plan(doc: Document, selection, encoding: str) -> FillPlan | None:
+    (sl, sc), (el, ec) = selection
+    s = doc.offset_at(sl, sc, encoding)
+    e = doc.offset_at(el, ec, encoding)
+    if s is None or e is None or s == e:
+        return None
+    s, e = min(s, e), max(s, e)
+    text = decode(doc.source[s:e])
+    _, ls, _ = doc.line_of(s)
+    indent = leading_ws(decode(doc.source[ls:s]) + text)
+    estimate = len(text) // budgets.CHARS_PER_TOKEN + budgets.REGENERATE_SLACK
+    budget = max(budgets.LINE_BUDGET, min(budgets.MAX_BUDGET, estimate))
+    if "\n" in text.rstrip("\n"):
+        offside = doc.lang is None or doc.lang.offside
+        stop = StopRules(dedent=offside, min_depth=0)
+        return FillPlan(s, e, "regenerate", "block", budget, indent, stop, target="block")
+    _, _, le = doc.line_of(e)
+    stop = line_stop(scanner_for(doc.lang), decode(doc.source[ls:s]), decode(doc.source[e:le]))
+    return FillPlan(s, e, "regenerate", "line", budget, indent, stop, target=_target_at(doc, s))
+
+
+def split_segments(doc: Document, plans: list[FillPlan]) -> list[str]:
+    """The text around the holes: s0 H1 s1 ... Hn sn, so len(plans) + 1 strings.
+
+    Plans must be sorted by position and must not overlap (find_holes returns them so).
+    """
+    segments = []
+    prev = 0
+    for p in plans:
+        if p.start_byte < prev or p.end_byte < p.start_byte:
+            raise ValueError("split_segments: plans must be sorted and must not overlap")
+        segments.append(decode(doc.source[prev:p.start_byte]))
+        prev = p.end_byte
+    segments.append(decode(doc.source[prev:]))
+    return segments
+
+
+def assemble(doc: Document, plans: list[FillPlan], fills: list[str]) -> str:
+    """The document text with fills[i] in place of plans[i] (fills already finalized)."""
+    if len(fills) != len(plans):
+        raise ValueError(f"assemble: {len(plans)} plans but {len(fills)} fills")
+    segments = split_segments(doc, plans)
+    out = [segments[0]]
+    for fill, seg in zip(fills, segments[1:]):
+        out.append(fill)
+        out.append(seg)
+    return "".join(out)

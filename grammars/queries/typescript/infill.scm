@@ -1,0 +1,4 @@
+; inherits: javascript
+
+(method_signature) @statement
+(interface_body (_) @statement)
