@@ -1,0 +1,160 @@
+"""The server's view of the denoising core: a ``typing.Protocol`` and its lifecycle.
+
+Owns: the ``CoreConnection`` protocol the handlers program against (so they and the
+tests never touch a subprocess: tests pass a fake), the state of the link (starting,
+ready, failed), and the one adapter onto ``lsp_server.core_client.CoreClient``.
+
+Must not know: LSP types, documents, grammars, torch. The core client itself is owned
+by the service engineer; it is imported lazily here so this module loads without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from typing import Any, Awaitable, Callable, Protocol
+
+from lsp_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class CoreConnection(Protocol):
+    """What the server needs from a core. ``CoreClient`` satisfies it as is."""
+
+    async def start(self) -> None: ...
+
+    async def fill(
+        self,
+        segments: list[str],
+        budgets: list[int],
+        params: dict,
+        request_id: str | None = None,
+    ) -> dict: ...
+
+    async def status(self) -> dict: ...
+
+    async def close(self) -> None: ...
+
+
+CoreFactory = Callable[[Settings, Callable[[Any], None]], CoreConnection]
+
+
+class LinkState(enum.Enum):
+    IDLE = "idle"
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class CoreUnready(RuntimeError):
+    """The core failed to start or was closed; the message says why in one line."""
+
+
+def real_core_factory(settings: Settings, on_event: Callable[[Any], None]) -> CoreConnection:
+    """A ``CoreClient`` configured from the editor settings."""
+    from lsp_server.core_client import CoreClient  # lazy: owned by the service engineer
+
+    return CoreClient(
+        address=settings.core.address or None,
+        model_dir=settings.model.path or None,
+        device=settings.model.device,
+        token=settings.core.token or None,
+        on_event=on_event,
+    )
+
+
+def core_errors() -> tuple[type[BaseException], ...]:
+    """Exception types of a failed core request (the client's, when it is importable)."""
+    try:
+        from lsp_server.core_client import CoreRequestError, CoreUnavailable
+    except Exception:  # the client is not there yet: nothing specific to catch
+        return (CoreUnready, ConnectionError, OSError)
+    return (CoreUnready, CoreRequestError, CoreUnavailable, ConnectionError, OSError)
+
+
+class CoreLink:
+    """Owns one CoreConnection: starts it in the background, waits for it, swaps it
+    when the model/device/address settings change."""
+
+    def __init__(self, factory: CoreFactory, on_event: Callable[[Any], None]):
+        self._factory = factory
+        self._on_event = on_event
+        self._conn: CoreConnection | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self.state = LinkState.IDLE
+        self.error = ""
+        self.key: tuple = ()
+
+    @staticmethod
+    def settings_key(settings: Settings) -> tuple:
+        return (settings.model, settings.core)
+
+    def needs_restart(self, settings: Settings) -> bool:
+        return self.state is not LinkState.IDLE and self.key != self.settings_key(settings)
+
+    async def start(
+        self,
+        settings: Settings,
+        on_loading: Callable[[], Awaitable[None]] | None = None,
+        on_loaded: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        """Start (or restart) the core; returns when it is ready or has failed."""
+        await self.close()
+        self.key = self.settings_key(settings)
+        self.state = LinkState.STARTING
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._ready = ready
+        if on_loading:
+            await on_loading()
+        try:
+            self._conn = self._factory(settings, self._on_event)
+            await self._conn.start()
+        except asyncio.CancelledError:
+            self.state = LinkState.CLOSED
+            self.error = "core start cancelled"
+            if not ready.done():
+                ready.set_exception(CoreUnready(self.error))
+            raise
+        except Exception as exc:  # any start failure becomes one line for the user
+            self.state = LinkState.FAILED
+            self.error = f"diffill core failed to start: {_one_line(exc)}"
+            log.error(self.error)
+            if not ready.done():
+                ready.set_exception(CoreUnready(self.error))
+            ready.exception()  # mark retrieved: waiters may never come
+        else:
+            self.state = LinkState.READY
+            if not ready.done():
+                ready.set_result(None)
+        if on_loaded:
+            await on_loaded(self.error if self.state is LinkState.FAILED else "")
+
+    async def connection(self) -> CoreConnection:
+        """The ready connection; waits while it starts; CoreUnready when it cannot."""
+        if self._ready is None:
+            raise CoreUnready("diffill core not started")
+        await asyncio.shield(self._ready)
+        assert self._conn is not None
+        return self._conn
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(CoreUnready("diffill core closed"))
+            self._ready.exception()
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), timeout=10)
+            except Exception as exc:
+                log.warning("closing the core: %s", _one_line(exc))
+        if self.state is not LinkState.IDLE:
+            self.state = LinkState.CLOSED
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,89 @@
+"""Open documents of the server: one ``grammars.Document`` (with its incremental
+tree) per uri, its LSP version and languageId.
+
+Owns: applying didOpen/didChange/didClose to grammars documents in the negotiated
+position encoding, and recovering from an edit the document refuses (by rebuilding
+from the full text pygls keeps) or from text grammars cannot hold (binary junk: the
+document is kept as unusable and every request on it gets an empty answer).
+
+Must not know: lsprotocol types beyond plain (line, character) tuples, the core.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+log = logging.getLogger(__name__)
+
+# (start, end, text); start/end are (line, character) or None for a full replacement
+Change = tuple[tuple[int, int] | None, tuple[int, int] | None, str]
+
+
+@dataclass
+class OpenDoc:
+    uri: str
+    language_id: str
+    version: int
+    doc: Any | None  # grammars.document.Document, None when the text is unusable
+    error: str = ""
+
+
+def make_document(text: str, language_id: str, uri: str) -> tuple[Any | None, str]:
+    """A grammars Document, or (None, one-line reason) for text it cannot hold."""
+    from grammars.document import Document
+
+    try:
+        text.encode("utf-8")  # lone surrogates from JSON escapes cannot be utf-8
+        return Document(text, language_id=language_id, path=None), ""
+    except Exception as exc:  # binary junk, encoding errors: never crash the server
+        reason = f"{uri}: cannot use this document ({type(exc).__name__}: {str(exc)[:120]})"
+        log.warning(reason)
+        return None, reason
+
+
+class DocumentStore:
+    def __init__(self) -> None:
+        self._docs: dict[str, OpenDoc] = {}
+
+    def open(self, uri: str, language_id: str, version: int, text: str) -> OpenDoc:
+        doc, error = make_document(text, language_id, uri)
+        entry = OpenDoc(uri, language_id, version, doc, error)
+        self._docs[uri] = entry
+        return entry
+
+    def change(
+        self,
+        uri: str,
+        version: int,
+        changes: Iterable[Change],
+        encoding: str,
+        full_text: Callable[[], str | None],
+    ) -> OpenDoc | None:
+        """Apply LSP content changes; ``full_text`` gives the whole text to rebuild
+        from when an edit is refused (pygls keeps its own copy)."""
+        entry = self._docs.get(uri)
+        if entry is None:
+            return None
+        entry.version = version
+        if entry.doc is not None:
+            try:
+                for start, end, text in changes:
+                    entry.doc.apply_change(start, end, text, encoding=encoding)
+                return entry
+            except Exception as exc:
+                log.warning("%s: edit refused (%s); rebuilding from the full text", uri, exc)
+        text = full_text()
+        if text is not None:
+            entry.doc, entry.error = make_document(text, entry.language_id, uri)
+        return entry
+
+    def close(self, uri: str) -> None:
+        self._docs.pop(uri, None)
+
+    def get(self, uri: str) -> OpenDoc | None:
+        return self._docs.get(uri)
+
+    def __len__(self) -> int:
+        return len(self._docs)

@@ -1,0 +1,83 @@
+"""The ``diffill.fillHoles`` command: multi-span fill applied with a versioned edit.
+
+Owns: reading the command arguments, choosing the plans (every hole; the hole under
+a range; a selection to regenerate), one joint core fill, and the version-checked
+``workspace/applyEdit``. If the document changed while the model ran, nothing is
+applied and the user is told.
+
+Arguments: ``[uri]`` fills every hole; ``[uri, range]`` the holes overlapping
+``range``; ``[uri, range, "regenerate"]`` regenerates the selected text. The result is
+``{"filled": N}`` (plus ``"applied": false`` and a ``"reason"`` when nothing was).
+
+Must not know: torch, how results are built (results.py), core transport.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lsprotocol import types
+
+from lsp_server import results
+
+log = logging.getLogger(__name__)
+
+
+def _position(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, dict) and isinstance(value.get("line"), int) and isinstance(value.get("character"), int):
+        return value["line"], value["character"]
+    return None
+
+
+def _range(value: Any) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    if not isinstance(value, dict):
+        return None
+    start, end = _position(value.get("start")), _position(value.get("end"))
+    return (start, end) if start and end else None
+
+
+def choose_plans(ls: Any, doc: Any, args: list) -> list:
+    from grammars.holes import find_holes
+    from grammars.planner import plan
+
+    rng = _range(args[1]) if len(args) > 1 else None
+    if len(args) > 2 and args[2] == "regenerate":
+        if rng is None:
+            return []
+        p = plan(doc, rng[1][0], rng[1][1], encoding=ls.encoding, selection=rng)
+        return [p] if p is not None else []
+    holes = find_holes(doc, marker=ls.settings.hole_marker)
+    if rng is None:
+        return holes
+    lo = doc.offset_at(*rng[0], encoding=ls.encoding)
+    hi = doc.offset_at(*rng[1], encoding=ls.encoding)
+    if lo is None or hi is None:
+        return []
+    return [h for h in holes if h.start_byte <= hi and lo <= h.end_byte]
+
+
+async def run_fill_holes(ls: Any, args: list) -> dict:
+    if not args or not isinstance(args[0], str):
+        return {"filled": 0, "applied": False, "reason": "fillHoles wants [uri] or [uri, range]"}
+    uri = args[0]
+    entry = ls.usable(uri)
+    if entry is None:
+        return {"filled": 0, "applied": False, "reason": f"{uri} is not an open document diffill serves"}
+    version, doc = entry.version, entry.doc
+    plans = choose_plans(ls, doc, args)
+    if not plans:
+        return {"filled": 0}
+    ls.stats.count("fillHoles")
+    candidates = await ls.filler.holes(doc, plans, ls.settings)
+    if entry.version != version or ls.docs.get(uri) is not entry:
+        reason = "the document changed while filling; nothing was applied"
+        ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=f"diffill: {reason}"))
+        return {"filled": 0, "applied": False, "reason": reason}
+    edit = results.workspace_edit(doc, uri, version, candidates, ls.encoding)
+    reply = await ls.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label="diffill: fill holes"))
+    if not getattr(reply, "applied", False):
+        reason = getattr(reply, "failure_reason", None) or "the editor refused the edit"
+        ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=f"diffill: {reason}"))
+        return {"filled": 0, "applied": False, "reason": reason}
+    return {"filled": len(candidates)}

@@ -1,0 +1,256 @@
+"""The language server object and the state every handler shares.
+
+Owns: ``DiffillServer`` (a pygls ``LanguageServer``) holding settings, documents,
+the core link, cache, scheduler and counters; the completion pipeline every
+completion handler runs (newest wins, cache, debounce, fill, version check,
+counters); settings updates with their one-time message; starting the core with
+``$/progress``.
+
+Must not know: how results look on the wire (results.py), grammars internals,
+torch. Handlers live in server.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcContentModified
+from pygls.lsp.server import LanguageServer
+
+from lsp_server import settings as settings_mod
+from lsp_server.cache import FillCache
+from lsp_server.core_link import CoreFactory, CoreLink, LinkState, core_errors, real_core_factory
+from lsp_server.documents import DocumentStore, OpenDoc
+from lsp_server.feedback import FeedbackLog, Stats, default_log_path
+from lsp_server.filling import Filler, Outcome
+from lsp_server.scheduler import Debouncer, Latest
+from lsp_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+_ENCODINGS = {"utf-8": "utf-8", "utf-16": "utf-16", "utf-32": "utf-32"}
+_PROGRESS_TOKEN = "diffill/loading"
+
+
+@dataclass
+class Answer:
+    """A completion that got through the pipeline, with the snapshot it is for."""
+
+    entry: OpenDoc
+    doc: Any  # the grammars Document the byte offsets refer to
+    outcome: Outcome
+    cursor: int
+    latency_ms: float
+    accept_id: str
+
+
+class DiffillServer(LanguageServer):
+    def __init__(self, core_factory: CoreFactory = real_core_factory) -> None:
+        super().__init__("diffill", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.settings = Settings()
+        self.docs = DocumentStore()
+        self.cache = FillCache()
+        self.latest = Latest()
+        self.debouncer = Debouncer()
+        self.stats = Stats()
+        self.feedback = FeedbackLog(None, self.stats)
+        self.link = CoreLink(core_factory, self._on_core_event)
+        self.filler = Filler(self.link, self.cache)
+        self._told: set[str] = set()
+        self._core_task: asyncio.Task | None = None
+        self._apply_feedback_path()
+
+    # -- small helpers -------------------------------------------------------------
+
+    @property
+    def encoding(self) -> str:
+        """The negotiated position encoding, in grammars' spelling."""
+        try:
+            enc = self.workspace.position_encoding
+        except RuntimeError:  # before initialize
+            return "utf-16"
+        return _ENCODINGS.get(str(getattr(enc, "value", enc)), "utf-16")
+
+    def tell_once(self, key: str, message: str, kind: types.MessageType = types.MessageType.Warning) -> None:
+        """One window/showMessage per distinct ``key`` for this session; always logged."""
+        log.warning(message)
+        if key in self._told:
+            return
+        self._told.add(key)
+        self.window_show_message(types.ShowMessageParams(type=kind, message=message))
+
+    def _on_core_event(self, event: Any) -> None:
+        text = event if isinstance(event, str) else (event.get("message") if isinstance(event, dict) else None)
+        log.warning("core event: %s", event)
+        self.tell_once(f"core-event:{text or event!r}", f"diffill: {text or event!r}")
+
+    def _apply_feedback_path(self) -> None:
+        fb = self.settings.feedback
+        self.feedback.path = (Path(fb.path).expanduser() if fb.path else default_log_path()) if fb.enable else None
+
+    # -- settings -------------------------------------------------------------------
+
+    def update_settings(self, data: Any, origin: str) -> None:
+        """Merge editor JSON over the current settings; bad keys keep their value and
+        are named in one message."""
+        new, bad = settings_mod.parse(data, self.settings)
+        if bad:
+            keys = ", ".join(bad)
+            self.tell_once(
+                f"settings:{origin}:{keys}",
+                f"diffill: ignoring bad setting(s) {keys} from {origin}; using the previous or default values",
+            )
+        self.settings = new
+        self._apply_feedback_path()
+
+    async def pull_configuration(self) -> None:
+        """workspace/configuration for section 'diffill', when the client has it."""
+        caps = self.client_capabilities
+        if not (caps and caps.workspace and caps.workspace.configuration):
+            return
+        try:
+            result = await asyncio.wait_for(
+                self.workspace_configuration_async(
+                    types.ConfigurationParams(items=[types.ConfigurationItem(section=settings_mod.SECTION)])
+                ),
+                timeout=5,
+            )
+        except Exception as exc:
+            log.warning("workspace/configuration failed: %s", exc)
+            return
+        if result and result[0] is not None:
+            self.update_settings(result[0], "workspace/configuration")
+
+    # -- core -------------------------------------------------------------------------
+
+    def ensure_core(self) -> None:
+        """Start the core in the background (or restart it after a settings change)."""
+        if self.link.state is LinkState.IDLE or self.link.needs_restart(self.settings):
+            if self._core_task is not None and not self._core_task.done():
+                self._core_task.cancel()
+            self._core_task = asyncio.ensure_future(self._start_core())
+
+    async def _start_core(self) -> None:
+        token = None
+        caps = self.client_capabilities
+        if caps and caps.window and caps.window.work_done_progress:
+            token = f"{_PROGRESS_TOKEN}/{time.monotonic_ns()}"
+            try:
+                await asyncio.wait_for(self.work_done_progress.create_async(token), timeout=5)
+            except Exception as exc:
+                log.warning("progress create failed: %s", exc)
+                token = None
+
+        async def loading() -> None:
+            if token is not None:
+                where = self.settings.core.address or self.settings.model.path or "bundled model"
+                self.work_done_progress.begin(
+                    token, types.WorkDoneProgressBegin(title="diffill", message=f"loading {where}", cancellable=False)
+                )
+
+        async def loaded(error: str) -> None:
+            if token is not None:
+                self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=error or "model ready"))
+            if error:
+                self.tell_once(f"core-start:{error}", error, types.MessageType.Error)
+
+        await self.link.start(self.settings, on_loading=loading, on_loaded=loaded)
+
+    async def close_core(self) -> None:
+        if self._core_task is not None and not self._core_task.done():
+            self._core_task.cancel()
+        await self.link.close()
+
+    # -- the completion pipeline ----------------------------------------------------
+
+    def usable(self, uri: str) -> OpenDoc | None:
+        entry = self.docs.get(uri)
+        if entry is None or entry.doc is None or not self.settings.serves(entry.language_id):
+            return None
+        return entry
+
+    async def complete(
+        self,
+        uri: str,
+        line: int,
+        character: int,
+        *,
+        debounce: bool,
+        doc: Any = None,
+    ) -> Answer | None:
+        """Newest-wins completion at a cursor. Returns None for nothing to offer;
+        raises CancelledError when superseded (pygls answers -32800) and
+        JsonRpcContentModified when the document changed under a finished fill."""
+        entry = self.usable(uri)
+        if entry is None:
+            return None
+        t0 = time.perf_counter()
+        self.stats.count("requests")
+        self.latest.claim(uri)
+        self.debouncer.observe(uri)
+        version = entry.version
+        doc = doc if doc is not None else entry.doc
+        enc = self.encoding
+        try:
+            outcome = self.filler.from_cache(uri, doc, line, character, enc)
+            if outcome is None:
+                if debounce:
+                    s = self.settings.debounce
+                    await self.debouncer.wait(uri, s.min_ms, s.max_ms)
+                outcome = await self.filler.at_cursor(uri, doc, line, character, enc, self.settings)
+        except asyncio.CancelledError:
+            self.stats.count("cancelled")
+            raise
+        except core_errors() as exc:
+            self.stats.count("errors")
+            self.tell_once(f"core-error:{type(exc).__name__}", f"diffill: completion failed: {exc}")
+            return None
+        finally:
+            self.latest.release(uri)
+        if entry.version != version or self.docs.get(uri) is not entry:
+            self.stats.count("stale")
+            raise JsonRpcContentModified("document changed while filling")
+        if outcome is None or not outcome.candidates:
+            self.stats.count("empty")
+            return None
+        latency = (time.perf_counter() - t0) * 1000
+        self.stats.count("answered")
+        self.stats.latency(latency)
+        cursor = doc.offset_at(line, character, encoding=enc) or 0
+        if outcome.cached:
+            self.stats.count("cacheHits")
+            accept_id = self.feedback.current(uri) or self.feedback.shown(uri, entry.language_id, outcome.candidates[0].text, latency)
+        else:
+            accept_id = self.feedback.shown(uri, entry.language_id, outcome.candidates[0].text, latency)
+        log.info("fill uri=%s cached=%s latency_ms=%.1f %s", uri, outcome.cached, latency,
+                 " ".join(f"{k}={v:.1f}" for k, v in outcome.timings.items()))
+        return Answer(entry, doc, outcome, cursor, latency, accept_id)
+
+    async def status(self) -> dict:
+        core: dict = {"state": self.link.state.value}
+        if self.link.error:
+            core["error"] = self.link.error
+        if self.link.state is LinkState.READY:
+            try:
+                conn = await asyncio.wait_for(self.link.connection(), timeout=1)
+                core.update(await asyncio.wait_for(conn.status(), timeout=5))
+            except Exception as exc:
+                core["error"] = str(exc)
+        summary = self.stats.summary()
+        summary["counters"]["superseded"] = self.latest.superseded
+        return {
+            "server": {"name": "diffill", "version": VERSION, "encoding": self.encoding, "documents": len(self.docs)},
+            "core": core,
+            "model": core.get("model"),
+            "device": core.get("device"),
+            "queue": self.latest.in_flight(),
+            **summary,
+            "cache": {"hits": self.cache.hits, "misses": self.cache.misses},
+        }

@@ -1,0 +1,97 @@
+"""Latency machinery: newest request wins per document, and an adaptive debounce.
+
+Owns: which in-flight completion task belongs to which document, cancelling the
+superseded one (pygls then answers it with RequestCancelled, -32800, and the core
+client turns the task's CancelledError into a core-side ``cancel`` that lands within
+one denoising step), and how long to wait before asking the core at all.
+
+Must not know: LSP types, the core, grammars. Works on asyncio tasks and clocks.
+
+Why it never starves: only a *newer request for the same document* cancels a task,
+and the debounce is capped (``max_ms``), so the request sent when the user pauses is
+never superseded and always reaches the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+# Weight of the newest inter-request gap in the typing-rhythm average.
+_GAP_EMA_ALPHA = 0.3
+# Gaps longer than this are pauses, not typing rhythm, and are not averaged in.
+_PAUSE_S = 1.0
+# The debounce waits this fraction of the typical gap: a bit less than the rhythm, so
+# a request still starts promptly after a keystroke that ends a burst.
+_GAP_FRACTION = 0.8
+
+
+class Latest:
+    """Newest wins: one live completion task per key (a document uri)."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task] = {}
+        self.superseded = 0
+
+    def claim(self, key: str) -> None:
+        """Make the current task the live one for ``key``; cancel the previous one."""
+        task = asyncio.current_task()
+        assert task is not None, "claim() runs inside a request task"
+        old = self._tasks.get(key)
+        self._tasks[key] = task
+        if old is not None and old is not task and not old.done():
+            self.superseded += 1
+            old.cancel("superseded by a newer request")
+
+    def release(self, key: str) -> None:
+        if self._tasks.get(key) is asyncio.current_task():
+            del self._tasks[key]
+
+    def cancel(self, key: str) -> None:
+        """Cancel the live task of ``key`` (document closed or changed)."""
+        old = self._tasks.pop(key, None)
+        if old is not None and not old.done():
+            old.cancel("document closed")
+
+    def in_flight(self) -> int:
+        return sum(1 for t in self._tasks.values() if not t.done())
+
+
+@dataclass
+class _Rhythm:
+    last: float = 0.0
+    gap_ema: float | None = None
+
+
+@dataclass
+class Debouncer:
+    """Per-document delay that follows the typing rhythm, within [min_ms, max_ms]."""
+
+    _docs: dict[str, _Rhythm] = field(default_factory=dict)
+
+    def observe(self, key: str, now: float | None = None) -> None:
+        """Record a request for ``key`` (call once per request)."""
+        now = time.monotonic() if now is None else now
+        r = self._docs.setdefault(key, _Rhythm())
+        if r.last:
+            gap = now - r.last
+            if gap < _PAUSE_S:
+                r.gap_ema = gap if r.gap_ema is None else (
+                    _GAP_EMA_ALPHA * gap + (1 - _GAP_EMA_ALPHA) * r.gap_ema
+                )
+        r.last = now
+
+    def delay_s(self, key: str, min_ms: int, max_ms: int) -> float:
+        r = self._docs.get(key)
+        gap_ms = 0.0 if r is None or r.gap_ema is None else r.gap_ema * 1000 * _GAP_FRACTION
+        lo, hi = min(min_ms, max_ms), max(min_ms, max_ms)
+        return max(lo, min(hi, gap_ms)) / 1000.0
+
+    def forget(self, key: str) -> None:
+        self._docs.pop(key, None)
+
+    async def wait(self, key: str, min_ms: int, max_ms: int) -> None:
+        delay = self.delay_s(key, min_ms, max_ms)
+        if delay > 0:
+            await asyncio.sleep(delay)

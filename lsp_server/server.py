@@ -1,0 +1,223 @@
+"""LSP handlers of the diffill server, and ``diffill lsp``.
+
+Owns: the handler functions only, registered on a ``DiffillServer`` by
+``build_server``. Each reads settings, gets the document, asks the pipeline in
+runtime.py / filling.py, and converts with results.py.
+
+Must not know: torch, how fills are computed, how results are built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from lsprotocol import types
+
+from lsp_server import results
+from lsp_server.core_link import CoreFactory, core_errors, real_core_factory
+from lsp_server.runtime import DiffillServer
+from lsp_server.settings import SECTION
+
+log = logging.getLogger(__name__)
+
+# Completion fallback triggers, besides the identifier characters editors send anyway.
+_TRIGGER_CHARACTERS = [".", "(", "[", "{", ",", "=", ":", " "]
+
+
+def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer:
+    ls = DiffillServer(core_factory)
+
+    @ls.feature(types.INITIALIZE)
+    def initialize(ls: DiffillServer, params: types.InitializeParams) -> None:
+        options = params.initialization_options
+        if isinstance(options, dict) and isinstance(options.get(SECTION), dict):
+            options = options[SECTION]  # accept both {"diffill": {...}} and {...}
+        ls.update_settings(options, "initializationOptions")
+
+    @ls.feature(types.INITIALIZED)
+    async def initialized(ls: DiffillServer, params: types.InitializedParams) -> None:
+        await ls.pull_configuration()
+        ls.ensure_core()
+
+    @ls.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    async def did_change_configuration(ls: DiffillServer, params: types.DidChangeConfigurationParams) -> None:
+        data = params.settings
+        if isinstance(data, dict) and SECTION in data:
+            ls.update_settings(data[SECTION], "didChangeConfiguration")
+        else:  # the pull model: settings is null or another section
+            await ls.pull_configuration()
+        ls.ensure_core()
+
+    @ls.feature(types.SHUTDOWN)
+    async def shutdown(ls: DiffillServer, params: Any) -> None:
+        await ls.close_core()
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: DiffillServer, params: types.DidOpenTextDocumentParams) -> None:
+        d = params.text_document
+        ls.docs.open(d.uri, d.language_id, d.version, d.text)
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: DiffillServer, params: types.DidChangeTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        ls.latest.cancel(uri)  # a fill for the old text is wasted work
+        changes = []
+        for c in params.content_changes:
+            rng = getattr(c, "range", None)
+            if rng is None:
+                changes.append((None, None, c.text))
+            else:
+                changes.append(((rng.start.line, rng.start.character), (rng.end.line, rng.end.character), c.text))
+
+        def full_text() -> str | None:
+            try:
+                return ls.workspace.get_text_document(uri).source
+            except Exception:
+                return None
+
+        ls.docs.change(uri, params.text_document.version, changes, ls.encoding, full_text)
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: DiffillServer, params: types.DidCloseTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        ls.latest.cancel(uri)
+        ls.docs.close(uri)
+        ls.cache.drop(uri)
+        ls.debouncer.forget(uri)
+        ls.feedback.closed(uri)
+
+    @ls.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: DiffillServer, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
+        if not ls.settings.inline.enable:
+            return None
+        invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        selected = params.context.selected_completion_info
+        if selected is not None:
+            return await _inline_with_selected(ls, params, selected, invoked)
+        pos = params.position
+        answer = await ls.complete(params.text_document.uri, pos.line, pos.character, debounce=not invoked)
+        if answer is None:
+            return types.InlineCompletionList(items=[])
+        n = ls.settings.inline.max_items if invoked else 1
+        cands = answer.outcome.candidates
+        return results.inline_list(answer.doc, cands, ls.encoding, n, [answer.accept_id] * len(cands))
+
+    @ls.feature(
+        types.TEXT_DOCUMENT_COMPLETION,
+        types.CompletionOptions(trigger_characters=_TRIGGER_CHARACTERS, resolve_provider=False),
+    )
+    async def completion(ls: DiffillServer, params: types.CompletionParams) -> types.CompletionList | None:
+        if not ls.settings.completion.enable:
+            return None
+        pos = params.position
+        invoked = params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked
+        answer = await ls.complete(params.text_document.uri, pos.line, pos.character, debounce=not invoked)
+        if answer is None:
+            return types.CompletionList(is_incomplete=True, items=[])
+        return results.completion_list(answer.doc, answer.outcome.candidates, answer.cursor, ls.encoding)
+
+    @ls.feature(
+        types.TEXT_DOCUMENT_CODE_ACTION,
+        types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.RefactorRewrite]),
+    )
+    def code_action(ls: DiffillServer, params: types.CodeActionParams) -> list[types.CodeAction] | None:
+        entry = ls.usable(params.text_document.uri)
+        if entry is None:
+            return None
+        from grammars.holes import find_holes
+
+        try:
+            holes = find_holes(entry.doc, marker=ls.settings.hole_marker)
+            r = params.range
+            lo = entry.doc.offset_at(r.start.line, r.start.character, encoding=ls.encoding)
+            hi = entry.doc.offset_at(r.end.line, r.end.character, encoding=ls.encoding)
+        except Exception as exc:
+            log.warning("code actions: %s", exc)
+            return None
+        here = lo is not None and hi is not None and any(h.start_byte <= hi and lo <= h.end_byte for h in holes)
+        return results.code_actions(params.text_document.uri, params.range, here, len(holes)) or None
+
+    @ls.command(results.COMMAND_FILL_HOLES)
+    async def fill_holes(ls: DiffillServer, *args: Any) -> dict:
+        from lsp_server.holes_command import run_fill_holes
+
+        try:
+            return await run_fill_holes(ls, list(args))
+        except core_errors() as exc:
+            ls.tell_once(f"fill-error:{exc}", f"diffill: filling holes failed: {exc}", types.MessageType.Error)
+            return {"filled": 0, "error": str(exc)}
+
+    @ls.command(results.COMMAND_ACCEPTED)
+    def accepted(ls: DiffillServer, *args: Any) -> bool:
+        return bool(args) and ls.feedback.accepted(str(args[0]))
+
+    @ls.feature(results.STATUS_METHOD)
+    async def status(ls: DiffillServer, params: Any) -> dict:
+        return await ls.status()
+
+    return ls
+
+
+async def _inline_with_selected(
+    ls: DiffillServer,
+    params: types.InlineCompletionParams,
+    selected: types.SelectedCompletionInfo,
+    invoked: bool,
+) -> types.InlineCompletionList:
+    """Honour selectedCompletionInfo: complete as if the selected item were applied,
+    and return items that start with its text over its range (LSP 3.18)."""
+    from lsp_server.documents import make_document
+
+    entry = ls.usable(params.text_document.uri)
+    if entry is None:
+        return types.InlineCompletionList(items=[])
+    r = selected.range
+    if r.start.line != r.end.line:
+        return types.InlineCompletionList(items=[])
+    shadow, _ = make_document(entry.doc.text, entry.language_id, entry.uri)
+    if shadow is None:
+        return types.InlineCompletionList(items=[])
+    try:
+        shadow.apply_change((r.start.line, r.start.character), (r.end.line, r.end.character), selected.text, encoding=ls.encoding)
+    except Exception as exc:
+        log.warning("selectedCompletionInfo: %s", exc)
+        return types.InlineCompletionList(items=[])
+    end_line, end_char = shadow.position_at(
+        shadow.offset_at(r.start.line, r.start.character, encoding=ls.encoding) + len(selected.text.encode("utf-8")),
+        encoding=ls.encoding,
+    )
+    answer = await ls.complete(entry.uri, end_line, end_char, debounce=not invoked, doc=shadow)
+    if answer is None:
+        return types.InlineCompletionList(items=[])
+    # Only insertions at the end of the selected text map back onto the real document.
+    cands = [c for c in answer.outcome.candidates if c.start == c.end == answer.cursor]
+    n = ls.settings.inline.max_items if invoked else 1
+    items = []
+    for c in cands[:n]:
+        items.append(types.InlineCompletionItem(insert_text=selected.text + c.text, range=r))
+    return types.InlineCompletionList(items=items)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``diffill lsp [--tcp HOST:PORT]``: serve LSP over stdio (or TCP to debug)."""
+    parser = argparse.ArgumentParser(prog="diffill lsp", description="diffill language server")
+    parser.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio (debugging)")
+    parser.add_argument("--log-level", default="WARNING", help="stderr log level (default WARNING)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # pygls logs every message body at INFO: far too much for a 10 MB document.
+    logging.getLogger("pygls").setLevel(max(logging.WARNING, logging.getLogger().level))
+    server = build_server()
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        if not host or not port.isdigit():
+            print(f"diffill lsp: --tcp wants HOST:PORT, got {args.tcp!r}", file=sys.stderr)
+            return 2
+        server.start_tcp(host, int(port))
+    else:
+        server.start_io()
+    return 0

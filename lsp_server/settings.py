@@ -1,0 +1,201 @@
+"""Editor settings for the diffill language server.
+
+Owns: the nested, defaulted dataclasses that hold every user setting, their mapping
+from the editor's camelCase JSON (``initializationOptions``, ``workspace/configuration``
+section ``diffill``, ``workspace/didChangeConfiguration``), and the fallback to the
+default of a field whose value is bad (the bad key is reported, never raised).
+
+Must not know: LSP transport, pygls, the core, grammars. Pure data in, data out.
+
+Example editor JSON (every key optional)::
+
+    {"model": {"path": "", "device": "auto"},
+     "core": {"address": ""},
+     "fill": {"maxTokens": 64, "steps": null, "threshold": null},
+     "debounce": {"minMs": 0, "maxMs": 120},
+     "context": {"prefixBytes": 6000, "suffixBytes": 2000},
+     "languages": [],
+     "inline": {"enable": true, "maxItems": 3},
+     "completion": {"enable": true},
+     "holeMarker": "<|fill|>",
+     "feedback": {"enable": true, "path": ""}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+SECTION = "diffill"  # the workspace/configuration section holding these settings
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    path: str = ""  # model folder; "" = the bundled default model
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    # "" starts a private core subprocess; "unix:/path" or "tcp:host:port" shares one
+    address: str = ""
+    token: str = ""  # shared-core token, when the core asks for one
+
+
+@dataclass(frozen=True)
+class FillSettings:
+    max_tokens: int = 64  # cap on the planner's budget per hole
+    steps: int | None = None  # None: the core's default (diffusion_core/params.py)
+    threshold: float | None = None
+    strategy: str | None = None
+
+
+@dataclass(frozen=True)
+class DebounceSettings:
+    # The delay adapts to the typing rhythm between these bounds (scheduler.Debouncer).
+    min_ms: int = 0
+    max_ms: int = 120
+
+
+@dataclass(frozen=True)
+class ContextSettings:
+    # utf-8 bytes of text sent to the core around the hole; cut at line starts.
+    prefix_bytes: int = 6000
+    suffix_bytes: int = 2000
+
+
+@dataclass(frozen=True)
+class InlineSettings:
+    enable: bool = True
+    max_items: int = 3  # items for an Invoked trigger; Automatic gets the best one
+
+
+@dataclass(frozen=True)
+class CompletionSettings:
+    enable: bool = True  # textDocument/completion fallback for editors without inline
+
+
+@dataclass(frozen=True)
+class FeedbackSettings:
+    enable: bool = True  # accept/reject log, local file only
+    path: str = ""  # "" = $XDG_STATE_HOME/diffill/feedback.jsonl
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    core: CoreSettings = field(default_factory=CoreSettings)
+    fill: FillSettings = field(default_factory=FillSettings)
+    debounce: DebounceSettings = field(default_factory=DebounceSettings)
+    context: ContextSettings = field(default_factory=ContextSettings)
+    languages: tuple[str, ...] = ()  # LSP languageIds to serve; empty = all
+    inline: InlineSettings = field(default_factory=InlineSettings)
+    completion: CompletionSettings = field(default_factory=CompletionSettings)
+    hole_marker: str = "<|fill|>"
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+
+    def serves(self, language_id: str) -> bool:
+        return not self.languages or language_id in self.languages
+
+    def fill_params(self) -> dict[str, Any]:
+        """The FillParams overrides to send to the core (unset ones are left out)."""
+        f = self.fill
+        out = {"steps": f.steps, "threshold": f.threshold, "strategy": f.strategy}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+# Value checks beyond the type, per dotted snake_case path.
+_CHECKS: dict[str, typing.Callable[[Any], bool]] = {
+    "fill.max_tokens": lambda v: 1 <= v <= 4096,
+    "fill.steps": lambda v: v is None or 1 <= v <= 1024,
+    "fill.threshold": lambda v: v is None or 0.0 < v <= 1.0,
+    "fill.strategy": lambda v: v is None or v in ("threshold", "topk"),
+    "debounce.min_ms": lambda v: 0 <= v <= 5000,
+    "debounce.max_ms": lambda v: 0 <= v <= 5000,
+    "context.prefix_bytes": lambda v: 64 <= v <= 1_000_000,
+    "context.suffix_bytes": lambda v: 0 <= v <= 1_000_000,
+    "inline.max_items": lambda v: 1 <= v <= 10,
+    "hole_marker": lambda v: len(v) > 0,
+}
+
+
+def to_camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+def to_snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def parse(data: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
+    """Settings from editor JSON over ``base`` (defaults when None).
+
+    Returns the settings and the camelCase dotted keys that were bad (unknown key,
+    wrong type, value out of range); each bad field keeps its value from ``base``.
+    """
+    base = base or Settings()
+    if data is None:
+        return base, []
+    bad: list[str] = []
+    if not isinstance(data, dict):
+        return base, ["<root>"]
+    return _merge(base, data, "", bad), bad
+
+
+def _merge(obj: Any, data: dict, prefix: str, bad: list[str]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        name = to_snake(str(key))
+        dotted_camel = f"{prefix}{key}"
+        if name not in fields:
+            bad.append(dotted_camel)
+            continue
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if isinstance(value, dict):
+                changes[name] = _merge(current, value, f"{dotted_camel}.", bad)
+            else:
+                bad.append(dotted_camel)
+            continue
+        ok, converted = _convert(value, hints[name])
+        path = _snake_path(prefix, name)
+        if ok and _CHECKS.get(path, lambda v: True)(converted):
+            changes[name] = converted
+        else:
+            bad.append(dotted_camel)
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def _snake_path(camel_prefix: str, name: str) -> str:
+    parts = [to_snake(p) for p in camel_prefix.split(".") if p]
+    return ".".join(parts + [name])
+
+
+def _convert(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(ok, value) for a JSON value against a field's type hint."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return True, None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0])
+    if hint is bool:
+        return (isinstance(value, bool), value)
+    if hint is int:
+        return (isinstance(value, int) and not isinstance(value, bool), value)
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return (ok, float(value) if ok else value)
+    if hint is str:
+        return (isinstance(value, str), value)
+    if typing.get_origin(hint) is tuple:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return (ok, tuple(value) if ok else value)
+    return False, value
