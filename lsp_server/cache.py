@@ -94,8 +94,8 @@ def _match(entry: Entry, source: bytes, cursor: int) -> Hit | None:
 def match_reference(entry: Entry, source: bytes, cursor: int) -> Hit | None:
     """Slow, obviously-correct reference of ``_match`` for the tests."""
     for n in range(0, len(source) + 1):
-        typed_b = source[len(entry.head) : len(entry.head) + n] if n <= len(source) else b""
-        if entry.head + typed_b + entry.tail != source or len(entry.head) + n != cursor:
+        typed_b = source[len(entry.head) : len(entry.head) + n]
+        if len(typed_b) != n or entry.head + typed_b + entry.tail != source or len(entry.head) + n != cursor:
             continue
         try:
             typed = typed_b.decode("utf-8")

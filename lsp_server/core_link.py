@@ -38,7 +38,8 @@ class CoreConnection(Protocol):
     async def close(self) -> None: ...
 
 
-CoreFactory = Callable[[Settings, Callable[[Any], None]], CoreConnection]
+OnEvent = Callable[[str, str], Any]  # (kind, one-line message), see core_client
+CoreFactory = Callable[[Settings, OnEvent], CoreConnection]
 
 
 class LinkState(enum.Enum):
@@ -53,7 +54,7 @@ class CoreUnready(RuntimeError):
     """The core failed to start or was closed; the message says why in one line."""
 
 
-def real_core_factory(settings: Settings, on_event: Callable[[Any], None]) -> CoreConnection:
+def real_core_factory(settings: Settings, on_event: OnEvent) -> CoreConnection:
     """A ``CoreClient`` configured from the editor settings."""
     from lsp_server.core_client import CoreClient  # lazy: owned by the service engineer
 
@@ -79,7 +80,7 @@ class CoreLink:
     """Owns one CoreConnection: starts it in the background, waits for it, swaps it
     when the model/device/address settings change."""
 
-    def __init__(self, factory: CoreFactory, on_event: Callable[[Any], None]):
+    def __init__(self, factory: CoreFactory, on_event: OnEvent):
         self._factory = factory
         self._on_event = on_event
         self._conn: CoreConnection | None = None

@@ -35,7 +35,6 @@ def make_document(text: str, language_id: str, uri: str) -> tuple[Any | None, st
     from grammars.document import Document
 
     try:
-        text.encode("utf-8")  # lone surrogates from JSON escapes cannot be utf-8
         return Document(text, language_id=language_id, path=None), ""
     except Exception as exc:  # binary junk, encoding errors: never crash the server
         reason = f"{uri}: cannot use this document ({type(exc).__name__}: {str(exc)[:120]})"

@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lsp_server.filling import clip_segments, tab_settings
+from lsp_server.filling import _postprocess, clip_segments, tab_settings
 from lsp_server.settings import Settings
 
 
@@ -47,38 +47,16 @@ def read_source(path: Path) -> str:
         raise FillError(f"{path}: not utf-8 text (byte {exc.start})", 2) from None
 
 
-def language_of(path: Path) -> str:
-    """The LSP languageId for a file name (grammars' table when it has one)."""
-    try:
-        from grammars import languages  # type: ignore[attr-defined]
-
-        for name in ("language_id_for_path", "language_for_path", "language_id_for"):
-            fn = getattr(languages, name, None)
-            if fn is not None:
-                found = fn(str(path))
-                if found:
-                    return getattr(found, "language_id", None) or getattr(found, "name", None) or str(found)
-    except Exception:
-        pass
-    return _EXTENSIONS.get(path.suffix.lower(), "plaintext")
-
-
-_EXTENSIONS = {
-    ".py": "python", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascriptreact",
-    ".ts": "typescript", ".tsx": "typescriptreact", ".go": "go", ".rs": "rust", ".c": "c", ".h": "c",
-    ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp", ".java": "java",
-}
-
-
 def fill_file(path: Path, at: tuple[int, int] | None, model: str | None, device: str, marker: str) -> str:
     """The file's text with its holes (or the plan at ``at``) filled."""
     from grammars.document import Document
     from grammars.holes import find_holes
     from grammars.planner import plan, split_segments
-    from grammars.postprocess import finalize
+
+    finalize, _ = _postprocess()
 
     text = read_source(path)
-    doc = Document(text, language_id=language_of(path), path=str(path))
+    doc = Document(text, language_id=None, path=str(path))  # language from the extension
     if at is not None:
         if doc.offset_at(at[0], at[1], encoding="utf-32") is None:
             raise FillError(f"{path}: position {at[0] + 1}:{at[1] + 1} is outside the file", 2)

@@ -86,10 +86,10 @@ class DiffillServer(LanguageServer):
         self._told.add(key)
         self.window_show_message(types.ShowMessageParams(type=kind, message=message))
 
-    def _on_core_event(self, event: Any) -> None:
-        text = event if isinstance(event, str) else (event.get("message") if isinstance(event, dict) else None)
-        log.warning("core event: %s", event)
-        self.tell_once(f"core-event:{text or event!r}", f"diffill: {text or event!r}")
+    def _on_core_event(self, kind: str, message: str) -> None:
+        """The core client tells once when a core dies or is restarted."""
+        log.warning("core %s: %s", kind, message)
+        self.tell_once(f"core-event:{kind}:{message}", f"diffill: {message}")
 
     def _apply_feedback_path(self) -> None:
         fb = self.settings.feedback
@@ -243,14 +243,16 @@ class DiffillServer(LanguageServer):
                 core.update(await asyncio.wait_for(conn.status(), timeout=5))
             except Exception as exc:
                 core["error"] = str(exc)
+        info = core.get("info") if isinstance(core.get("info"), dict) else {}
+        sched = core.get("scheduler") if isinstance(core.get("scheduler"), dict) else {}
         summary = self.stats.summary()
         summary["counters"]["superseded"] = self.latest.superseded
         return {
             "server": {"name": "diffill", "version": VERSION, "encoding": self.encoding, "documents": len(self.docs)},
             "core": core,
-            "model": core.get("model"),
-            "device": core.get("device"),
-            "queue": self.latest.in_flight(),
+            "model": info.get("model"),
+            "device": info.get("device"),
+            "queue": {"inFlight": self.latest.in_flight(), "core": sched.get("waiting"), "active": sched.get("active")},
             **summary,
             "cache": {"hits": self.cache.hits, "misses": self.cache.misses},
         }

@@ -1,0 +1,79 @@
+"""A fake denoising core for the server tests, and a launcher that runs the real
+server over stdio on it (``python tests/lsp_server/fakes.py``).
+
+The fake answers every hole with a fixed text after ``steps`` sleeps of ``step_s``
+(one sleep = one "denoising step", so a cancel lands at the next step like the real
+core's), and counts fills, cancellations and the segments it was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeCore:
+    def __init__(self, settings=None, on_event=None, *, text: str = "value = 42", steps: int = 3,
+                 step_s: float = 0.01, fail_start: str = "") -> None:
+        self.settings = settings
+        self.text = text
+        self.steps = steps
+        self.step_s = step_s
+        self.fail_start = fail_start
+        self.fills = 0
+        self.cancelled = 0
+        self.completed = 0
+        self.last_segments: list[str] = []
+        self.last_budgets: list[int] = []
+        self.last_params: dict = {}
+        self.closed = False
+
+    async def start(self) -> None:
+        await asyncio.sleep(0.01)
+        if self.fail_start:
+            raise RuntimeError(self.fail_start)
+
+    async def fill(self, segments, budgets, params, request_id=None) -> dict:
+        self.fills += 1
+        self.last_segments, self.last_budgets, self.last_params = list(segments), list(budgets), dict(params)
+        try:
+            for _ in range(self.steps):
+                await asyncio.sleep(self.step_s)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        self.completed += 1
+        return {"texts": [self.text for _ in budgets], "stats": {"steps": self.steps}}
+
+    async def status(self) -> dict:
+        return {"info": {"model": "fake", "device": "cpu"},
+                "scheduler": {"waiting": 0, "active": 0},
+                "fake": {"fills": self.fills, "cancelled": self.cancelled, "completed": self.completed,
+                         "last_segments": self.last_segments, "last_params": self.last_params}}
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    from lsp_server.server import build_server
+
+    opts = json.loads(os.environ.get("DIFFILL_FAKE_CORE", "{}"))
+
+    def factory(settings, on_event):
+        return FakeCore(settings, on_event, **opts)
+
+    import logging
+
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    build_server(factory).start_io()
+
+
+if __name__ == "__main__":
+    main()
