@@ -119,7 +119,9 @@ class Document:
         new_source = old[:start] + new + old[end:]
         if self.tree is not None:
             self.tree.edit(**edit_args(old, new_source, start, end, start + len(new)))
-        self._set_source(new_source)
+        self.line_starts = positions.update_line_starts(self.line_starts, new_source, start, end, start + len(new))
+        self.source = new_source
+        self._text = None
         self._reparse(self.tree)
 
     def reparse_with(self, start: int, end: int, new: bytes) -> tuple[bytes, ts.Tree | None]:

@@ -20,6 +20,29 @@ def line_starts(source: bytes) -> list[int]:
     return [0] + [m.end() for m in _EOL.finditer(source)]
 
 
+def update_line_starts(starts: list[int], new_source: bytes, start: int, old_end: int, new_end: int) -> list[int]:
+    """Line starts after source[start:old_end] became new_source[start:new_end].
+
+    Rescans only the edited lines (plus one line either side, so a "\r" + "\n" pair
+    split or joined by the edit is seen) and shifts the starts after them; equal to
+    line_starts(new_source), which the tests check on random edits.
+    """
+    delta = new_end - old_end
+    first = max(0, bisect.bisect_right(starts, start) - 2)
+    last = bisect.bisect_right(starts, old_end) + 1  # index of the first start kept as is
+    scan_from = starts[first]
+    if last < len(starts):
+        scan_to = starts[last] + delta
+        tail = [s + delta for s in starts[last + 1:]]
+    else:
+        scan_to = len(new_source)
+        tail = []
+    mid = [m.end() for m in _EOL.finditer(new_source, scan_from, scan_to)]
+    if last < len(starts) and (not mid or mid[-1] != scan_to):
+        mid.append(scan_to)
+    return starts[: first + 1] + mid + tail
+
+
 def line_end(source: bytes, starts: list[int], line: int) -> int:
     """Byte offset of the end of `line`'s content (before its line break)."""
     end = starts[line + 1] if line + 1 < len(starts) else len(source)
