@@ -107,7 +107,8 @@ def _plan(doc: Document, line: int, character: int, encoding: str, selection) ->
         return _block_plan(doc, off, ls, le, before, leading="")
     if opener and not after.strip() and before.rstrip().endswith(opener):
         return _block_plan(doc, off, ls, le, before, leading="\n")
-    if opener == "{" and before.rstrip().endswith("{") and after.lstrip().startswith("}"):
+    if (opener == "{" and before.rstrip().endswith("{") and after.lstrip().startswith("}")
+            and _target_at(doc, off, ("body", "block")) != "line"):  # not `${|}` or `= {|}`
         return _block_plan(doc, off, ls, le, before, leading="\n", trailing="\n")
     return _line_plan(doc, off, before, after)
 
