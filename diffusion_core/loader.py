@@ -122,6 +122,9 @@ def load_model(folder: str | Path | None = None, device: str = "auto", dtype: to
         raise CoreError(f"{folder}: model folder not found")
     dev = resolve_device(device)
     dtype = dtype or default_dtype(dev)
+    if convert is None:
+        from .checkpoints import converter_for  # imports this module: resolved at call time
+        convert = converter_for(folder)  # None for our own format
     if convert is not None:
         cfg, special_names, tensors = convert(folder)
     else:
