@@ -85,6 +85,8 @@ EXTENSIONS: dict[str, str] = {
     ".hxx": "cpp", ".cu": "cpp",
     ".java": "java",
 }
+# gcc's convention: an upper-case .C / .H file is C++.
+_CASED_EXTENSIONS = {".C": "cpp", ".H": "cpp"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -111,8 +113,8 @@ def language_for(path: str | None = None, language_id: str | None = None) -> Lan
         if name is not None:
             return get_lang(name)
     if path:
-        ext = os.path.splitext(str(path))[1].lower()
-        name = EXTENSIONS.get(ext)
+        ext = os.path.splitext(str(path))[1]
+        name = _CASED_EXTENSIONS.get(ext) or EXTENSIONS.get(ext.lower())
         if name is not None:
             return get_lang(name)
     return None

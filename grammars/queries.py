@@ -56,20 +56,28 @@ def load(lang: str, purpose: str) -> ts.Query | None:
     """The compiled query of `purpose` for language `lang`; None if it has no such file."""
     if purpose not in VOCABULARY:
         raise QueryError(f"unknown query purpose {purpose!r}; expected one of {PURPOSES}")
-    language = get_lang(lang)
-    if language is None:
+    if get_lang(lang) is None:
         return None
     source = query_source(lang, purpose)
     if not source.strip():
         return None
+    return compile_query(lang, source, purpose)
+
+
+def compile_query(lang: str, source: str, purpose: str) -> ts.Query:
+    """Compile query text for `lang` and check its captures against the vocabulary."""
+    where = f"grammars/queries/{lang}/{purpose}.scm"
+    language = get_lang(lang)
+    if language is None:
+        raise QueryError(f"{where}: unknown language {lang!r}")
     try:
         query = ts.Query(language.language, source)
     except Exception as exc:  # tree_sitter.QueryError and friends: name the file
-        raise QueryError(f"grammars/queries/{lang}/{purpose}.scm: {exc}") from None
+        raise QueryError(f"{where}: {exc}") from None
     bad = sorted(set(capture_names(query)) - VOCABULARY[purpose])
     bad = [name for name in bad if not name.startswith("_")]
     if bad:
-        raise QueryError(f"grammars/queries/{lang}/{purpose}.scm: captures outside the vocabulary: {bad}")
+        raise QueryError(f"{where}: captures outside the vocabulary: {bad}")
     return query
 
 
