@@ -19,6 +19,10 @@ from lsp_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# How long a request waits for the core to come up (loading a model from a cold disk
+# on a slow machine takes a while); after that it gets an empty answer.
+_WAIT_FOR_START_S = 300.0
+
 
 class CoreConnection(Protocol):
     """What the server needs from a core. ``CoreClient`` satisfies it as is."""
@@ -96,19 +100,26 @@ class CoreLink:
     def needs_restart(self, settings: Settings) -> bool:
         return self.state is not LinkState.IDLE and self.key != self.settings_key(settings)
 
+    def _pending(self) -> asyncio.Future[None]:
+        """The future requests wait on; a fresh one once the last has resolved."""
+        if self._ready is None or self._ready.done():
+            self._ready = asyncio.get_running_loop().create_future()
+        return self._ready
+
     async def start(
         self,
         settings: Settings,
         on_loading: Callable[[], Awaitable[None]] | None = None,
         on_loaded: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
-        """Start (or restart) the core; returns when it is ready or has failed."""
-        await self.close()
+        """Start (or restart) the core; returns when it is ready or has failed.
+        Requests that arrived before (the editor may ask before ``initialized`` has
+        started the core) wait for this start."""
+        await self._drop_connection()
+        ready = self._pending()
         self.key = self.settings_key(settings)
         self.state = LinkState.STARTING
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        self._ready = ready
+        self.error = ""
         if on_loading:
             await on_loading()
         try:
@@ -116,17 +127,13 @@ class CoreLink:
             await self._conn.start()
         except asyncio.CancelledError:
             self.state = LinkState.CLOSED
-            self.error = "core start cancelled"
-            if not ready.done():
-                ready.set_exception(CoreUnready(self.error))
+            self._fail(ready, "core start cancelled")
             raise
         except Exception as exc:  # any start failure becomes one line for the user
             self.state = LinkState.FAILED
             self.error = f"diffill core failed to start: {_one_line(exc)}"
             log.error(self.error)
-            if not ready.done():
-                ready.set_exception(CoreUnready(self.error))
-            ready.exception()  # mark retrieved: waiters may never come
+            self._fail(ready, self.error)
         else:
             self.state = LinkState.READY
             if not ready.done():
@@ -134,24 +141,38 @@ class CoreLink:
         if on_loaded:
             await on_loaded(self.error if self.state is LinkState.FAILED else "")
 
-    async def connection(self) -> CoreConnection:
+    async def connection(self, timeout: float = _WAIT_FOR_START_S) -> CoreConnection:
         """The ready connection; waits while it starts; CoreUnready when it cannot."""
-        if self._ready is None:
-            raise CoreUnready("diffill core not started")
-        await asyncio.shield(self._ready)
-        assert self._conn is not None
+        if self.state in (LinkState.FAILED, LinkState.CLOSED):
+            raise CoreUnready(self.error or "diffill core not running")
+        ready = self._ready if self._ready is not None and not self._ready.done() else None
+        if self.state is not LinkState.READY or ready is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(ready or self._pending()), timeout)
+            except asyncio.TimeoutError:
+                raise CoreUnready(f"diffill core not ready after {timeout:.0f} s") from None
+        if self._conn is None or self.state is not LinkState.READY:
+            raise CoreUnready(self.error or "diffill core not running")
         return self._conn
 
-    async def close(self) -> None:
+    @staticmethod
+    def _fail(ready: asyncio.Future[None], message: str) -> None:
+        if not ready.done():
+            ready.set_exception(CoreUnready(message))
+            ready.exception()  # mark retrieved: there may be no waiter
+
+    async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(CoreUnready("diffill core closed"))
-            self._ready.exception()
         if conn is not None:
             try:
                 await asyncio.wait_for(conn.close(), timeout=10)
             except Exception as exc:
                 log.warning("closing the core: %s", _one_line(exc))
+
+    async def close(self) -> None:
+        if self._ready is not None:
+            self._fail(self._ready, "diffill core closed")
+        await self._drop_connection()
         if self.state is not LinkState.IDLE:
             self.state = LinkState.CLOSED
 

@@ -146,8 +146,7 @@ class Filler:
         """Ranked fills at a cursor from the core; None when there is nothing worth
         completing (no plan, position out of range)."""
         from grammars.planner import plan as make_plan
-
-        finalize, score = _postprocess()
+        from grammars.postprocess import finalize, score
 
         t0 = time.perf_counter()
         cursor = doc.offset_at(line, character, encoding=encoding)
@@ -183,8 +182,7 @@ class Filler:
     async def holes(self, doc: Any, plans: list[Any], settings: Settings) -> list[Candidate]:
         """Fill every planned hole jointly in one core call; one candidate per plan."""
         from grammars.planner import split_segments
-
-        finalize, _ = _postprocess()
+        from grammars.postprocess import finalize
 
         if not plans:
             return []
@@ -200,22 +198,6 @@ class Filler:
             tab_size, spaces = tab_settings(p.indent)
             out.append(Candidate(finalize(doc, p, raw, tab_size=tab_size, insert_spaces=spaces), p.start_byte, p.end_byte))
         return out
-
-
-def _postprocess() -> tuple[Any, Any]:
-    """grammars' finalize and score. TEMPORARY: until grammars/postprocess.py lands,
-    pass fills through (the plan's leading/trailing text, single-line cut) unranked."""
-    try:
-        from grammars.postprocess import finalize, score
-
-        return finalize, score
-    except ImportError:
-        def finalize(doc: Any, plan: Any, text: str, tab_size: int = 4, insert_spaces: bool = True) -> str:
-            if plan.stop.single_line:
-                text = text.split("\n", 1)[0]
-            return f"{plan.leading}{text}{plan.trailing}" if text else ""
-
-        return finalize, lambda doc, plan, text: 0.0
 
 
 def _ms(t0: float) -> float:

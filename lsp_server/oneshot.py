@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lsp_server.filling import _postprocess, clip_segments, tab_settings
+from lsp_server.filling import clip_segments, tab_settings
 from lsp_server.settings import Settings
 
 
@@ -52,8 +52,7 @@ def fill_file(path: Path, at: tuple[int, int] | None, model: str | None, device:
     from grammars.document import Document
     from grammars.holes import find_holes
     from grammars.planner import plan, split_segments
-
-    finalize, _ = _postprocess()
+    from grammars.postprocess import finalize
 
     text = read_source(path)
     doc = Document(text, language_id=None, path=str(path))  # language from the extension

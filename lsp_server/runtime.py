@@ -13,6 +13,7 @@ torch. Handlers live in server.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from pygls.lsp.server import LanguageServer
 
 from lsp_server import settings as settings_mod
 from lsp_server.cache import FillCache
-from lsp_server.core_link import CoreFactory, CoreLink, LinkState, core_errors, real_core_factory
+from lsp_server.core_link import CoreFactory, CoreLink, CoreUnready, LinkState, core_errors, real_core_factory
 from lsp_server.documents import DocumentStore, OpenDoc
 from lsp_server.feedback import FeedbackLog, Stats, default_log_path
 from lsp_server.filling import Filler, Outcome
@@ -132,7 +133,7 @@ class DiffillServer(LanguageServer):
 
     def ensure_core(self) -> None:
         """Start the core in the background (or restart it after a settings change)."""
-        if self.link.state is LinkState.IDLE or self.link.needs_restart(self.settings):
+        if self.link.state in (LinkState.IDLE, LinkState.FAILED) or self.link.needs_restart(self.settings):
             if self._core_task is not None and not self._core_task.done():
                 self._core_task.cancel()
             self._core_task = asyncio.ensure_future(self._start_core())
@@ -208,6 +209,9 @@ class DiffillServer(LanguageServer):
         except asyncio.CancelledError:
             self.stats.count("cancelled")
             raise
+        except CoreUnready:  # the start failure was told once already
+            self.stats.count("unready")
+            return None
         except core_errors() as exc:
             self.stats.count("errors")
             self.tell_once(f"core-error:{type(exc).__name__}", f"diffill: completion failed: {exc}")
@@ -255,4 +259,5 @@ class DiffillServer(LanguageServer):
             "queue": {"inFlight": self.latest.in_flight(), "core": sched.get("waiting"), "active": sched.get("active")},
             **summary,
             "cache": {"hits": self.cache.hits, "misses": self.cache.misses},
+            "settings": dataclasses.asdict(self.settings),
         }

@@ -71,7 +71,7 @@ def main() -> None:
 
     import logging
 
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    logging.basicConfig(stream=sys.stderr, level=os.environ.get("DIFFILL_LOG_LEVEL", "WARNING"))
     build_server(factory).start_io()
 
 

@@ -1,0 +1,257 @@
+"""The real server over stdio, on a fake core (tests/lsp_server/fakes.py).
+
+Deterministic checks of the LSP surface and the latency machinery; tests/e2e runs
+the same server on a real core."""
+
+import ast
+import asyncio
+import json
+
+import pytest
+from lsprotocol import types
+from pygls.exceptions import JsonRpcRequestCancelled
+
+from tests.lsp_server.lsp_session import execute, change_doc, inline, inline_params, open_doc, session, status, wait_ready
+
+URI = "file:///tmp/diffill_test/a.py"
+PY = "def add(a, b):\n    return \n"
+
+
+async def test_capabilities_and_inline_completion(tmp_path):
+    async with session(fake={"text": "a + b"}, tmp=tmp_path) as client:
+        st = await wait_ready(client)
+        assert st["core"]["state"] == "ready" and st["model"] == "fake"
+        open_doc(client, URI, PY)
+        res = await inline(client, URI, 1, 11)
+        assert len(res.items) == 1
+        item = res.items[0]
+        assert item.insert_text == "a + b"
+        assert item.range.start == item.range.end == types.Position(1, 11)
+        assert item.command is not None and item.command.command == "diffill.accepted"
+        # progress while loading
+        kinds = [type(v).__name__ for reports in client.progress_reports.values() for v in reports]
+        assert kinds[:1] == ["WorkDoneProgressBegin"] and kinds[-1] == "WorkDoneProgressEnd"
+
+
+async def test_server_advertises_inline_completion(tmp_path):
+    async with session(fake={}, tmp=tmp_path) as client:
+        result = await client.protocol.send_request_async(
+            "initialize", types.InitializeParams(capabilities=types.ClientCapabilities())
+        ) if False else None
+        # the initialize result is kept by the client session
+        st = await status(client)
+        assert st["server"]["encoding"] == "utf-16"
+
+
+async def test_invoked_gives_several_items_automatic_one(tmp_path):
+    async with session(fake={"text": "x = 1\n    y = 2"}, tmp=tmp_path) as client:
+        open_doc(client, URI, "def f():\n    \n")
+        auto = await inline(client, URI, 1, 4)
+        invoked = await inline(client, URI, 1, 4, invoked=True)
+        assert len(auto.items) == 1
+        assert len(invoked.items) >= 2
+        assert {i.insert_text for i in auto.items} <= {i.insert_text for i in invoked.items}
+        for item in invoked.items:
+            assert item.range.start.line == item.range.end.line
+
+
+async def test_completion_fallback(tmp_path):
+    async with session(fake={"text": "a + b"}, tmp=tmp_path) as client:
+        open_doc(client, URI, PY)
+        res = await client.text_document_completion_async(
+            types.CompletionParams(text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(1, 11))
+        )
+        assert res.is_incomplete and len(res.items) == 1
+        edit = res.items[0].text_edit
+        assert edit.new_text == "a + b" and edit.range.start == types.Position(1, 11)
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"diffill": {"completion": {"enable": False}}})
+        )
+        await asyncio.sleep(0.1)
+        res = await client.text_document_completion_async(
+            types.CompletionParams(text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(1, 11))
+        )
+        assert res is None or not res.items
+
+
+async def test_newest_wins_under_a_burst(tmp_path):
+    async with session(fake={"text": "a + b", "steps": 20, "step_s": 0.01}, tmp=tmp_path,
+                       init={"debounce": {"maxMs": 0}}) as client:
+        await wait_ready(client)
+        open_doc(client, URI, PY)
+        tasks = [asyncio.ensure_future(inline(client, URI, 1, 11, invoked=True)) for _ in range(50)]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        answered = [r for r in results if isinstance(r, types.InlineCompletionList)]
+        cancelled = [r for r in results if isinstance(r, JsonRpcRequestCancelled)]
+        assert len(answered) == 1 and results[-1] is answered[0] and answered[0].items
+        assert len(cancelled) == 49
+        st = await status(client)
+        assert st["core"]["fake"]["completed"] == 1
+        assert st["counters"]["superseded"] == 49
+
+
+async def test_cancel_request_reaches_the_core(tmp_path):
+    async with session(fake={"text": "a + b", "steps": 200, "step_s": 0.01}, tmp=tmp_path) as client:
+        await wait_ready(client)
+        open_doc(client, URI, PY)
+        fut = asyncio.ensure_future(client.protocol.send_request_async(
+            types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(URI, 1, 11, invoked=True), msg_id="long-1"
+        ))
+        await asyncio.sleep(0.3)
+        client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="long-1"))
+        with pytest.raises(JsonRpcRequestCancelled):
+            await asyncio.wait_for(fut, 5)
+        st = await status(client)
+        assert st["core"]["fake"]["cancelled"] == 1 and st["core"]["fake"]["completed"] == 0
+
+
+async def test_typed_ahead_cache(tmp_path):
+    async with session(fake={"text": "a + b"}, tmp=tmp_path) as client:
+        open_doc(client, URI, PY)
+        first = await inline(client, URI, 1, 11)
+        assert first.items[0].insert_text == "a + b"
+        change_doc(client, URI, 2, "a ", start=(1, 11))
+        second = await inline(client, URI, 1, 13)
+        assert second.items[0].insert_text == "+ b"
+        assert second.items[0].range.start == types.Position(1, 13)
+        st = await status(client)
+        assert st["core"]["fake"]["fills"] == 1 and st["counters"]["cacheHits"] == 1
+
+
+async def test_fill_holes_applies_a_versioned_edit(tmp_path):
+    text = "def a():\n    <|fill|>\n\nx = <|fill|>\ny = <|fill|>\n"
+    async with session(fake={"text": "1"}, tmp=tmp_path) as client:
+        open_doc(client, URI, text, version=7)
+        res = await execute(client, "diffill.fillHoles", [URI])
+        assert res == {"filled": 3}
+        (applied,) = client.applied_edits
+        (doc_edit,) = applied.edit.document_changes
+        assert doc_edit.text_document.version == 7 and doc_edit.text_document.uri == URI
+        assert len(doc_edit.edits) == 3
+        st = await status(client)
+        assert len(st["core"]["fake"]["last_segments"]) == 4
+
+
+async def test_fill_holes_refused_when_the_document_changed(tmp_path):
+    async with session(fake={"text": "1", "steps": 30, "step_s": 0.01}, tmp=tmp_path) as client:
+        await wait_ready(client)
+        open_doc(client, URI, "x = <|fill|>\n", version=1)
+        fut = asyncio.ensure_future(execute(client, "diffill.fillHoles", [URI]))
+        await asyncio.sleep(0.1)
+        change_doc(client, URI, 2, "y = <|fill|>\n")
+        res = await asyncio.wait_for(fut, 5)
+        assert res["filled"] == 0 and res["applied"] is False
+        assert not client.applied_edits
+        assert any("changed" in m.message for m in client.messages)
+
+
+def _actions(result) -> list[tuple[str, str, list]]:
+    """(title, command, arguments) of code actions. lsprotocol's converter structures a
+    CodeAction in a `Command | CodeAction` list as a Command whose `command` is the
+    str() of the nested command (an upstream quirk of the client side); undo that."""
+    out = []
+    for a in result:
+        nested = a.command if isinstance(a, types.CodeAction) else ast.literal_eval(a.command)
+        if isinstance(nested, types.Command):
+            out.append((a.title, nested.command, list(nested.arguments or [])))
+        else:
+            out.append((a.title, nested["command"], list(nested.get("arguments") or [])))
+    return out
+
+
+async def test_code_actions(tmp_path):
+    async with session(fake={"text": "1"}, tmp=tmp_path) as client:
+        open_doc(client, URI, "a = <|fill|>\nb = <|fill|>\n")
+        rng = types.Range(start=types.Position(0, 5), end=types.Position(0, 5))
+        actions = await client.text_document_code_action_async(
+            types.CodeActionParams(text_document=types.TextDocumentIdentifier(uri=URI), range=rng,
+                                   context=types.CodeActionContext(diagnostics=[]))
+        )
+        actions = _actions(actions)
+        assert [a[0] for a in actions] == ["diffill: Fill hole", "diffill: Fill all holes"]
+        res = await execute(client, actions[0][1], actions[0][2])
+        assert res == {"filled": 1}
+        sel = types.Range(start=types.Position(1, 0), end=types.Position(1, 5))
+        actions = await client.text_document_code_action_async(
+            types.CodeActionParams(text_document=types.TextDocumentIdentifier(uri=URI), range=sel,
+                                   context=types.CodeActionContext(diagnostics=[]))
+        )
+        regen = [a for a in _actions(actions) if a[0] == "diffill: Regenerate selection"]
+        assert regen
+        res = await execute(client, regen[0][1], regen[0][2])
+        assert res == {"filled": 1}
+
+
+async def test_bad_settings_one_message_and_defaults(tmp_path):
+    async with session(fake={"text": "a + b"}, tmp=tmp_path, init={"fill": {"maxTokens": "lots"}, "bogus": True},
+                       configuration={"debounce": {"maxMs": 0}}) as client:
+        await wait_ready(client)
+        open_doc(client, URI, PY)
+        await inline(client, URI, 1, 11)
+        bad = [m for m in client.messages if "bad setting" in m.message]
+        assert len(bad) == 1 and "fill.maxTokens" in bad[0].message and "bogus" in bad[0].message
+        st = await status(client)
+        assert st["settings"]["fill"]["max_tokens"] == 64 and st["settings"]["debounce"]["max_ms"] == 0
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"diffill": {"fill": {"maxTokens": 5}}})
+        )
+        await asyncio.sleep(0.1)
+        open_doc(client, "file:///tmp/diffill_test/b.py", "def f():\n    \n")
+        await inline(client, "file:///tmp/diffill_test/b.py", 1, 4)
+        st = await status(client)
+        assert st["settings"]["fill"]["max_tokens"] == 5
+
+
+async def test_accept_is_logged_locally(tmp_path):
+    async with session(fake={"text": "a + b"}, tmp=tmp_path) as client:
+        open_doc(client, URI, PY)
+        res = await inline(client, URI, 1, 11)
+        cmd = res.items[0].command
+        await execute(client, cmd.command, cmd.arguments)
+        st = await status(client)
+        assert st["counters"]["accepted"] == 1
+    lines = (tmp_path / "state" / "diffill" / "feedback.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["event"] == "accept"
+
+
+async def test_core_start_failure_is_told_once_and_requests_answer_empty(tmp_path):
+    async with session(fake={"fail_start": "no model here"}, tmp=tmp_path) as client:
+        st = await wait_ready(client)
+        assert st["core"]["state"] == "failed"
+        open_doc(client, URI, PY)
+        for _ in range(3):
+            res = await inline(client, URI, 1, 11)
+            assert not res.items
+        failed = [m for m in client.messages if "no model here" in m.message]
+        assert len(failed) == 1
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-32"])
+async def test_position_encodings(tmp_path, encoding):
+    # "é" is 2 bytes / 1 unit; "😀" is 4 bytes / 2 utf-16 units / 1 code point
+    line = "s = 'é😀' + "
+    col = {"utf-8": len(line.encode()), "utf-16": len(line.encode("utf-16-le")) // 2, "utf-32": len(line)}[encoding]
+    async with session(fake={"text": "t"}, tmp=tmp_path, encodings=[encoding]) as client:
+        st = await status(client)
+        assert st["server"]["encoding"] == encoding
+        open_doc(client, URI, line + "\nz = 1\n")
+        res = await inline(client, URI, 0, col)
+        assert res.items and res.items[0].range.start == types.Position(0, col)
+        st = await status(client)
+        assert st["core"]["fake"]["last_segments"][0] == line
+
+
+async def test_bad_input_is_answered_cleanly(tmp_path):
+    async with session(fake={"text": "t"}, tmp=tmp_path) as client:
+        open_doc(client, URI, "s = '😀'\n")
+        assert not (await inline(client, URI, 99, 0)).items  # past the end
+        assert not (await inline(client, "file:///nope.py", 0, 0)).items  # unknown document
+        res = await inline(client, URI, 0, 6)  # utf-16 column inside the surrogate pair
+        assert isinstance(res, types.InlineCompletionList)
+        open_doc(client, "file:///tmp/bin.py", "\x00\x01\ufffe\udc80junk\x7f" * 100)
+        assert isinstance(await inline(client, "file:///tmp/bin.py", 0, 3), types.InlineCompletionList)
+        open_doc(client, "file:///tmp/x.zzz", "hello = \n", language="klingon")
+        res = await inline(client, "file:///tmp/x.zzz", 0, 8)
+        assert isinstance(res, types.InlineCompletionList)
+        st = await status(client)  # still serving
+        assert st["server"]["documents"] == 3
