@@ -1,7 +1,8 @@
 """An open document: its text, UTF-8 source, line table and incremental tree.
 
-Owns applying LSP-style edits (Tree.edit then an incremental reparse from the old
-tree, so a keystroke reparses only what changed), the byte <-> (line, character)
+Owns applying LSP-style edits (Tree.edit now, then an incremental reparse from the
+old tree when the tree is next read, so a keystroke reparses only what changed and a
+burst of edits parses once), the byte <-> (line, character)
 conversions for that text, and reparsing a hypothetical edit without mutating the
 document (post-processing ranks fills that way). Must not know LSP types or planning
 rules: positions are plain (line, character) tuples.
@@ -44,7 +45,8 @@ class Document:
         self.path = path
         self.lang: Lang | None = lang or language_for(path=path, language_id=language_id)
         self._parser: ts.Parser | None = self.lang.new_parser() if self.lang else None
-        self.tree: ts.Tree | None = None
+        self._tree: ts.Tree | None = None
+        self._stale = False
         self._set_source(encode(text), text)
         self._reparse(None)
 
@@ -69,10 +71,26 @@ class Document:
         self._text = text
         self.line_starts = positions.line_starts(source)
 
+    @property
+    def tree(self) -> ts.Tree | None:
+        """The syntax tree, reparsed incrementally on first access after edits.
+
+        Edits only Tree.edit the old tree; the reparse waits until someone looks, so a
+        burst of keystrokes (or a didChange with several changes) costs one parse.
+        """
+        if self._stale and self._parser is not None:
+            self._tree = self._parser.parse(self.source, self._tree)
+            self._stale = False
+        return self._tree
+
     def _reparse(self, old_tree: ts.Tree | None) -> None:
         if self._parser is None:
             return
-        self.tree = self._parser.parse(self.source, old_tree) if old_tree else self._parser.parse(self.source)
+        if old_tree is None:
+            self._tree = self._parser.parse(self.source)
+            self._stale = False
+        else:
+            self._stale = True
 
     # -- positions ---------------------------------------------------------------
     def offset_at(self, line: int, character: int, encoding: str = "utf-16") -> int | None:
@@ -117,12 +135,12 @@ class Document:
         """Replace source[start:end] by `new`, editing and incrementally reparsing the tree."""
         old = self.source
         new_source = old[:start] + new + old[end:]
-        if self.tree is not None:
-            self.tree.edit(**edit_args(old, new_source, start, end, start + len(new)))
+        if self._tree is not None:  # edit the (possibly stale) tree: edits compose
+            self._tree.edit(**edit_args(old, new_source, start, end, start + len(new)))
         self.line_starts = positions.update_line_starts(self.line_starts, new_source, start, end, start + len(new))
         self.source = new_source
         self._text = None
-        self._reparse(self.tree)
+        self._reparse(self._tree)
 
     def reparse_with(self, start: int, end: int, new: bytes) -> tuple[bytes, ts.Tree | None]:
         """Source and tree as they would be after replacing source[start:end] by `new`.

@@ -48,7 +48,8 @@ def sample_spans(source: str, lang, rng, max_spans: int = DEFAULT_MAX_SPANS) -> 
         data = source.encode("utf-8", errors="surrogatepass")
         want = 1 + int(rng.random() * max_spans)
         found = _sample_bytes(data, resolve(lang), rng, want)
-        return _to_chars(data, sorted(found))
+        spans = _to_chars(data, sorted(found))
+        return [s for s in spans if source[s.start:s.end].strip()]  # e.g. a lone U+00A0
     except Exception:
         log.exception("sample_spans failed")
         return []

@@ -86,3 +86,17 @@ def test_reparse_with_leaves_document_alone():
     source, tree = doc.reparse_with(13, 17, b"return (")
     assert source == b"def f():\n    return (\n" and tree.root_node.has_error
     assert _nodes(doc.tree) == before and doc.text == "def f():\n    pass\n"
+
+
+def test_edits_compose_before_the_lazy_reparse():
+    text = SAMPLES["python"]
+    doc = Document(text, language_id="python")
+    rng = random.Random(11)
+    for _ in range(20):
+        for _ in range(rng.randrange(1, 6)):  # several edits, no tree access in between
+            a = rng.randrange(len(text) + 1)
+            b = min(len(text), a + rng.choice([0, 1, 4]))
+            new = rng.choice(SNIPPETS)
+            doc.apply_change(_utf16_pos(text, a), _utf16_pos(text, b), new)
+            text = text[:a] + new + text[b:]
+        assert _nodes(doc.tree) == _nodes(Document(text, language_id="python").tree)
