@@ -107,6 +107,25 @@ def build_natural(seg_ids: list[list[int]], budgets: list[int], sp: SpecialIds) 
     return Layout(ids, 0, holes, "natural")
 
 
+def build_natural_framed(seg_ids: list[list[int]], budgets: list[int], sp: SpecialIds,
+                         bos: bool, eos: bool) -> Layout:
+    """Reading order inside a checkpoint family's frame: [BOS]? s0 H1 s1 ... Hn sn [EOS]?
+
+    Dream's published infill prompt is BOS prefix masks suffix EOS (the EOS says the text
+    ends there); `infill_formats` decides per family which ends apply.
+    """
+    ids: list[int] = [sp.bos] if bos and sp.bos is not None else []
+    holes = []
+    for i, s in enumerate(seg_ids):
+        ids.extend(s)
+        if i < len(budgets):
+            holes.append((len(ids), len(ids) + budgets[i]))
+            ids.extend([sp.mask] * budgets[i])
+    if eos:
+        ids.append(sp.eos)
+    return Layout(ids, 0, holes, "natural")
+
+
 def attention_mask(kind: str, n_context: int, q_start: int, q_len: int, k_len: int,
                    device: torch.device | str = "cpu") -> torch.Tensor | None:
     """Bool [q_len, k_len] mask (True = may attend) for queries at absolute positions

@@ -1,0 +1,107 @@
+"""Each foreign checkpoint family's published infill layout and token rules, for the engine to apply.
+
+Owns what differs between families once their weights are loaded (see `checkpoints`):
+  * the frame around the text: Dream, Dream-Coder, DiffuCoder and DreamOn were shown infill
+    prompts as `<|beginoftext|> prefix <|mask|>*n suffix <|endoftext|>` (DreamOn README's
+    `process_infilling_prompt`); Open-dCoder's infill evaluation uses `prefix masks suffix`
+    with no BOS or EOS; LLaDA starts with `<|startoftext|>` and pads on the right with EOS.
+    The EOS after the suffix says "the file ends here", so it is left out when the
+    truncation policy cut the suffix short.
+  * which tokens end a hole (eos and pad, plus a chat model's end-of-turn token),
+  * which tokens must never be committed into a hole (mask, bos, DreamOn's expand outside
+    DreamOn's expansion rule),
+  * DreamOn's variable length (Wu et al. 2025, "DreamOn"): a position predicted as
+    `<|expand|>` becomes two masks, and positions predicted as `<|endoftext|>` are deleted.
+    `expand_hole` and `delete_ends` are those two rules as pure functions on one hole.
+
+It knows nothing of caches, batching or the sampler's schedule; the engine calls it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import ModelConfig
+from .layout import Layout, build_natural_framed
+from .tokenizer import SpecialIds, Tokenizer
+
+# DreamOn starts a hole this short and lets it grow by expansion up to the hole's budget
+# (its README starts from 4 masks; more masks at the start cost steps without helping).
+DREAMON_INITIAL_MASKS = 4
+
+
+@dataclass(frozen=True)
+class InfillFormat:
+    name: str
+    bos: bool  # start with the BOS token
+    eos_after_suffix: bool  # end with EOS when the suffix reaches the real end of the text
+    stop_tokens: tuple[str, ...] = ()  # more tokens that end a hole (besides eos and pad)
+    variable_length: bool = False  # DreamOn: expand / delete rules apply
+
+
+FORMATS = {
+    "dream": InfillFormat("dream", bos=True, eos_after_suffix=True, stop_tokens=("<|im_end|>",)),
+    "diffucoder": InfillFormat("diffucoder", bos=True, eos_after_suffix=True, stop_tokens=("<|im_end|>",)),
+    "dreamon": InfillFormat("dreamon", bos=True, eos_after_suffix=True, variable_length=True),
+    "open-dcoder": InfillFormat("open-dcoder", bos=False, eos_after_suffix=False),
+    "llada": InfillFormat("llada", bos=True, eos_after_suffix=True, stop_tokens=("<|eot_id|>",)),
+}
+
+
+def format_for(cfg: ModelConfig) -> InfillFormat | None:
+    """The family's format; None for our own "diffill" layout (it has its own builder)."""
+    if cfg.layout == "diffill":
+        return None
+    return FORMATS.get(cfg.model_type, InfillFormat(cfg.model_type, bos=True, eos_after_suffix=False))
+
+
+def build(seg_ids: list[list[int]], budgets: list[int], sp: SpecialIds, fmt: InfillFormat,
+          suffix_complete: bool = True) -> Layout:
+    """The family's layout of a request. suffix_complete: False when truncation cut the last segment."""
+    if fmt.variable_length:
+        budgets = [min(b, DREAMON_INITIAL_MASKS) for b in budgets]
+    return build_natural_framed(seg_ids, budgets, sp, bos=fmt.bos, eos=fmt.eos_after_suffix and suffix_complete)
+
+
+def end_ids(tokenizer: Tokenizer, fmt: InfillFormat | None) -> tuple[int, ...]:
+    """Tokens that end a hole: eos, pad and the family's stop tokens present in the vocabulary."""
+    ids = set(tokenizer.special.end_ids())
+    for name in fmt.stop_tokens if fmt else ():
+        tid = tokenizer.token_to_id(name)
+        if tid is not None:
+            ids.add(tid)
+    return tuple(sorted(ids))
+
+
+def banned_ids(sp: SpecialIds, fmt: InfillFormat | None) -> tuple[int, ...]:
+    """Tokens whose logits the sampler should set to -inf before choosing: they are not text.
+
+    The expand token stays allowed for DreamOn, where choosing it grows the hole.
+    """
+    ids = {sp.mask}
+    if sp.bos is not None and sp.bos not in sp.end_ids():
+        ids.add(sp.bos)
+    if sp.expand is not None and not (fmt and fmt.variable_length):
+        ids.add(sp.expand)
+    return tuple(sorted(ids))
+
+
+def expand_hole(ids: list[int], start: int, end: int, sp: SpecialIds, budget: int) -> tuple[list[int], int]:
+    """DreamOn expansion: each `<|expand|>` in ids[start:end] becomes two masks, while the hole
+    stays within `budget` positions (an expand past it becomes one mask). Returns (ids, new end)."""
+    assert sp.expand is not None
+    hole: list[int] = []
+    room = budget - (end - start)
+    for t in ids[start:end]:
+        if t == sp.expand:
+            grow = 1 if room > 0 else 0
+            room -= grow
+            hole.extend([sp.mask] * (1 + grow))
+        else:
+            hole.append(t)
+    return ids[:start] + hole + ids[end:], start + len(hole)
+
+
+def delete_ends(ids: list[int], start: int, end: int, ends: tuple[int, ...]) -> tuple[list[int], int]:
+    """DreamOn deletion: end tokens inside a hole are removed (the hole shrinks). Returns (ids, new end)."""
+    hole = [t for t in ids[start:end] if t not in ends]
+    return ids[:start] + hole + ids[end:], start + len(hole)

@@ -1,0 +1,85 @@
+"""Per-family infill layouts and DreamOn's expand / delete rules."""
+from __future__ import annotations
+
+import pytest
+
+from ckpt_fixtures import make_dream, make_llada
+from diffusion_core import infill_formats as fmts
+from diffusion_core.layout import build_natural
+from diffusion_core.loader import load_model
+from diffusion_core.tokenizer import SpecialIds
+
+SP = SpecialIds(mask=9, eos=1, bos=2, pad=1, expand=7)
+SEGS = [[10, 11], [12], [13, 14]]
+
+
+def test_dream_frame_is_bos_prefix_masks_suffix_eos():
+    lay = fmts.build(SEGS, [3, 2], SP, fmts.FORMATS["dream"])
+    assert lay.ids == [2, 10, 11, 9, 9, 9, 12, 9, 9, 13, 14, 1]
+    assert lay.holes == [(3, 6), (7, 9)] and lay.kind == "natural" and lay.n_context == 0
+
+
+def test_truncated_suffix_gets_no_eos():
+    lay = fmts.build(SEGS, [3, 2], SP, fmts.FORMATS["dream"], suffix_complete=False)
+    assert lay.ids[-1] == 14
+
+
+def test_open_dcoder_has_no_frame():
+    lay = fmts.build(SEGS, [1, 1], SP, fmts.FORMATS["open-dcoder"])
+    assert lay.ids == [10, 11, 9, 12, 9, 13, 14]
+
+
+def test_framed_without_eos_equals_the_plain_natural_layout():
+    for budgets in ([0, 0], [1, 5], [4, 0]):
+        a = fmts.build_natural_framed(SEGS, budgets, SP, bos=True, eos=False)
+        b = build_natural(SEGS, budgets, SP)
+        assert (a.ids, a.holes) == (b.ids, b.holes)
+
+
+def test_dreamon_starts_short():
+    lay = fmts.build(SEGS, [10, 2], SP, fmts.FORMATS["dreamon"])
+    assert [e - s for s, e in lay.holes] == [fmts.DREAMON_INITIAL_MASKS, 2]
+
+
+def test_expand_turns_one_position_into_two_masks_within_budget():
+    ids = [2, 10, 5, 7, 6, 7, 12]  # hole is [2, 6): 5 E 6 E
+    out, end = fmts.expand_hole(ids, 2, 6, SP, budget=5)
+    assert out == [2, 10, 5, 9, 9, 6, 9, 12]
+    assert end == 7  # one expansion fitted the budget of 5, the second became one mask
+
+
+def test_expand_then_delete_reference_walk():
+    """A slow walk over the rules: grow twice, then the model deletes two positions."""
+    ids, end = [2, 7, 7, 13], 3
+    ids, end = fmts.expand_hole(ids, 1, end, SP, budget=8)
+    assert ids == [2, 9, 9, 9, 9, 13] and end == 5
+    ids[1:5] = [20, 1, 21, 1]
+    ids, end = fmts.delete_ends(ids, 1, end, SP.end_ids())
+    assert ids == [2, 20, 21, 13] and end == 3
+
+
+@pytest.mark.parametrize("variant", ["dream", "dreamon", "diffucoder", "open-dcoder", "llada"])
+def test_token_rules_of_each_family(tmp_path, variant):
+    folder = make_llada(tmp_path / variant) if variant == "llada" else make_dream(tmp_path / variant, variant=variant)
+    lm = load_model(folder, "cpu")
+    fmt = fmts.format_for(lm.config)
+    assert fmt.name == variant
+    sp, tok = lm.tokenizer.special, lm.tokenizer
+    ends = fmts.end_ids(tok, fmt)
+    banned = fmts.banned_ids(sp, fmt)
+    assert sp.eos in ends and sp.mask in banned and not set(ends) & set(banned)
+    if variant == "diffucoder":
+        assert tok.token_to_id("<|dlm_pad|>") in ends
+    if variant == "llada":
+        assert tok.token_to_id("<|eot_id|>") in ends
+    if variant == "dreamon":
+        assert sp.expand is not None and sp.expand not in banned
+    if variant in ("dream", "dreamon", "diffucoder", "llada"):
+        assert sp.bos in banned
+
+
+def test_own_layout_has_no_foreign_format(tmp_path):
+    from diffusion_core.testing import make_tiny_model
+
+    lm = load_model(make_tiny_model(tmp_path / "own"), "cpu")
+    assert fmts.format_for(lm.config) is None
