@@ -1,0 +1,109 @@
+"""The service on the real engine and a tiny random model: scheduler batching against
+engine.fill (the reference), and a private core subprocess that is killed with -9
+mid-request and restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+import torch
+
+from diffusion_core import protocol
+from diffusion_core.engine import Engine, FillParams, HoleSpec
+from diffusion_core.scheduler import SchedulerConfig
+from diffusion_core.service import CoreServer, EngineBackend, ServiceConfig
+from diffusion_core.testing import make_tiny_model
+from lsp_server.core_client import CoreClient, CoreRequestError, CoreUnavailable
+
+T = 60.0
+
+REQUESTS = [
+    (["def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"], [8], {}),
+    (["class Point:\n    def __init__(self, x, y):\n        ", "\n"], [12], {"strategy": "topk", "steps": 6}),
+    (["fn main() { let x = ", "; println!(\"{}\", x); }\n"], [5], {"threshold": 0.5}),
+    (["int main(void) { ", " return ", "; }\n"], [4, 3], {}),
+    (["import os\n", ""], [16], {"block_size": 4}),
+    (["", " = 1\n"], [2], {"temperature": 0.8, "seed": 3}),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    # One thread: on this shared 2-core machine torch's spinning threads cost 10-100x.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield Engine.load(tiny_model, device="cpu")
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+async def test_scheduled_fills_match_engine_fill(tmp_path, engine, batched):
+    reference = [engine.fill(s, [HoleSpec(b) for b in budgets], FillParams.from_dict(p)).texts
+                 for s, budgets, p in REQUESTS]
+    server = CoreServer(EngineBackend(engine), ServiceConfig(scheduler=SchedulerConfig(batched=batched)))
+    address = await server.start(protocol.Address("unix", path=str(tmp_path / "core.sock")))
+    clients = [CoreClient(address=str(address)) for _ in REQUESTS]
+    try:
+        await asyncio.gather(*(c.start() for c in clients))
+        replies = await asyncio.wait_for(asyncio.gather(
+            *(c.fill(s, b, p, request_id=f"r{i}") for i, (c, (s, b, p)) in enumerate(zip(clients, REQUESTS)))), T)
+        assert [r["texts"] for r in replies] == reference
+        batches = [r["stats"]["batch"] for r in replies]
+        assert (max(batches) > 1) == batched
+        assert all(r["stats"]["forward_passes"] >= 1 for r in replies)
+        with pytest.raises(CoreRequestError) as info:
+            await clients[0].fill(["a", "b"], [4], {"strategy": "nonsense"})
+        assert info.value.code == protocol.E_INVALID_PARAMS and "strategy" in info.value.message
+        status = await clients[0].status()
+        assert status["info"]["model_type"] == engine.info()["model_type"]
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+        await server.close()
+
+
+async def test_private_core_survives_kill_9(tiny_model):
+    events = []
+    client = CoreClient(model_dir=tiny_model, device="cpu", on_event=lambda k, m: events.append((k, m)),
+                        start_timeout=T, backoff=(0.1, 1.0), core_args=["--threads", "1"])
+    try:
+        await client.start()
+        first = await client.fill(*REQUESTS[0])
+        assert first["texts"] and isinstance(first["texts"][0], str)
+        pid = (await client.status())["pid"]
+        assert pid != os.getpid()
+
+        # A long request (one token per step), killed while the core works on it.
+        long = asyncio.create_task(client.fill(["x = ", "\n"], [128], {"strategy": "topk", "steps": 128}))
+        while (await client.status())["scheduler"]["active"] == 0:
+            await asyncio.sleep(0.01)
+        assert not long.done()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(CoreUnavailable):
+            await asyncio.wait_for(long, T)  # an error, not a hang
+        assert [k for k, _ in events] == ["died"]
+
+        again = await asyncio.wait_for(client.fill(*REQUESTS[0]), T)  # waits for the restart
+        assert again["texts"] == first["texts"]
+        assert [k for k, _ in events] == ["died", "restarted"]
+        assert (await client.status())["pid"] != pid
+        assert client.restarts == 1
+    finally:
+        await client.close()
+    with pytest.raises(CoreUnavailable):
+        await client.fill(*REQUESTS[0])
+
+
+async def test_private_core_start_failure_is_one_line(tmp_path):
+    client = CoreClient(model_dir=str(tmp_path / "no-such-model"), device="cpu", start_timeout=T)
+    with pytest.raises(CoreUnavailable) as info:
+        await client.start()
+    message = str(info.value)
+    assert "exited with code 1" in message and "no-such-model" in message and "\n" not in message
