@@ -11,10 +11,11 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 
 from ..config import DEFAULT_SPECIAL_TOKENS
 
-# cl100k-style split: letters with one leading non-letter, numbers in groups of three,
+# cl100k-style split: letters with one leading non-letter, numbers in groups of three (with
+# their leading space),
 # punctuation runs, newline runs with the indentation that follows, other whitespace runs.
 SPLIT_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+| ?\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
