@@ -8,9 +8,11 @@ tokens or LSP types.
 
 from __future__ import annotations
 
+import tree_sitter as ts
+
 from grammars import budgets, queries
 from grammars.document import Document, decode, encode
-from grammars.planner import FillPlan, StopRules, line_stop
+from grammars.fillplan import FillPlan, StopRules, line_stop
 from grammars.text import leading_ws, scanner_for
 
 DEFAULT_MARKER = "<|fill|>"
@@ -45,8 +47,6 @@ def find_holes(doc: Document, marker: str | None = DEFAULT_MARKER, placeholders:
 
 
 def _hole_nodes(query, root, start: int | None = None, end: int | None = None):
-    import tree_sitter as ts
-
     cursor = ts.QueryCursor(query)
     if start is not None:
         cursor.set_byte_range(max(0, start), max(start + 1, end))

@@ -13,54 +13,21 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
 
 from grammars import budgets, queries
 from grammars.document import Document, decode
-from grammars.text import BracketScan, guess_indent_unit, indent_width, is_ident_char, leading_ws, scanner_for
+from grammars.fillplan import KINDS, MODES, FillPlan, StopRules, line_stop
+from grammars.holes import DEFAULT_MARKER, hole_at
+from grammars.positions import check_encoding, line_end
+from grammars.text import guess_indent_unit, indent_width, is_ident_char, leading_ws, scanner_for
 
 log = logging.getLogger(__name__)
 
-MODES = ("insert", "replace", "regenerate")
-KINDS = ("line", "block")
+__all__ = ["FillPlan", "StopRules", "KINDS", "MODES", "plan", "split_segments", "assemble"]
 # Lines looked at around the cursor to guess the indentation unit.
 _INDENT_WINDOW = 64
 _PY_BODY_HEADER = re.compile(r"^\s*(async\s+def|def|class)\b")
 _STRING_ESCAPES = {"interpolation", "template_substitution", "format_expression"}
-
-
-@dataclass(frozen=True)
-class StopRules:
-    """Where post-processing cuts a fill (and where a streaming decoder could stop).
-
-    single_line: stop at the first newline.
-    dedent:      stop at the first later line indented less than the plan's indent.
-    min_depth:   lowest bracket depth the fill may reach; -n lets it close n brackets
-                 opened before the hole and not closed after it, so a closer below that
-                 ends the fill (it would close the enclosing scope).
-    max_lines:   keep at most this many lines (None: no limit).
-    """
-
-    single_line: bool = False
-    dedent: bool = False
-    min_depth: int = 0
-    max_lines: int | None = None
-
-
-@dataclass(frozen=True)
-class FillPlan:
-    """A span of the document to fill. Byte offsets index doc.source (UTF-8)."""
-
-    start_byte: int
-    end_byte: int
-    mode: str  # "insert" | "replace" | "regenerate"
-    kind: str  # "line" | "block"
-    budget: int
-    indent: str
-    stop: StopRules = field(default_factory=StopRules)
-    target: str = "line"  # the capture-vocabulary name of what is filled (or "line", "hole")
-    leading: str = ""  # text finalize puts before the fill (a newline after `def f():|`)
-    trailing: str = ""  # text finalize puts after it (a newline before `}` in `{|}`)
 
 
 def plan(doc: Document, line: int, character: int, encoding: str = "utf-16",
@@ -70,8 +37,6 @@ def plan(doc: Document, line: int, character: int, encoding: str = "utf-16",
     Raises ValueError only for an unknown `encoding` (a programmer error); anything the
     document's content can cause ends as None and a log line.
     """
-    from grammars.positions import check_encoding
-
     check_encoding(encoding)
     try:
         return _plan(doc, line, character, encoding, selection)
@@ -92,8 +57,6 @@ def _plan(doc: Document, line: int, character: int, encoding: str, selection) ->
     before = decode(doc.source[ls:off])
     after = decode(doc.source[off:le])
 
-    from grammars.holes import DEFAULT_MARKER, hole_at
-
     hole = hole_at(doc, off, DEFAULT_MARKER)
     if hole is not None:
         return hole
@@ -111,14 +74,6 @@ def _plan(doc: Document, line: int, character: int, encoding: str, selection) ->
             and _target_at(doc, off, ("body", "block")) != "line"):  # not `${|}` or `= {|}`
         return _block_plan(doc, off, ls, le, before, leading="\n", trailing="\n")
     return _line_plan(doc, off, before, after)
-
-
-def line_stop(scan: BracketScan, before: str, after: str) -> StopRules:
-    """Single-line stop rules: the fill may close brackets the line opened before it
-    and the rest of the line does not close."""
-    _, open_before = scan.net(before)
-    close_after, _ = scan.net(after)
-    return StopRules(single_line=True, min_depth=-max(0, open_before - close_after))
 
 
 def _line_plan(doc: Document, off: int, before: str, after: str) -> FillPlan:
@@ -223,8 +178,6 @@ def _neighbour(doc: Document, line_no: int, step: int) -> str | None:
 
 
 def _line_text(doc: Document, line: int) -> str:
-    from grammars.positions import line_end
-
     start = doc.line_starts[line]
     return decode(doc.source[start:line_end(doc.source, doc.line_starts, line)])
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 
 from grammars.document import Document, decode, encode
-from grammars.planner import FillPlan
+from grammars.fillplan import FillPlan
+from grammars.holes import DEFAULT_MARKER
 from grammars.text import BracketScan, indent_width, leading_ws, make_indent, scanner_for
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,6 @@ def finalize(doc: Document, plan: FillPlan, text: str, tab_size: int = 4, insert
 
 
 def _finalize(doc: Document, plan: FillPlan, text: str, tab_size: int, insert_spaces: bool) -> str:
-    from grammars.holes import DEFAULT_MARKER
-
     scan = scanner_for(doc.lang)
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
     cut = text.find(DEFAULT_MARKER)
