@@ -25,3 +25,8 @@ MAX_SPAN_CHARS = MAX_BUDGET * CHARS_PER_TOKEN
 
 # Indentation unit guessed when a document gives no evidence.
 DEFAULT_INDENT = "    "
+
+# Characters of the cursor's line looked at on each side for lexical checks (bracket
+# balance, overlap): enough for any real statement, and it keeps a 1 MB minified line
+# from costing a full scan per keystroke.
+LINE_CONTEXT_CHARS = 2000

@@ -76,9 +76,10 @@ def hole_plan(doc: Document, start: int, end: int) -> FillPlan:
     """A replace plan for source[start:end]: a block if it stands alone on its lines."""
     _, ls, _ = doc.line_of(start)
     _, _, le = doc.line_of(end)
-    before = decode(doc.source[ls:start])
-    after = decode(doc.source[end:le])
-    indent = leading_ws(before)
+    window = budgets.LINE_CONTEXT_CHARS
+    before = decode(doc.source[max(ls, start - 4 * window):start])[-window:]
+    after = decode(doc.source[end:min(le, end + 4 * window)])[:window]
+    indent = leading_ws(decode(doc.source[ls:min(start, ls + 4 * window)]))
     if not before.strip() and after.strip() in ("", ";"):
         offside = doc.lang is None or doc.lang.offside
         stop = StopRules(dedent=offside, min_depth=0)

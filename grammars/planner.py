@@ -54,8 +54,7 @@ def _plan(doc: Document, line: int, character: int, encoding: str, selection) ->
         if sel is not None:
             return sel
     _, ls, le = doc.line_of(off)
-    before = decode(doc.source[ls:off])
-    after = decode(doc.source[off:le])
+    before, after = line_context(doc, ls, off, off, le)
 
     hole = hole_at(doc, off, DEFAULT_MARKER)
     if hole is not None:
@@ -74,6 +73,15 @@ def _plan(doc: Document, line: int, character: int, encoding: str, selection) ->
             and _target_at(doc, off, ("body", "block")) != "line"):  # not `${|}` or `= {|}`
         return _block_plan(doc, off, ls, le, before, leading="\n", trailing="\n")
     return _line_plan(doc, off, before, after)
+
+
+def line_context(doc: Document, ls: int, start: int, end: int, le: int) -> tuple[str, str]:
+    """The text of the line before `start` and after `end`, each clipped to
+    LINE_CONTEXT_CHARS characters next to the span."""
+    window = budgets.LINE_CONTEXT_CHARS * 4  # bytes: at most 4 per character
+    before = decode(doc.source[max(ls, start - window):start])[-budgets.LINE_CONTEXT_CHARS:]
+    after = decode(doc.source[end:min(le, end + window)])[: budgets.LINE_CONTEXT_CHARS]
+    return before, after
 
 
 def _line_plan(doc: Document, off: int, before: str, after: str) -> FillPlan:
@@ -206,7 +214,7 @@ def _selection_plan(doc: Document, selection, encoding: str) -> FillPlan | None:
         stop = StopRules(dedent=offside, min_depth=0)
         return FillPlan(s, e, "regenerate", "block", budget, indent, stop, target="block")
     _, _, le = doc.line_of(e)
-    stop = line_stop(scanner_for(doc.lang), decode(doc.source[ls:s]), decode(doc.source[e:le]))
+    stop = line_stop(scanner_for(doc.lang), *line_context(doc, ls, s, e, le))
     return FillPlan(s, e, "regenerate", "line", budget, indent, stop, target=_target_at(doc, s))
 
 

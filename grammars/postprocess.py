@@ -16,6 +16,7 @@ import logging
 from grammars.document import Document, decode, encode
 from grammars.fillplan import FillPlan
 from grammars.holes import DEFAULT_MARKER
+from grammars.planner import line_context
 from grammars.text import BracketScan, indent_width, leading_ws, make_indent, scanner_for
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,7 @@ def trim_line_overlap(doc: Document, plan: FillPlan, fill: str, scan: BracketSca
     `f(|)` + "g()" stays)."""
     _, ls, _ = doc.line_of(plan.start_byte)
     _, _, le = doc.line_of(plan.end_byte)
-    before = decode(doc.source[ls:plan.start_byte])
-    rest = decode(doc.source[plan.end_byte:le])
+    before, rest = line_context(doc, ls, plan.start_byte, plan.end_byte, le)
     best_k, best_bad = 0, scan.imbalance(before + fill + rest)
     for k in range(1, min(len(fill), len(rest)) + 1):
         if fill.endswith(rest[:k]):
