@@ -55,9 +55,14 @@ def format_for(cfg: ModelConfig) -> InfillFormat | None:
 
 
 def build(seg_ids: list[list[int]], budgets: list[int], sp: SpecialIds, fmt: InfillFormat,
-          suffix_complete: bool = True) -> Layout:
-    """The family's layout of a request. suffix_complete: False when truncation cut the last segment."""
-    if fmt.variable_length:
+          suffix_complete: bool = True, expanding: bool = False) -> Layout:
+    """The family's layout of a request.
+
+    suffix_complete: False when truncation cut the last segment (then no closing EOS).
+    expanding: the caller applies `expand_hole`/`delete_ends` after each step, so a
+    variable-length format starts its holes short; otherwise holes get their full budget.
+    """
+    if expanding and fmt.variable_length:
         budgets = [min(b, DREAMON_INITIAL_MASKS) for b in budgets]
     return build_natural_framed(seg_ids, budgets, sp, bos=fmt.bos, eos=fmt.eos_after_suffix and suffix_complete)
 
@@ -72,15 +77,15 @@ def end_ids(tokenizer: Tokenizer, fmt: InfillFormat | None) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def banned_ids(sp: SpecialIds, fmt: InfillFormat | None) -> tuple[int, ...]:
+def banned_ids(sp: SpecialIds, fmt: InfillFormat | None, expanding: bool = False) -> tuple[int, ...]:
     """Tokens whose logits the sampler should set to -inf before choosing: they are not text.
 
-    The expand token stays allowed for DreamOn, where choosing it grows the hole.
+    The expand token stays allowed only when the caller implements DreamOn's expansion.
     """
     ids = {sp.mask}
     if sp.bos is not None and sp.bos not in sp.end_ids():
         ids.add(sp.bos)
-    if sp.expand is not None and not (fmt and fmt.variable_length):
+    if sp.expand is not None and not (expanding and fmt and fmt.variable_length):
         ids.add(sp.expand)
     return tuple(sorted(ids))
 

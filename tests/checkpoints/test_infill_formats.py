@@ -36,9 +36,11 @@ def test_framed_without_eos_equals_the_plain_natural_layout():
         assert (a.ids, a.holes) == (b.ids, b.holes)
 
 
-def test_dreamon_starts_short():
-    lay = fmts.build(SEGS, [10, 2], SP, fmts.FORMATS["dreamon"])
+def test_dreamon_starts_short_only_when_the_caller_expands():
+    lay = fmts.build(SEGS, [10, 2], SP, fmts.FORMATS["dreamon"], expanding=True)
     assert [e - s for s, e in lay.holes] == [fmts.DREAMON_INITIAL_MASKS, 2]
+    lay = fmts.build(SEGS, [10, 2], SP, fmts.FORMATS["dreamon"])
+    assert [e - s for s, e in lay.holes] == [10, 2]
 
 
 def test_expand_turns_one_position_into_two_masks_within_budget():
@@ -73,7 +75,8 @@ def test_token_rules_of_each_family(tmp_path, variant):
     if variant == "llada":
         assert tok.token_to_id("<|eot_id|>") in ends
     if variant == "dreamon":
-        assert sp.expand is not None and sp.expand not in banned
+        assert sp.expand in banned  # a literal <|expand|> is no text unless the caller expands
+        assert sp.expand not in fmts.banned_ids(sp, fmt, expanding=True)
     if variant in ("dream", "dreamon", "diffucoder", "llada"):
         assert sp.bos in banned
 
