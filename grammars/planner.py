@@ -1,7 +1,7 @@
 """The span planner: what to fill at the cursor, and the text around the holes.
 
-Owns FillPlan and StopRules and the rules that turn (document, cursor, selection) into
-a plan: mid-line -> rest of the line; an empty line in a body or after a block opener
+Owns the rules that turn (document, cursor, selection) into a FillPlan (defined in
+fillplan.py, re-exported here as the contract names it): mid-line -> rest of the line; an empty line in a body or after a block opener
 -> a block; an empty body -> the body; a placeholder or marker at the cursor -> replace
 it; a selection -> regenerate it; mid-identifier, strings and comments -> None. On the
 keystroke path it looks only at the cursor's line, its neighbours and the tree path to
@@ -66,12 +66,12 @@ def _plan(doc: Document, line: int, character: int, encoding: str, selection) ->
 
     opener = doc.lang.opener if doc.lang else None
     if not before.strip() and not after.strip():
-        return _block_plan(doc, off, ls, le, before, leading="")
+        return _block_plan(doc, off, before, leading="")
     if opener and not after.strip() and before.rstrip().endswith(opener):
-        return _block_plan(doc, off, ls, le, before, leading="\n")
+        return _block_plan(doc, off, before, leading="\n")
     if (opener == "{" and before.rstrip().endswith("{") and after.lstrip().startswith("}")
             and _target_at(doc, off, ("body", "block")) != "line"):  # not `${|}` or `= {|}`
-        return _block_plan(doc, off, ls, le, before, leading="\n", trailing="\n")
+        return _block_plan(doc, off, before, leading="\n", trailing="\n")
     return _line_plan(doc, off, before, after)
 
 
@@ -90,8 +90,7 @@ def _line_plan(doc: Document, off: int, before: str, after: str) -> FillPlan:
                     line_stop(scan, before, after), target=_target_at(doc, off))
 
 
-def _block_plan(doc: Document, off: int, ls: int, le: int, before: str, leading: str,
-                trailing: str = "") -> FillPlan:
+def _block_plan(doc: Document, off: int, before: str, leading: str, trailing: str = "") -> FillPlan:
     line_no = doc.position_at(off, "utf-8")[0]
     prev = _neighbour(doc, line_no, -1)
     nxt = _neighbour(doc, line_no, +1)
@@ -111,8 +110,8 @@ def _block_plan(doc: Document, off: int, ls: int, le: int, before: str, leading:
         indent = prev_ws if nxt is not None and leading_ws(nxt) == prev_ws else ""
     else:
         indent = prev_ws
-    empty_scope = opens and (nxt is None or indent_width(leading_ws(nxt)) < indent_width(indent)
-                             or nxt.strip().startswith("}"))
+    empty_scope = bool(trailing) or opens and (
+        nxt is None or indent_width(leading_ws(nxt)) < indent_width(indent) or nxt.strip().startswith("}"))
     is_body = empty_scope and _is_body(doc, off, prev or "")
     offside = doc.lang is None or doc.lang.offside
     stop = StopRules(dedent=offside, min_depth=0)
