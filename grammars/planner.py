@@ -92,8 +92,8 @@ def _line_plan(doc: Document, off: int, before: str, after: str) -> FillPlan:
 
 def _block_plan(doc: Document, off: int, before: str, leading: str, trailing: str = "") -> FillPlan:
     line_no = doc.position_at(off, "utf-8")[0]
-    prev = _neighbour(doc, line_no, -1)
-    nxt = _neighbour(doc, line_no, +1)
+    prev_no, prev = _neighbour(doc, line_no, -1)
+    _, nxt = _neighbour(doc, line_no, +1)
     opener = doc.lang.opener if doc.lang else ":{"
     unit = _indent_unit(doc, line_no)
     if leading:  # cursor at the end of the opener line itself
@@ -112,7 +112,12 @@ def _block_plan(doc: Document, off: int, before: str, leading: str, trailing: st
         indent = prev_ws
     empty_scope = bool(trailing) or opens and (
         nxt is None or indent_width(leading_ws(nxt)) < indent_width(indent) or nxt.strip().startswith("}"))
-    is_body = empty_scope and _is_body(doc, off, prev or "")
+    header = prev or ""
+    if doc.lang is not None and doc.lang.offside and not leading and _is_docstring(header):
+        # `def f():` / docstring / cursor: the body holds only its docstring so far.
+        header = _neighbour(doc, prev_no, -1)[1] or ""
+        empty_scope = bool(before) and (nxt is None or indent_width(leading_ws(nxt)) < indent_width(indent))
+    is_body = empty_scope and _is_body(doc, off, header)
     offside = doc.lang is None or doc.lang.offside
     stop = StopRules(dedent=offside, min_depth=0)
     budget = budgets.BODY_BUDGET if is_body else budgets.BLOCK_BUDGET
@@ -171,17 +176,23 @@ def _is_string_type(kind: str) -> bool:
         "string_content", "string_fragment", "char_literal", "character_literal", "text_block", "raw_string")
 
 
-def _neighbour(doc: Document, line_no: int, step: int) -> str | None:
-    """The nearest non-blank line above (step -1) or below (+1), or None."""
+def _neighbour(doc: Document, line_no: int, step: int) -> tuple[int, str | None]:
+    """(line, text) of the nearest non-blank line above (step -1) or below (+1);
+    (-1, None) when there is none within _INDENT_WINDOW lines."""
     line = line_no + step
     seen = 0
     while 0 <= line < doc.line_count and seen < _INDENT_WINDOW:
         text = _line_text(doc, line)
         if text.strip():
-            return text
+            return line, text
         line += step
         seen += 1
-    return None
+    return -1, None
+
+
+def _is_docstring(line: str) -> bool:
+    body = line.strip()
+    return len(body) >= 6 and body[:3] in ('"""', "'''") and body.endswith(body[:3])
 
 
 def _line_text(doc: Document, line: int) -> str:
