@@ -185,3 +185,17 @@ def test_engine_fill_matches_reference_loop_on_reference_logits(tmp_path, family
                                              sp.end_ids(), engine.config.logits_shift)
     assert torch.equal(got, expected)
     assert passes == job.stats.forward_passes
+
+
+def test_bf16_load_stays_close_to_the_fp32_reference(tmp_path):
+    """The GPU dtype on CPU: converted weights in bf16 track the fp32 reference's logits."""
+    folder = make_dream(tmp_path / "d", seed=6)
+    ids = random_ids(4, 300)
+    lm = load_model(folder, "cpu", torch.bfloat16)
+    assert lm.model.layers[0].self_attn.q_proj.bias.dtype == torch.bfloat16
+    with torch.no_grad():
+        got = lm.model(ids, torch.arange(T).expand(ids.shape), None).float()
+        expected = qwen2_reference(folder)(ids)
+    scale = expected.abs().max()
+    assert (got - expected).abs().max() < 0.05 * scale
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
