@@ -107,3 +107,21 @@ async def test_private_core_start_failure_is_one_line(tmp_path):
         await client.start()
     message = str(info.value)
     assert "exited with code 1" in message and "no-such-model" in message and "\n" not in message
+
+
+async def test_documents_revisited_out_of_order(tmp_path, engine):
+    """Editors typing in several documents, coming back to them out of order: each
+    request extends an earlier context (reused from the engine's context store)."""
+    server = CoreServer(EngineBackend(engine), ServiceConfig())
+    address = await server.start(protocol.Address("unix", path=str(tmp_path / "core.sock")))
+    client = CoreClient(address=str(address))
+    try:
+        await client.start()
+        for doc, typed in [(0, 0), (1, 0), (2, 0), (1, 1), (0, 1), (2, 2), (1, 2), (3, 0), (4, 0), (0, 2)]:
+            prefix = f"# doc {doc}\n" + "x = 1\n" * (3 * doc + 1) + "def f():\n    return " + "abc"[:typed]
+            reply = await asyncio.wait_for(client.fill([prefix, "\n"], [4], {"steps": 4, "strategy": "topk"}), T)
+            assert len(reply["texts"]) == 1
+        assert server.scheduler.counters["failed"] == 0
+    finally:
+        await client.close()
+        await server.close()
