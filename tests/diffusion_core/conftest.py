@@ -1,0 +1,14 @@
+import pytest
+
+from diffusion_core.engine import Engine
+from diffusion_core.testing import make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"), seed=1)
+
+
+@pytest.fixture()
+def engine(tiny_dir):
+    return Engine.load(tiny_dir, "cpu")
