@@ -244,7 +244,8 @@ class Connection:
         self.send(protocol.reply(msg_id, result))
 
     def on_cancel(self, req: protocol.Request) -> None:
-        ticket = self.tickets.get(req.params.get("id"))
+        target = req.params.get("id")
+        ticket = self.tickets.get(target) if isinstance(target, (int, str)) else None
         cancelled = ticket is not None and self.server.scheduler.cancel(ticket)
         self.send(protocol.reply(req.id, {"cancelled": cancelled}))
 

@@ -192,7 +192,13 @@ class CoreClient:
             raise CoreUnavailable(f"core did not answer within {self.start_timeout:.0f} s") from None
         except CoreUnavailable:
             await self._stop_process()
-            self.state = CoreState.IDLE
+            if self.state is not CoreState.CLOSED:
+                self.state = CoreState.IDLE
+            raise
+        except asyncio.CancelledError:  # the caller gave up: leave no orphan core behind
+            self._kill_now()
+            if self.state is not CoreState.CLOSED:
+                self.state = CoreState.IDLE
             raise
 
     async def fill(self, segments: list[str], budgets: list[int], params: dict,
@@ -235,6 +241,9 @@ class CoreClient:
     async def _open(self) -> None:
         if self.private:
             await self._spawn()
+            if self.state is CoreState.CLOSED:
+                self._kill_now()
+                raise CoreUnavailable("the core client is closed")
         conn = await self._connect()
         try:
             hello = await asyncio.wait_for(conn.call(protocol.HELLO, {
@@ -246,6 +255,10 @@ class CoreClient:
         except asyncio.TimeoutError:
             conn.fail_pending("handshake timed out")
             raise CoreUnavailable("core did not answer hello") from None
+        if self.state is CoreState.CLOSED:  # close() ran while we were connecting
+            conn.fail_pending("the core client is closed")
+            self._kill_now()
+            raise CoreUnavailable("the core client is closed")
         self.server_info = hello.get("info", {}) if isinstance(hello.get("info"), dict) else {}
         self._conn = conn
         self.state = CoreState.READY
@@ -363,6 +376,13 @@ class CoreClient:
         code = self._proc.returncode if self._proc is not None else None
         last = next((line for line in reversed(self._stderr_tail) if line.strip()), "")
         return f"the private core exited with code {code}" + (f": {last}" if last else "")
+
+    def _kill_now(self) -> None:
+        """Kill the private core without waiting (asyncio's child watcher reaps it)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
 
     async def _stop_process(self) -> None:
         proc, self._proc = self._proc, None

@@ -125,3 +125,16 @@ async def test_documents_revisited_out_of_order(tmp_path, engine):
     finally:
         await client.close()
         await server.close()
+
+
+async def test_cancelled_start_leaves_no_core_behind(tiny_model):
+    client = CoreClient(model_dir=tiny_model, device="cpu", start_timeout=T)
+    task = asyncio.create_task(client.start())
+    while client._proc is None:  # spawned, still importing torch / loading
+        await asyncio.sleep(0.01)
+    proc = client._proc
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.wait_for(proc.wait(), T) == -signal.SIGKILL
+    await client.close()

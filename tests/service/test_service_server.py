@@ -314,3 +314,20 @@ async def test_shutdown_method_stops_the_server(tmp_path):
     reply = await other.recv()  # the in-flight fill is answered, not left hanging
     assert reply["id"] == 7 and reply["error"]["code"] == protocol.E_SHUTTING_DOWN
     assert not os.path.exists(address.path)
+
+
+def test_loopback_tcp_without_token_generates_one(tmp_path, monkeypatch):
+    from diffusion_core.service import build_parser, resolve_listen, write_token
+
+    monkeypatch.delenv(protocol.TOKEN_ENV, raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    address, token, generated = resolve_listen(build_parser().parse_args(["--listen", "127.0.0.1:0"]))
+    assert generated and len(token) >= 32 and address.kind == "tcp"
+    path = write_token(protocol.Address("tcp", host="127.0.0.1", port=4321), token)
+    assert open(path).read().strip() == token and (os.stat(path).st_mode & 0o777) == 0o600
+    monkeypatch.setenv(protocol.TOKEN_ENV, "from-env")
+    assert resolve_listen(build_parser().parse_args(["--listen", "0.0.0.0:1"]))[1:] == ("from-env", False)
+    token_file = tmp_path / "tok"
+    token_file.write_text("from-file\n")
+    args = build_parser().parse_args(["--socket", str(tmp_path / "s.sock"), "--token-file", str(token_file)])
+    assert resolve_listen(args) == (protocol.Address("unix", path=str(tmp_path / "s.sock")), "from-file", False)
