@@ -27,11 +27,23 @@ async def start_server(tmp_path, backend=None, tcp=False, **config):
     return server, await server.start(address)
 
 
+OPEN: set = set()  # raw connections a test left open; closed after each test
+
+
+@pytest.fixture(autouse=True)
+async def close_raw_connections():
+    yield
+    for raw in list(OPEN):
+        raw.close()
+    await asyncio.sleep(0)
+
+
 class Raw:
     """A bare protocol connection for tests that need to misbehave."""
 
     def __init__(self, reader, writer):
         self.reader, self.writer, self.next = reader, writer, 0
+        OPEN.add(self)
 
     @classmethod
     async def open(cls, address: protocol.Address):
@@ -52,14 +64,17 @@ class Raw:
         return await self.call("hello", {"version": protocol.PROTOCOL_VERSION, **extra})
 
     async def closed(self) -> bool:
-        """True when the server closed this connection (EOF or reset)."""
+        """True when the server closed this connection (EOF or reset); closes our end."""
         try:
             return await asyncio.wait_for(self.reader.read(1 << 20), T) == b""
         except ConnectionError:
             return True
+        finally:
+            self.close()
 
     def close(self):
         self.writer.close()
+        OPEN.discard(self)
 
 
 FILL = {"segments": ["def f(x):\n    ", "\n"], "budgets": [8], "params": {"steps": 2}}
@@ -324,7 +339,9 @@ def test_loopback_tcp_without_token_generates_one(tmp_path, monkeypatch):
     address, token, generated = resolve_listen(build_parser().parse_args(["--listen", "127.0.0.1:0"]))
     assert generated and len(token) >= 32 and address.kind == "tcp"
     path = write_token(protocol.Address("tcp", host="127.0.0.1", port=4321), token)
-    assert open(path).read().strip() == token and (os.stat(path).st_mode & 0o777) == 0o600
+    with open(path) as f:
+        assert f.read().strip() == token
+    assert (os.stat(path).st_mode & 0o777) == 0o600
     monkeypatch.setenv(protocol.TOKEN_ENV, "from-env")
     assert resolve_listen(build_parser().parse_args(["--listen", "0.0.0.0:1"]))[1:] == ("from-env", False)
     token_file = tmp_path / "tok"
