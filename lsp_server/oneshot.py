@@ -1,4 +1,4 @@
-"""``diffill fill FILE [--at LINE:COL] [--model DIR] [--device D]``: one-shot fill.
+"""``diffill fill FILE [--at LINE:COL] [--model DIR] [--device D] [--max-tokens N]``.
 
 Owns: filling every hole of a file (grammars.find_holes), or the plan at one
 position, jointly in one in-process engine call, post-processing each fill with
@@ -47,7 +47,8 @@ def read_source(path: Path) -> str:
         raise FillError(f"{path}: not utf-8 text (byte {exc.start})", 2) from None
 
 
-def fill_file(path: Path, at: tuple[int, int] | None, model: str | None, device: str, marker: str) -> str:
+def fill_file(path: Path, at: tuple[int, int] | None, model: str | None, device: str, marker: str,
+              max_tokens: int | None = None) -> str:
     """The file's text with its holes (or the plan at ``at``) filled."""
     from grammars.document import Document
     from grammars.holes import find_holes
@@ -69,7 +70,8 @@ def fill_file(path: Path, at: tuple[int, int] | None, model: str | None, device:
             print(f"diffill fill: {path}: no holes ({marker!r} or placeholders) found", file=sys.stderr)
             return text
     segments = clip_segments(split_segments(doc, plans), Settings())
-    texts = _run_engine(segments, [int(p.budget) for p in plans], model, device)
+    budgets = [min(int(p.budget), max_tokens) if max_tokens else int(p.budget) for p in plans]
+    texts = _run_engine(segments, budgets, model, device)
     source = doc.source
     out, last = [], 0
     for p, raw in zip(plans, texts):
@@ -103,10 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", metavar="DIR", help="model folder (default: the bundled model)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--hole-marker", default=Settings().hole_marker)
+    parser.add_argument("--max-tokens", type=int, default=None, help="cap on each hole's token budget")
     args = parser.parse_args(argv)
     try:
         at = parse_at(args.at) if args.at else None
-        result = fill_file(args.file, at, args.model, args.device, args.hole_marker)
+        if args.max_tokens is not None and args.max_tokens < 1:
+            raise FillError(f"--max-tokens must be at least 1, got {args.max_tokens}", 2)
+        result = fill_file(args.file, at, args.model, args.device, args.hole_marker, args.max_tokens)
     except FillError as exc:
         print(f"diffill fill: {exc}", file=sys.stderr)
         return exc.code

@@ -1,0 +1,91 @@
+"""The ``diffill`` dispatcher and ``diffill fill``."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lsp_server import cli, oneshot
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args, timeout=120):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "lsp_server.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=ROOT)
+
+
+def test_server_modules_do_not_import_torch():
+    code = "import sys, lsp_server.cli, lsp_server.server, lsp_server.oneshot; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60).returncode == 0
+
+
+def test_usage_and_unknown_command(capsys):
+    assert cli.main([]) == 2
+    assert cli.main(["--help"]) == 0
+    assert cli.main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_failed_import_is_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(cli.SUBCOMMANDS, "bench", ("diffusion_core.no_such_module", "main", "x"))
+    assert cli.main(["bench"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffill bench: not available") and "\n" not in err
+
+
+def test_dispatch_passes_argv(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "_load", lambda name: (lambda argv: seen.append((name, argv)) or 3))
+    assert cli.main(["train", "run", "--config", "x"]) == 3
+    assert seen == [("train", ["run", "--config", "x"])]
+
+
+@pytest.mark.parametrize("value", ["3", "0:1", "a:b", "1:-2", ""])
+def test_parse_at_rejects(value):
+    with pytest.raises(oneshot.FillError):
+        oneshot.parse_at(value)
+
+
+def test_parse_at():
+    assert oneshot.parse_at("3:5") == (2, 4)
+
+
+def test_fill_errors_are_one_line(tmp_path):
+    missing = _run("fill", str(tmp_path / "nope.py"))
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.strip() == f"diffill fill: {tmp_path / 'nope.py'}: no such file"
+    src = tmp_path / "a.py"
+    src.write_text("x = 1\n")
+    outside = _run("fill", str(src), "--at", "40:1")
+    assert outside.returncode == 2 and "outside the file" in outside.stderr and len(outside.stderr.strip().splitlines()) == 1
+    binary = tmp_path / "b.py"
+    binary.write_bytes(b"\xff\xfe\x00junk")
+    bad = _run("fill", str(binary))
+    assert bad.returncode == 2 and "not utf-8" in bad.stderr
+    broken = _run("fill", str(src), "--at", "1:6", "--model", str(tmp_path / "no_model"))
+    assert broken.returncode == 1 and broken.stderr.startswith("diffill fill: core failed:")
+    assert len(broken.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name,text,at", [
+    ("a.py", "def add(a, b):\n    <|fill|>\n\n\nx = <|fill|>\nprint('done')\n", None),
+    ("a.rs", "fn add(a: i32, b: i32) -> i32 {\n    todo!()\n}\n\nfn main() {\n    let x = 1;\n}\n", "2:5"),
+])
+def test_fill_file_with_a_tiny_model(tmp_path, name, text, at):
+    from diffusion_core.testing import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "model")
+    src = tmp_path / name
+    src.write_text(text)
+    where = ["--at", at] if at else []
+    out = _run("fill", str(src), *where, "--model", str(model), "--device", "cpu", "--max-tokens", "6")
+    assert out.returncode == 0, out.stderr
+    assert "<|fill|>" not in out.stdout and "todo!()" not in out.stdout
+    # the text around the holes is kept
+    assert out.stdout.startswith(text.splitlines()[0])
+    assert out.stdout.rstrip().endswith(text.rstrip().splitlines()[-1])
