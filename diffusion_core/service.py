@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import hmac
 import logging
@@ -38,6 +39,7 @@ from diffusion_core.scheduler import Busy, Outcome, Scheduler, SchedulerConfig, 
 log = logging.getLogger("diffill.core")
 
 SERVER_NAME = "diffill-core"
+LATENCY_WINDOW = 512  # recent fills behind status()'s p50/p95
 
 
 @dataclass
@@ -239,6 +241,7 @@ class Connection:
             return
         stats = result.setdefault("stats", {})
         stats.update(queue_ms=round(outcome.queue_ms, 3), core_ms=round(outcome.run_ms, 3), batch=outcome.max_batch)
+        self.server.latencies.append(outcome.queue_ms + outcome.run_ms)
         log.info("fill %s: done queue_ms=%.1f core_ms=%.1f batch=%d", tag, outcome.queue_ms, outcome.run_ms,
                  outcome.max_batch)
         self.send(protocol.reply(msg_id, result))
@@ -273,6 +276,7 @@ class CoreServer:
         self.info = backend.info()
         self.scheduler = Scheduler(backend, self.config.scheduler)
         self.connections: dict[int, Connection] = {}
+        self.latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.address: protocol.Address | None = None
         self.started = time.monotonic()
         self._server: asyncio.AbstractServer | None = None
@@ -319,7 +323,17 @@ class CoreServer:
                 writer.transport.abort()
 
     def status(self) -> dict:
+        sched = self.scheduler.snapshot()
+        recent = sorted(self.latencies)
         return {
+            "model": self.info.get("model"),
+            "device": self.info.get("device"),
+            "queue": sched["waiting"] + sched["active"],
+            "latency_ms": {
+                "p50": round(recent[len(recent) // 2], 1) if recent else None,
+                "p95": round(recent[min(len(recent) - 1, int(0.95 * len(recent)))], 1) if recent else None,
+                "window": len(recent),
+            },
             "version": protocol.PROTOCOL_VERSION,
             "server": SERVER_NAME,
             "pid": os.getpid(),
@@ -327,7 +341,7 @@ class CoreServer:
             "uptime_s": round(time.monotonic() - self.started, 3),
             "info": self.info,
             "connections": len(self.connections),
-            "scheduler": self.scheduler.snapshot(),
+            "scheduler": sched,
         }
 
     def request_shutdown(self) -> None:

@@ -96,6 +96,8 @@ async def test_round_trip_hello_fill_status_and_socket_mode(tmp_path):
         status = (await raw.call("status"))["result"]
         assert status["scheduler"]["counters"]["completed"] == 1
         assert status["connections"] == 1 and status["info"]["device"] == "cpu"
+        assert status["model"] == "fake" and status["queue"] == 0
+        assert status["latency_ms"]["window"] == 1 and status["latency_ms"]["p50"] >= 0
         raw.close()
     finally:
         await server.close()
@@ -348,3 +350,19 @@ def test_loopback_tcp_without_token_generates_one(tmp_path, monkeypatch):
     token_file.write_text("from-file\n")
     args = build_parser().parse_args(["--socket", str(tmp_path / "s.sock"), "--token-file", str(token_file)])
     assert resolve_listen(args) == (protocol.Address("unix", path=str(tmp_path / "s.sock")), "from-file", False)
+
+
+async def test_out_of_memory_fails_that_request_and_the_core_stays_up(tmp_path):
+    server, address = await start_server(tmp_path, FakeBackend(step_delay=0.002))
+    client = CoreClient(address=str(address))
+    try:
+        await client.start()
+        ok = [asyncio.create_task(client.fill([f"doc{i}", "end"], [3], {"steps": 5})) for i in range(3)]
+        with pytest.raises(CoreRequestError) as info:
+            await client.fill(["huge", "end"], [3], {"oom": True})
+        assert info.value.code == protocol.E_OUT_OF_MEMORY and "out of memory" in info.value.message
+        assert [r["texts"] for r in await asyncio.gather(*ok)] == [[f"doc{i}#3"] for i in range(3)]
+        assert (await client.fill(["after", "end"], [2], {}))["texts"] == ["fter#2"]
+    finally:
+        await client.close()
+        await server.close()
