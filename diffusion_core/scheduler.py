@@ -51,6 +51,10 @@ class SchedulerConfig:
     max_queue: int = 64  # tickets waiting or active, all clients together
     max_per_client: int = 16  # so one flooding client cannot take the whole queue
     batched: bool = True  # False: step each job alone (benchmark baseline)
+    # New jobs begun (context encoded) between two steps while others are mid-denoise:
+    # a cold encode of a long file costs many steps' time, so admitting a crowd at once
+    # would stall every active request. With nothing active, a whole batch is admitted.
+    admit_per_step: int = 2
 
 
 @dataclass
@@ -196,7 +200,8 @@ class Scheduler:
         queued requests cannot starve one with a single request.
         """
         admitted = []
-        while self._waiting and len(self._active) + len(admitted) < self.config.max_batch:
+        limit = self.config.max_batch if not self._active else self.config.admit_per_step
+        while self._waiting and len(admitted) < limit and len(self._active) + len(admitted) < self.config.max_batch:
             client = next(iter(self._waiting))
             queue = self._waiting.pop(client)
             admitted.append(queue.popleft())

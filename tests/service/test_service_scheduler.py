@@ -184,3 +184,22 @@ def test_stop_fails_queued_with_shutting_down():
     assert {o.code for o in out.values()} == {protocol.E_SHUTTING_DOWN}
     with pytest.raises(Busy):
         sched.submit(9, prepared("late"), got.cb(9))
+
+
+def test_admission_while_jobs_are_active_is_bounded_per_step():
+    backend = FakeBackend(step_delay=0.002)
+    sched = Scheduler(backend, SchedulerConfig(max_batch=8, admit_per_step=2))
+    got = Collector()
+    sched.submit("first", prepared("first", steps=400), got.cb("first"))
+    sched.start()
+    while not backend.begun:
+        time.sleep(0.001)
+    for i in range(6):  # arrive together while "first" is mid-denoise
+        sched.submit(f"c{i}", prepared(f"c{i}", steps=50), got.cb(i))
+    got.wait(7)
+    sched.stop()
+    sizes = backend.batches
+    growth = [b for a, b in zip(sizes, sizes[1:]) if b > a]
+    assert max(sizes) == 7
+    assert all(b - a <= 2 for a, b in zip(sizes, sizes[1:]))  # at most 2 new jobs between steps
+    assert growth  # the batch did grow while "first" was active
