@@ -222,7 +222,9 @@ class DiffillServer(LanguageServer):
             self.stats.count("stale")
             raise JsonRpcContentModified("document changed while filling")
         if outcome is None or not outcome.candidates:
-            self.stats.count("empty")
+            # noPlan: the planner saw nothing worth completing; emptyFill: post-processing
+            # cut the model's fill to nothing
+            self.stats.count("noPlan" if outcome is None else "emptyFill")
             return None
         latency = (time.perf_counter() - t0) * 1000
         self.stats.count("answered")

@@ -1,0 +1,234 @@
+"""Latency benchmark through LSP: replay typing a Python file into ``diffill lsp``.
+
+    python -m lsp_server.bench_typing [--file F] [--model DIR | --tiny] [--lines 300]
+                                      [--typed-lines 30] [--key-ms 60] [--pause-ms 600]
+
+Owns: driving the real server over stdio as an editor would while typing: for each
+keystroke a ``didChange`` then an automatic ``textDocument/inlineCompletion``, with a
+``$/cancelRequest`` for the previous request still pending (as VS Code does); a pause
+at the end of each line. The file (the first ``--lines`` lines of ``--file``, by
+default the standard library's ``textwrap.py``) is opened whole; ``--typed-lines``
+lines spread over it are blanked and retyped character by character, so every
+keystroke sees the real code before and after the cursor.
+
+Prints a table, then one JSON line last: latency p50/p95 of answered requests (ms,
+from send to answer), answered / cancelled / empty counts and cache hits.
+
+Must not know: server internals (it speaks LSP and reads ``diffill/status``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcRequestCancelled
+from pygls.lsp.client import LanguageClient
+
+from lsp_server.feedback import percentile
+
+URI = "file:///bench/typed.py"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m lsp_server.bench_typing", description=__doc__.split("\n")[0])
+    p.add_argument("--file", type=Path, default=Path(textwrap.__file__), help="Python file to replay")
+    p.add_argument("--lines", type=int, default=300, help="lines of the file to use")
+    p.add_argument("--typed-lines", type=int, default=30, help="lines retyped character by character")
+    p.add_argument("--key-ms", type=float, default=60.0, help="time between keystrokes")
+    p.add_argument("--pause-ms", type=float, default=1500.0, help="pause at the end of a typed line")
+    p.add_argument("--model", default="", help="model folder (default: the bundled model)")
+    p.add_argument("--tiny", action="store_true", help="use a tiny random model (smoke run, not a figure)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--debounce-max-ms", type=int, default=None, help="override the server's adaptive debounce cap")
+    return p.parse_args(argv)
+
+
+def typed_line_numbers(lines: list[str], n: int) -> list[int]:
+    """``n`` code lines (not blank, not comments, not docstring lines) spread evenly."""
+    in_doc = False
+    candidates = []
+    for i, line in enumerate(lines):
+        s = line.strip()
+        quotes = s.count('"""') + s.count("'''")
+        if quotes % 2 == 1:
+            in_doc = not in_doc
+            continue
+        if s and not in_doc and not quotes and not s.startswith("#"):
+            candidates.append(i)
+    if not candidates:
+        return []
+    step = max(1, len(candidates) // max(1, n))
+    return candidates[::step][:n]
+
+
+class Replay:
+    def __init__(self, client: LanguageClient) -> None:
+        self.client = client
+        self.version = 1
+        self.latencies: list[float] = []
+        self.pause_latencies: list[float] = []
+        self.counts = {"requests": 0, "answered": 0, "cancelled": 0, "empty": 0, "errors": 0}
+        self.pending: tuple[str, asyncio.Task] | None = None
+        self._next = 0
+
+    def change(self, line: int, char: int, end_char: int, text: str) -> None:
+        self.version += 1
+        rng = types.Range(start=types.Position(line, char), end=types.Position(line, end_char))
+        self.client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=self.version),
+            content_changes=[types.TextDocumentContentChangePartial(range=rng, text=text)],
+        ))
+
+    def request(self, line: int, char: int, at_pause: bool) -> asyncio.Task:
+        if self.pending is not None and not self.pending[1].done():
+            self.client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=self.pending[0]))
+        self._next += 1
+        msg_id = f"bench-{self._next}"
+        params = types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(line, char),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+        )
+        task = asyncio.ensure_future(self._timed(msg_id, params, at_pause))
+        self.pending = (msg_id, task)
+        return task
+
+    async def _timed(self, msg_id: str, params: types.InlineCompletionParams, at_pause: bool) -> None:
+        self.counts["requests"] += 1
+        t0 = time.perf_counter()
+        try:
+            result = await self.client.protocol.send_request_async(
+                types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id=msg_id
+            )
+        except JsonRpcRequestCancelled:
+            self.counts["cancelled"] += 1
+            return
+        except JsonRpcException:
+            self.counts["errors"] += 1
+            return
+        ms = (time.perf_counter() - t0) * 1000
+        if result is None or not result.items:
+            self.counts["empty"] += 1
+            return
+        self.counts["answered"] += 1
+        self.latencies.append(ms)
+        if at_pause:
+            self.pause_latencies.append(ms)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    lines = args.file.read_text(encoding="utf-8").splitlines()[: args.lines]
+    typed = typed_line_numbers(lines, args.typed_lines)
+    init: dict[str, Any] = {"model": {"path": args.model, "device": args.device}, "fill": {"maxTokens": args.max_tokens},
+                            "feedback": {"enable": False}}
+    if args.debounce_max_ms is not None:
+        init["debounce"] = {"maxMs": args.debounce_max_ms}
+    client = LanguageClient("diffill-bench", "0.1")
+    await client.start_io(sys.executable, "-m", "lsp_server.cli", "lsp", env=dict(os.environ))
+    stderr_tail: list[bytes] = []
+
+    async def drain() -> None:  # the server's stderr must not fill its pipe
+        assert client._server is not None and client._server.stderr is not None
+        while line := await client._server.stderr.readline():
+            stderr_tail[:] = (stderr_tail + [line])[-20:]
+
+    drain_task = asyncio.ensure_future(drain())
+    caps = types.ClientCapabilities(text_document=types.TextDocumentClientCapabilities(
+        inline_completion=types.InlineCompletionClientCapabilities()))
+    await client.initialize_async(types.InitializeParams(capabilities=caps, initialization_options=init))
+    client.initialized(types.InitializedParams())
+    t_load = time.perf_counter()
+    while True:
+        st = await client.protocol.send_request_async("diffill/status", {})
+        state = st.core.state
+        if state in ("ready", "failed"):
+            break
+        await asyncio.sleep(0.1)
+    load_s = time.perf_counter() - t_load
+    if state != "ready":
+        raise SystemExit(f"bench: core failed to start: {getattr(st.core, 'error', '?')}")
+    replay = Replay(client)
+    client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+        uri=URI, language_id="python", version=1, text="\n".join(lines) + "\n")))
+    # warm-up (excluded): one request at the first typed line's end
+    if typed:
+        await replay.request(typed[0], len(lines[typed[0]]), at_pause=False)
+        replay.latencies.clear(), replay.pause_latencies.clear()
+        replay.counts = dict.fromkeys(replay.counts, 0)
+    key_s, pause_s = args.key_ms / 1000, args.pause_ms / 1000
+    t_start = time.perf_counter()
+    for ln in typed:
+        target = lines[ln]
+        indent = len(target) - len(target.lstrip())
+        replay.change(ln, indent, len(target), "")  # blank the line (keep its indentation)
+        for col in range(indent, len(target)):
+            replay.change(ln, col, col, target[col])
+            replay.request(ln, col + 1, at_pause=col + 1 == len(target))
+            await asyncio.sleep(key_s)
+        await asyncio.sleep(pause_s)
+    if replay.pending is not None:
+        await asyncio.wait_for(replay.pending[1], 60)
+    wall_s = time.perf_counter() - t_start
+    st = await client.protocol.send_request_async("diffill/status", {})
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+    drain_task.cancel()
+    counters = st.counters._asdict() if hasattr(st.counters, "_asdict") else dict(st.counters)
+    return {
+        "bench": "lsp_typing",
+        "model": getattr(st, "model", None) or args.model or "bundled",
+        "device": args.device,
+        "file": str(args.file), "lines": len(lines), "typed_lines": len(typed),
+        "keystrokes": replay.counts["requests"], "key_ms": args.key_ms, "pause_ms": args.pause_ms,
+        "p50_ms": _round(percentile(replay.latencies, 50)), "p95_ms": _round(percentile(replay.latencies, 95)),
+        "pause_p50_ms": _round(percentile(replay.pause_latencies, 50)),
+        "pause_p95_ms": _round(percentile(replay.pause_latencies, 95)),
+        **{k: v for k, v in replay.counts.items() if k != "requests"},
+        "cache_hits": counters.get("cacheHits", 0), "superseded": counters.get("superseded", 0),
+        "no_plan": counters.get("noPlan", 0), "empty_fill": counters.get("emptyFill", 0),
+        "core_load_s": round(load_s, 2), "wall_s": round(wall_s, 1),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu, python {platform.python_version()}",
+        "command": "python -m lsp_server.bench_typing " + " ".join(sys.argv[1:]),
+    }
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.tiny:
+            from diffusion_core.testing import make_tiny_model
+
+            args.model = str(make_tiny_model(Path(tmp) / "tiny"))
+        result = asyncio.run(run(args))
+    rows = [("keystrokes (requests)", result["keystrokes"]), ("answered", result["answered"]),
+            ("cancelled (-32800)", result["cancelled"]), ("empty", result["empty"]),
+            ("  of which no plan", result["no_plan"]), ("  of which fill cut empty", result["empty_fill"]),
+            ("cache hits", result["cache_hits"]), ("p50 ms (answered)", result["p50_ms"]),
+            ("p95 ms (answered)", result["p95_ms"]), ("p50 ms (at line-end pause)", result["pause_p50_ms"]),
+            ("p95 ms (at line-end pause)", result["pause_p95_ms"]), ("core load s", result["core_load_s"])]
+    print(f"diffill LSP typing replay: {result['typed_lines']} lines of {result['file']} "
+          f"({result['model']}, {result['device']})")
+    for name, value in rows:
+        print(f"  {name:<28} {value}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
