@@ -74,7 +74,10 @@ class ProtocolError(ValueError):
 
 def encode(message: dict, max_bytes: int = MAX_FRAME_BYTES) -> bytes:
     """One frame: length prefix + msgpack body. Raises ProtocolError when too large."""
-    body = msgpack.packb(message, use_bin_type=True)
+    try:
+        body = msgpack.packb(message, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. a set, or an int over 64 bits
+        raise ProtocolError(E_BAD_REQUEST, f"message is not msgpack-serializable: {exc}") from None
     if len(body) > max_bytes:
         raise ProtocolError(E_BAD_FRAME, f"frame of {len(body)} bytes exceeds the limit of {max_bytes}")
     return _HEADER.pack(len(body)) + body

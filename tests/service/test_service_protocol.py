@@ -91,6 +91,9 @@ def test_limits_and_envelopes():
     assert protocol.error(3, protocol.E_BUSY, "full") == {"id": 3, "error": {"code": "busy", "message": "full"}}
     with pytest.raises(protocol.ProtocolError):
         protocol.decode_body(msgpack.packb({1: 2}))  # non-string keys
+    with pytest.raises(protocol.ProtocolError, match="not msgpack-serializable") as info:
+        protocol.encode({"params": {1, 2}})
+    assert info.value.code == protocol.E_BAD_REQUEST
 
 
 @pytest.mark.parametrize("text, expected", [

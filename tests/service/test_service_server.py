@@ -363,6 +363,10 @@ async def test_out_of_memory_fails_that_request_and_the_core_stays_up(tmp_path):
         assert info.value.code == protocol.E_OUT_OF_MEMORY and "out of memory" in info.value.message
         assert [r["texts"] for r in await asyncio.gather(*ok)] == [[f"doc{i}#3"] for i in range(3)]
         assert (await client.fill(["after", "end"], [2], {}))["texts"] == ["fter#2"]
+        with pytest.raises(CoreRequestError) as info:  # bad input on the client side: one error, no crash
+            await client.fill(["a", "b"], [2], {"seed": {1, 2}})
+        assert info.value.code == protocol.E_BAD_REQUEST
+        assert (await client.status())["queue"] == 0
     finally:
         await client.close()
         await server.close()
