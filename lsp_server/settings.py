@@ -32,6 +32,10 @@ from typing import Any
 
 SECTION = "diffill"  # the workspace/configuration section holding these settings
 
+# Keys editors keep in the same section for themselves (the extension's server
+# command, vscode-languageclient's "trace.server"): accepted and ignored.
+EDITOR_KEYS = frozenset({"command", "trace"})
+
 
 @dataclass(frozen=True)
 class ModelSettings:
@@ -152,6 +156,8 @@ def _merge(obj: Any, data: dict, prefix: str, bad: list[str]) -> Any:
     hints = typing.get_type_hints(type(obj))
     changes: dict[str, Any] = {}
     for key, value in data.items():
+        if not prefix and key in EDITOR_KEYS:
+            continue
         name = to_snake(str(key))
         dotted_camel = f"{prefix}{key}"
         if name not in fields:

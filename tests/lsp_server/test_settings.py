@@ -43,3 +43,8 @@ def test_serves():
 def test_case_mapping_round_trip():
     for name in ("max_tokens", "min_ms", "hole_marker", "prefix_bytes"):
         assert s.to_snake(s.to_camel(name)) == name
+
+
+def test_editor_keys_are_ignored_silently():
+    got, bad = s.parse({"command": ["diffill", "lsp"], "trace": {"server": "off"}, "fill": {"maxTokens": 9}})
+    assert bad == [] and got.fill.max_tokens == 9
