@@ -33,6 +33,10 @@ PROTOCOL_VERSION = 1
 # while a corrupt length prefix cannot make either side allocate gigabytes.
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
+# Before a successful hello a peer is a stranger (on TCP, anyone who can connect): it
+# may send only small frames, so it cannot make the core buffer megabytes.
+MAX_HELLO_BYTES = 64 * 1024
+
 _HEADER = struct.Struct(">I")
 HEADER_BYTES = _HEADER.size
 

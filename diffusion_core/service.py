@@ -49,6 +49,7 @@ class ServiceConfig:
     # Replies buffered for one connection beyond what the socket takes. A client that
     # stops reading hits this and is disconnected; it never holds up anyone else.
     write_queue: int = 256
+    hello_timeout: float = 10.0  # seconds a new connection has to authenticate
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -147,11 +148,19 @@ class Connection:
     # ------------------------------------------------------------ reading
 
     async def read_loop(self) -> None:
-        max_bytes = self.server.config.max_frame_bytes
         try:
             while not self.closing:
                 try:
-                    message = await protocol.read_message(self.reader, max_bytes)
+                    if self.authed:
+                        message = await protocol.read_message(self.reader, self.server.config.max_frame_bytes)
+                    else:
+                        message = await asyncio.wait_for(
+                            protocol.read_message(self.reader, protocol.MAX_HELLO_BYTES), self.server.config.hello_timeout)
+                except asyncio.TimeoutError:
+                    log.warning("client %d sent no hello within %.0f s; closing", self.cid, self.server.config.hello_timeout)
+                    self.send(protocol.error(None, protocol.E_HANDSHAKE, "no hello in time"))
+                    self.close_after_flush()
+                    return
                 except protocol.ProtocolError as exc:
                     self.send(protocol.error(None, exc.code, str(exc)))
                     self.close_after_flush()

@@ -160,6 +160,20 @@ async def test_malformed_or_oversized_frame_closes_only_that_connection(tmp_path
         await server.close()
 
 
+async def test_strangers_get_small_frames_and_little_time(tmp_path):
+    server, address = await start_server(tmp_path, tcp=True, token="t", hello_timeout=0.2)
+    try:
+        raw = await Raw.open(address)
+        raw.writer.write((protocol.MAX_HELLO_BYTES + 1).to_bytes(4, "big"))  # before hello
+        assert (await raw.recv())["error"]["code"] == protocol.E_BAD_FRAME
+        assert await raw.closed()
+        idle = await Raw.open(address)  # connects and says nothing
+        assert (await idle.recv())["error"]["code"] == protocol.E_HANDSHAKE
+        assert await idle.closed()
+    finally:
+        await server.close()
+
+
 async def test_tcp_token(tmp_path):
     server, address = await start_server(tmp_path, tcp=True, token="s3cret")
     try:
