@@ -255,3 +255,33 @@ async def test_bad_input_is_answered_cleanly(tmp_path):
         assert isinstance(res, types.InlineCompletionList)
         st = await status(client)  # still serving
         assert st["server"]["documents"] == 3
+
+
+async def test_selected_completion_info_is_honoured(tmp_path):
+    async with session(fake={"text": ".join(a, b)"}, tmp=tmp_path) as client:
+        open_doc(client, URI, "import os\nx = os.pa\n")
+        rng = types.Range(start=types.Position(1, 7), end=types.Position(1, 9))
+        selected = types.SelectedCompletionInfo(range=rng, text="path")
+        res = await inline(client, URI, 1, 9, selected=selected)
+        assert len(res.items) == 1
+        item = res.items[0]
+        assert item.insert_text.startswith("path") and len(item.insert_text) > len("path")
+        assert item.range == rng
+        st = await status(client)
+        assert st["core"]["fake"]["last_segments"][0].endswith("x = os.path")
+
+
+async def test_never_starves_under_continuous_typing(tmp_path):
+    # each fill takes ~100 ms, keystrokes come every 20 ms: only the request sent when
+    # typing stops is answered, and it is.
+    async with session(fake={"text": "1", "steps": 10, "step_s": 0.01}, tmp=tmp_path) as client:
+        await wait_ready(client)
+        open_doc(client, URI, "x = \n")
+        tasks = []
+        for i, ch in enumerate("foo + bar"):
+            change_doc(client, URI, i + 2, ch, start=(0, 4 + i))
+            tasks.append(asyncio.ensure_future(inline(client, URI, 0, 5 + i)))
+            await asyncio.sleep(0.02)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[-1], types.InlineCompletionList) and results[-1].items
+        assert all(isinstance(r, JsonRpcRequestCancelled) for r in results[:-1])
