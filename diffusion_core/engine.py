@@ -22,7 +22,8 @@ from typing import Callable
 import torch
 
 from .errors import CoreError, FillCancelled
-from .layout import Layout, attention_mask, build_diffill, build_natural, fit_context, full_mask, logit_source
+from . import infill_formats
+from .layout import Layout, attention_mask, build_diffill, fit_context, full_mask, logit_source
 from .loader import LoadedModel, load_model
 from .model import KVCache, Segment
 from .params import MAX_BUDGET, FillParams
@@ -90,7 +91,7 @@ class Job:
         self.done = False
         self.error: Exception | None = None
         self._refresh = True  # dual mode: the cache needs a full forward
-        self._end_ids = engine.tokenizer.special.end_ids()
+        self._end_ids = engine.end_ids
         self._mask_id = engine.tokenizer.special.mask
         self._engine = engine
         self._update_blocks()
@@ -142,6 +143,11 @@ class Engine:
         sp = self.tokenizer.special
         if self.config.layout == "diffill" and None in (sp.suf, sp.pre, sp.mid):
             raise CoreError(f"{loaded.path}: the diffill layout needs suf/pre/mid special tokens in tokenizer.json")
+        self.format = infill_formats.format_for(self.config)  # None for our own layout
+        self.end_ids = infill_formats.end_ids(self.tokenizer, self.format)
+        # Ids that are never text: the mask and BOS, and our layout's markers.
+        layout_markers = {i for i in (sp.suf, sp.pre, sp.mid, sp.hole) if i is not None} if self.format is None else set()
+        self.banned = tuple(sorted(set(infill_formats.banned_ids(sp, self.format)) | layout_markers))
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, device: str = "auto", **kw) -> "Engine":
@@ -176,9 +182,13 @@ class Engine:
         room = min(self.config.max_context, self.config.max_position_embeddings - sum(budgets) - 2 * len(budgets) - 4)
         if room < 0:
             raise CoreError(f"holes: total budget {sum(budgets)} exceeds the model's {self.config.max_position_embeddings} positions")
+        last_len = len(seg_ids[-1])
         seg_ids, stats.truncated_tokens = fit_context(seg_ids, room)
-        build = build_diffill if self.config.layout == "diffill" else build_natural
-        layout = build(seg_ids, budgets, self.tokenizer.special)
+        if self.format is None:
+            layout = build_diffill(seg_ids, budgets, self.tokenizer.special)
+        else:
+            layout = infill_formats.build(seg_ids, budgets, self.tokenizer.special, self.format,
+                                          suffix_complete=len(seg_ids[-1]) == last_len)
         stats.tokenize_ms = (time.perf_counter() - t0) * 1e3
         mode = self._mode(params)
         stats.cache = mode
@@ -301,7 +311,8 @@ class Engine:
                 if blk is None:
                     continue
                 m = len(hole_pos)
-                committed += commit_hole(job.x, h, blk, hole_pos, logits[offset : offset + m], job.params, job.gen, job._end_ids)
+                committed += commit_hole(job.x, h, blk, hole_pos, logits[offset : offset + m], job.params, job.gen,
+                                         job._end_ids, self.banned)
                 offset += m
             job.steps += 1
             job.stats.tokens_committed += committed

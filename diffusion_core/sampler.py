@@ -45,9 +45,16 @@ class HoleState:
         return lo, min(lo + self.block_size, self.end)
 
 
-def sample_tokens(logits: torch.Tensor, params: FillParams, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [M, V] -> (tokens [M], confidence [M]) under the request's temperature, top-p and confidence rule."""
+def sample_tokens(logits: torch.Tensor, params: FillParams, gen: torch.Generator | None,
+                  banned: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [M, V] -> (tokens [M], confidence [M]) under the request's temperature, top-p and confidence rule.
+
+    banned: ids that are not text (mask, layout markers): never sampled.
+    """
     logits = logits.float()
+    if banned:
+        logits = logits.clone()
+        logits[:, list(banned)] = float("-inf")
     if params.temperature > 0:
         logits = logits / params.temperature
     probs = torch.softmax(logits, dim=-1)
@@ -94,14 +101,15 @@ def choose(conf: torch.Tensor, k: int, params: FillParams) -> torch.Tensor:
 
 
 def commit_hole(x: torch.Tensor, hole: HoleState, block: tuple[int, int], positions: list[int],
-                logits: torch.Tensor, params: FillParams, gen: torch.Generator | None, end_ids: tuple[int, ...]) -> int:
+                logits: torch.Tensor, params: FillParams, gen: torch.Generator | None, end_ids: tuple[int, ...],
+                banned: tuple[int, ...] = ()) -> int:
     """One step for one hole: commit some of its masked `positions` (all in `block`) given
     their logits [len(positions), V]. Returns the number of tokens committed.
 
     A committed end token ends the hole: the positions after the leftmost one become end
     tokens too, so the hole stops where the model first closed it.
     """
-    tokens, conf = sample_tokens(logits, params, gen)
+    tokens, conf = sample_tokens(logits, params, gen, banned)
     k = num_to_commit(len(positions), hole, block[1] - block[0], hole.end - hole.start, params)
     chosen = choose(conf, k, params).tolist()
     for j in chosen:
@@ -124,7 +132,8 @@ def trim(ids: list[int], end_ids: tuple[int, ...]) -> list[int]:
 
 def denoise_reference(full_logits: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor,
                       holes: list[tuple[int, int]], params: FillParams, mask_id: int, end_ids: tuple[int, ...],
-                      shift: bool, cancel: Callable[[], bool] | None = None) -> tuple[torch.Tensor, int]:
+                      shift: bool, cancel: Callable[[], bool] | None = None,
+                      banned: tuple[int, ...] = ()) -> tuple[torch.Tensor, int]:
     """The slow, obviously correct loop: returns (final ids [T], forward passes).
 
     full_logits(ids [T]) -> logits [T, V] is one uncached forward over the whole sequence.
@@ -147,6 +156,6 @@ def denoise_reference(full_logits: Callable[[torch.Tensor], torch.Tensor], ids: 
                 continue
             positions = [p for p in range(blk[0], blk[1]) if x[p] == mask_id]
             rows = [p - 1 if shift else p for p in positions]
-            commit_hole(x, h, blk, positions, logits[rows], params, gen, end_ids)
+            commit_hole(x, h, blk, positions, logits[rows], params, gen, end_ids, banned)
             if h.current_block(x == mask_id) != blk:
                 h.steps_in_block = 0

@@ -38,8 +38,8 @@ def reference_with(engine, fake_or_model, segments, budgets, params):
 
     sp = engine.tokenizer.special
     x, passes = denoise_reference(full_logits, torch.tensor(job.layout.ids), job.layout.holes, params, sp.mask,
-                                  sp.end_ids(), engine.config.logits_shift)
-    return [trim(x[s:e].tolist(), sp.end_ids()) for s, e in job.layout.holes], passes
+                                  engine.end_ids, engine.config.logits_shift, banned=engine.banned)
+    return [trim(x[s:e].tolist(), engine.end_ids) for s, e in job.layout.holes], passes
 
 
 @pytest.mark.parametrize("params", [
