@@ -169,6 +169,8 @@ class CoreClient:
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._ready = asyncio.Event()
         self._recover: asyncio.Task | None = None
+        self._restart_error = ""  # why the last restart attempt failed; "" when none did
+        self._reconnect_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
 
     @property
@@ -183,23 +185,32 @@ class CoreClient:
             return
         if self.state is CoreState.CLOSED:
             raise CoreUnavailable("the core client is closed")
+        if self.state in (CoreState.STARTING, CoreState.RESTARTING):  # someone else is on it
+            await self._ready_connection()
+            return
         self.state = CoreState.STARTING
         try:
             await asyncio.wait_for(self._open(), self.start_timeout)
         except asyncio.TimeoutError:
             await self._stop_process()
-            self.state = CoreState.IDLE
-            raise CoreUnavailable(f"core did not answer within {self.start_timeout:.0f} s") from None
-        except CoreUnavailable:
+            self._start_failed(f"core did not answer within {self.start_timeout:.0f} s")
+            raise CoreUnavailable(self._restart_error) from None
+        except CoreUnavailable as exc:
             await self._stop_process()
-            if self.state is not CoreState.CLOSED:
-                self.state = CoreState.IDLE
+            self._start_failed(str(exc))
             raise
         except asyncio.CancelledError:  # the caller gave up: leave no orphan core behind
             self._kill_now()
-            if self.state is not CoreState.CLOSED:
-                self.state = CoreState.IDLE
+            self._start_failed("core start cancelled")
             raise
+
+    def _start_failed(self, reason: str) -> None:
+        """Back to IDLE, and wake requests that were waiting for this start."""
+        if self.state is not CoreState.CLOSED:
+            self.state = CoreState.IDLE
+        self._restart_error = reason
+        self._ready.set()
+        self._ready.clear()
 
     async def fill(self, segments: list[str], budgets: list[int], params: dict,
                    request_id: str | None = None) -> dict:
@@ -224,6 +235,7 @@ class CoreClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._recover
         conn, self._conn = self._conn, None
+        self._ready.set()  # requests waiting for a restart see the client closed
         if conn is not None and not conn.lost and self.private:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.call(protocol.SHUTDOWN, {}), 2.0)
@@ -260,6 +272,7 @@ class CoreClient:
             self._kill_now()
             raise CoreUnavailable("the core client is closed")
         self.server_info = hello.get("info", {}) if isinstance(hello.get("info"), dict) else {}
+        self._restart_error = ""
         self._conn = conn
         self.state = CoreState.READY
         self._ready.set()
@@ -309,20 +322,25 @@ class CoreClient:
         if self._conn is not None and not self._conn.lost:
             return self._conn
         if not self.private:  # external core: one reconnection attempt per request
-            self.state = CoreState.STARTING
-            try:
-                await asyncio.wait_for(self._open(), self.connect_timeout * 2)
-            except (CoreUnavailable, asyncio.TimeoutError) as exc:
-                self.state = CoreState.RESTARTING
-                raise CoreUnavailable(str(exc) or "core did not answer") from None
-            self._emit(EVENT_RESTARTED, f"diffill: reconnected to the core at {self.address}")
-            return self._conn
+            async with self._reconnect_lock:  # concurrent requests share one attempt
+                if self._conn is not None and not self._conn.lost:
+                    return self._conn
+                if self.state is CoreState.CLOSED:
+                    raise CoreUnavailable("the core client is closed")
+                try:
+                    await asyncio.wait_for(self._open(), self.connect_timeout * 2)
+                except (CoreUnavailable, asyncio.TimeoutError) as exc:
+                    raise CoreUnavailable(str(exc) or "core did not answer") from None
+                self._emit(EVENT_RESTARTED, f"diffill: reconnected to the core at {self.address}")
+                return self._conn
+        if self._restart_error:  # the restart loop already failed: answer now, it keeps trying
+            raise CoreUnavailable(f"the private core is down ({self._restart_error}); restarting it")
         try:
             await asyncio.wait_for(self._ready.wait(), self.start_timeout)
         except asyncio.TimeoutError:
             raise CoreUnavailable("the private core is restarting; try again shortly") from None
         if self._conn is None:
-            raise CoreUnavailable("the core client is closed")
+            raise CoreUnavailable(self._restart_error or "the core client is closed")
         return self._conn
 
     async def _restart_loop(self) -> None:
@@ -332,11 +350,12 @@ class CoreClient:
             try:
                 await asyncio.wait_for(self._open(), self.start_timeout)
             except (CoreUnavailable, asyncio.TimeoutError) as exc:
-                log.warning("restarting the core failed: %s; next try in %.1f s", exc or "timeout", delay)
-                self.state = CoreState.RESTARTING
+                self._restart_error = str(exc) or "no answer"
+                log.warning("restarting the core failed: %s; next try in %.1f s", self._restart_error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_delay)
                 continue
+            self._restart_error = ""
             self.restarts += 1
             self._emit(EVENT_RESTARTED, "diffill: the private core was restarted")
             return

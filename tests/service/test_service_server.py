@@ -314,8 +314,10 @@ async def test_dropped_connection_fails_in_flight_and_reconnects(tmp_path):
         with pytest.raises(CoreUnavailable, match="connection lost"):
             await asyncio.wait_for(task, T)
         assert [k for k, _ in events] == ["died"]
-        assert (await client.fill(["x", "y"], [3], {}))["texts"] == ["x#3"]  # reconnected
+        both = await asyncio.gather(client.fill(["x", "y"], [3], {}), client.fill(["z", "y"], [3], {}))
+        assert [r["texts"] for r in both] == [["x#3"], ["z#3"]]  # reconnected once for both
         assert [k for k, _ in events] == ["died", "restarted"]
+        assert len(server.connections) == 1
         await client.close()
         with pytest.raises(CoreUnavailable, match="closed"):
             await client.fill(["x", "y"], [3], {})
