@@ -1,0 +1,81 @@
+"""HumanEval-Infilling style problems: reading them and turning a fill into a program.
+
+Owns the file format (jsonl or jsonl.gz, one record a line with task_id, prompt,
+suffix, canonical_solution, test, entry_point; the single-line, multi-line and
+random-span variants differ only in where the hole is), the one-line errors for bad
+files, and the program a candidate is judged by: prompt + fill + suffix + test +
+`check(entry_point)`. Must not know models or how programs are run (eval_exec does).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CoreError
+
+FIELDS = ("task_id", "prompt", "suffix", "canonical_solution", "test", "entry_point")
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    prompt: str
+    suffix: str
+    canonical_solution: str
+    test: str
+    entry_point: str
+
+    @property
+    def single_line(self) -> bool:
+        """Single-line variants: the hole is one line (the task id says so, as in
+        SingleLineInfilling/HumanEval/0/L0, or the solution is one line)."""
+        return self.task_id.startswith("SingleLine") or self.canonical_solution.rstrip("\n").count("\n") == 0
+
+    @property
+    def whole_lines(self) -> bool:
+        """The hole starts at a line start and ends with a newline (line-based variants)."""
+        return (not self.prompt or self.prompt.endswith("\n")) and self.canonical_solution.endswith("\n")
+
+
+def load_problems(path: str | Path, limit: int | None = None) -> list[Problem]:
+    """Problems of a jsonl / jsonl.gz file; CoreError naming the file and line at fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise CoreError(f"{path}: no such dataset file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    problems: list[Problem] = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                problems.append(_parse(path, lineno, line))
+                if limit is not None and len(problems) >= limit:
+                    break
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise CoreError(f"{path}: cannot read ({exc})") from None
+    return problems
+
+
+def _parse(path: Path, lineno: int, line: str) -> Problem:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CoreError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
+    if not isinstance(rec, dict):
+        raise CoreError(f"{path}:{lineno}: expected a JSON object")
+    missing = [k for k in FIELDS if k not in rec]
+    if missing:
+        raise CoreError(f"{path}:{lineno}: missing {', '.join(missing)}")
+    bad = [k for k in FIELDS if not isinstance(rec[k], str)]
+    if bad:
+        raise CoreError(f"{path}:{lineno}: {', '.join(bad)} must be strings")
+    return Problem(**{k: rec[k] for k in FIELDS})
+
+
+def program(problem: Problem, fill: str) -> str:
+    """The program that passes iff the fill is correct (the HumanEval harness's
+    `check(entry_point)` call after the test code)."""
+    return f"{problem.prompt}{fill}{problem.suffix}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
