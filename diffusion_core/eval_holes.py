@@ -214,9 +214,13 @@ def _multi_line(f: SourceFile, doc: Document, rng: random.Random) -> Hole | None
                  lambda p: p.kind == "block" and not p.leading)
 
 
+_BRACKETS = frozenset("()[]{}")
+
+
 def _sibling_run(doc: Document, s: int, e: int) -> bool:
     """Whether bytes [s, e) are exactly a run of consecutive sibling nodes without
-    syntax errors (whole statements, not half of one)."""
+    syntax errors (whole statements, not half of one) and without the brackets that
+    delimit their parent."""
     node = doc.tree.root_node.descendant_for_byte_range(s, s)
     if node is None:
         return False
@@ -228,7 +232,7 @@ def _sibling_run(doc: Document, s: int, e: int) -> bool:
     children = parent.children
     k = next(i for i, c in enumerate(children) if c.id == node.id)
     for c in children[k:]:
-        if c.has_error or c.is_missing or c.end_byte > e:
+        if c.has_error or c.is_missing or c.end_byte > e or c.type in _BRACKETS:
             return False
         if c.end_byte == e:
             return True

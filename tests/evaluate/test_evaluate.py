@@ -1,0 +1,144 @@
+"""`diffill bench quality` end to end on a tiny random model, and the pipeline with an oracle engine."""
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from diffusion_core import evaluate
+from diffusion_core.engine import FillResult, FillStats
+from diffusion_core.eval_holes import load_files, sample_holes, window
+from diffusion_core.eval_infilling import load_problems
+from diffusion_core.params import FillParams
+from diffusion_core.testing import make_tiny_model
+
+from .corpus_fixture import write_corpus
+
+FIXTURE = Path(__file__).parent / "fixtures" / "mini_infilling.jsonl"
+QUICK = ["--limit", "4", "--sweep-holes", "2", "--budgets", "4,8", "--thresholds", "0.9", "--topk-steps", "4",
+         "--device", "cpu", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+class OracleEngine:
+    """Answers each request with a known text (the truth), as a perfect model would."""
+
+    def __init__(self, answers: dict):
+        self.answers = answers
+
+    def fill(self, segments, holes, params=None):
+        text = self.answers[tuple(segments)]
+        return FillResult([text], FillStats(forward_passes=1))
+
+
+def _args(**kw):
+    base = dict(prefix_bytes=6000, suffix_bytes=2000, budget=0, post="finalize", canonical=False, timeout=20.0,
+                memory_mb=1024, dataset=str(FIXTURE))
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_oracle_engine_scores_one_and_beats_baselines(corpus):
+    holes = sample_holes(load_files([corpus / "holdout.jsonl", corpus / "valid.jsonl"]), 16, seed=0)
+    args = _args()
+    oracle = OracleEngine({tuple(window(h.doc, h.plan, 6000, 2000)): h.truth for h in holes})
+    out, text = evaluate.heldout_section(oracle, holes, FillParams(), args, None)
+    assert out["holes"] == len(holes)
+    for kind, entry in list(out["by_kind"].items()) + [("all", out["all"])]:
+        assert entry["model"] == {"exact": 1.0, "edit_sim": 1.0, "valid": 1.0}, kind
+        assert entry["empty"]["exact"] == 0.0 and entry["empty"]["edit_sim"] == 0.0
+        assert entry["prev_line"]["edit_sim"] < 1.0
+    assert "prev_line" in text and "multi-line" in text
+
+
+@pytest.mark.parametrize("post", ["finalize", "raw"])
+def test_oracle_engine_passes_every_problem(post):
+    problems = load_problems(FIXTURE)
+    oracle = OracleEngine({(p.prompt, p.suffix): p.canonical_solution for p in problems})
+    out, text = evaluate.infilling_section(oracle, FillParams(), _args(post=post), None)
+    assert out["problems"] == 4 and out["pass@1"] == 1.0 and out["timeouts"] == 0
+    assert out["by_variant"]["single-line"]["problems"] == 3
+
+
+def test_wrong_answers_fail():
+    problems = load_problems(FIXTURE)
+    oracle = OracleEngine({(p.prompt, p.suffix): "    pass\n" for p in problems})
+    out, _ = evaluate.infilling_section(oracle, FillParams(), _args(), None)
+    assert out["pass@1"] == 0.0
+
+
+def test_full_run_json_line_and_plot(tiny, corpus, tmp_path, capsys):
+    png = tmp_path / "q.png"
+    code = evaluate.main(["quality", "--model", str(tiny), "--corpus", str(corpus), "--dataset", str(FIXTURE),
+                          "--plot", str(png), "--json", *QUICK])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = out.strip().split("\n")
+    assert len(lines) == 1  # with --json the JSON line is all of stdout
+    report = json.loads(lines[0])
+    assert report["heldout"]["holes"] == 4
+    assert set(report["heldout"]["all"]) >= {"model", "empty", "prev_line", "ms_mean", "forward_passes_mean"}
+    assert [p["budget"] for p in report["sweeps"]["budget"]] == [4, 8]
+    assert [p["label"] for p in report["sweeps"]["threshold"] + report["sweeps"]["topk"]] == ["thr 0.9", "topk 4"]
+    assert all(p["holes"] >= 1 for p in report["sweeps"]["budget"])
+    assert report["infilling"]["problems"] == 4 and 0.0 <= report["infilling"]["pass@1"] <= 1.0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "held-out FIM" in err and "held-out:" in err  # tables and progress on stderr
+
+
+def test_tables_then_json_last_without_quality_word(tiny, corpus, capsys):
+    code = evaluate.main(["--model", str(tiny), "--corpus", str(corpus), "--no-sweeps", *QUICK])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    lines = out.rstrip("\n").split("\n")
+    assert "held-out FIM" in out
+    report = json.loads(lines[-1])
+    assert report["sweeps"] is None and report["infilling"] is None
+
+
+def test_canonical_harness_check(tiny, capsys):
+    code = evaluate.main(["quality", "--model", str(tiny), "--no-heldout", "--dataset", str(FIXTURE), "--canonical", "--json"])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert json.loads(out)["infilling"]["pass@1"] == 1.0
+
+
+def test_missing_corpus_skips_heldout(tiny, tmp_path, capsys):
+    code = evaluate.main(["quality", "--model", str(tiny), "--corpus", str(tmp_path / "none"), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0 and json.loads(out)["heldout"] is None
+    assert "held-out section skipped" in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["speed"], "unknown benchmark 'speed'"),
+    (["quality", "--model", "/nonexistent/model"], "model folder not found"),
+    (["quality", "--dataset", "/nonexistent.jsonl", "--no-heldout"], "no such dataset file"),
+    (["quality", "--budgets", "4,x", "--no-heldout"], "--budgets"),
+    (["quality", "--heldout", "/nonexistent.jsonl"], "no such held-out file"),
+])
+def test_bad_input_is_one_line(tiny, argv, needle, capsys):
+    if "--model" not in argv and argv != ["speed"]:
+        argv = argv + ["--model", str(tiny)]
+    code = evaluate.main(argv)
+    _, err = capsys.readouterr()
+    assert code in (1, 2)
+    assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_dispatcher_routes_bench(tiny, capsys):
+    from lsp_server.cli import main as cli_main
+
+    code = cli_main(["bench", "quality", "--model", str(tiny), "--no-heldout", "--dataset", str(FIXTURE), "--canonical",
+                     "--limit", "1", "--json"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and json.loads(out)["infilling"]["problems"] == 1
