@@ -340,7 +340,11 @@ class CoreClient:
         except asyncio.TimeoutError:
             raise CoreUnavailable("the private core is restarting; try again shortly") from None
         if self._conn is None:
-            raise CoreUnavailable(self._restart_error or "the core client is closed")
+            if self.state is CoreState.CLOSED:
+                raise CoreUnavailable("the core client is closed")
+            if self.state is CoreState.IDLE:
+                raise CoreUnavailable(f"the core failed to start: {self._restart_error}")
+            raise CoreUnavailable(f"the private core is down ({self._restart_error}); restarting it")
         return self._conn
 
     async def _restart_loop(self) -> None:
@@ -351,6 +355,8 @@ class CoreClient:
                 await asyncio.wait_for(self._open(), self.start_timeout)
             except (CoreUnavailable, asyncio.TimeoutError) as exc:
                 self._restart_error = str(exc) or "no answer"
+                self._ready.set()  # wake waiting requests: they fail with this reason
+                self._ready.clear()
                 log.warning("restarting the core failed: %s; next try in %.1f s", self._restart_error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_delay)

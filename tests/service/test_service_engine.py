@@ -138,3 +138,37 @@ async def test_cancelled_start_leaves_no_core_behind(tiny_model):
         await task
     assert await asyncio.wait_for(proc.wait(), T) == -signal.SIGKILL
     await client.close()
+
+
+@pytest.mark.slow  # several core starts (~15 s on a busy 2-core CPU)
+async def test_private_core_restart_backs_off_until_it_can_start(tiny_model, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    events = []
+    client = CoreClient(model_dir=str(model), device="cpu", on_event=lambda k, m: events.append(k),
+                        start_timeout=T, backoff=(0.2, 0.4), core_args=["--threads", "1"])
+    try:
+        await client.start()
+        pid = (await client.status())["pid"]
+        shutil.move(str(model), str(tmp_path / "away"))  # restarts now fail: no model
+        os.kill(pid, signal.SIGKILL)
+        while "died" not in events:
+            await asyncio.sleep(0.01)
+        with pytest.raises(CoreUnavailable) as info:  # waits for the first attempt, then fails
+            await asyncio.wait_for(client.fill(*REQUESTS[0]), T)
+        assert "model" in str(info.value) and "\n" not in str(info.value)
+        with pytest.raises(CoreUnavailable, match="restarting"):  # answered at once meanwhile
+            await asyncio.wait_for(client.fill(*REQUESTS[0]), 1.0)
+        shutil.move(str(tmp_path / "away"), str(model))
+        for _ in range(int(T / 0.2)):  # a later attempt succeeds
+            try:
+                reply = await client.fill(*REQUESTS[0])
+                break
+            except CoreUnavailable:
+                await asyncio.sleep(0.2)
+        assert reply["texts"]
+        assert events == ["died", "restarted"]
+    finally:
+        await client.close()
