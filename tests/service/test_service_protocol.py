@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from diffusion_core import protocol
 from diffusion_core.service import CoreServer, ServiceConfig
-from service_fakes import FakeBackend
+from tests.service.service_fakes import FakeBackend
 
 scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text() | st.binary()
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),

@@ -10,7 +10,7 @@ import pytest
 
 from diffusion_core import protocol
 from diffusion_core.scheduler import Busy, Scheduler, SchedulerConfig
-from service_fakes import FakeBackend, expected_texts
+from tests.service.service_fakes import FakeBackend, expected_texts
 
 TIMEOUT = 10.0
 

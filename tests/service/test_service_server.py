@@ -14,7 +14,7 @@ from diffusion_core import protocol
 from diffusion_core.scheduler import SchedulerConfig
 from diffusion_core.service import CoreServer, ServiceConfig, main
 from lsp_server.core_client import CoreClient, CoreRequestError, CoreUnavailable
-from service_fakes import FakeBackend, expected_texts
+from tests.service.service_fakes import FakeBackend, expected_texts
 
 T = 10.0  # every wait in these tests is bounded
 
