@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="use a tiny random model (smoke run, not a figure)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--prefix-bytes", type=int, default=None, help="override context.prefixBytes")
     p.add_argument("--debounce-max-ms", type=int, default=None, help="override the server's adaptive debounce cap")
     return p.parse_args(argv)
 
@@ -132,6 +133,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     typed = typed_line_numbers(lines, args.typed_lines)
     init: dict[str, Any] = {"model": {"path": args.model, "device": args.device}, "fill": {"maxTokens": args.max_tokens},
                             "feedback": {"enable": False}}
+    if args.prefix_bytes is not None:
+        init["context"] = {"prefixBytes": args.prefix_bytes, "suffixBytes": max(0, args.prefix_bytes // 3)}
     if args.debounce_max_ms is not None:
         init["debounce"] = {"maxMs": args.debounce_max_ms}
     client = LanguageClient("diffill-bench", "0.1")
@@ -186,6 +189,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await client.stop()
     drain_task.cancel()
     counters = st.counters._asdict() if hasattr(st.counters, "_asdict") else dict(st.counters)
+    stages = {name: getattr(getattr(st.stagesMs, name, None), "p50", None) for name in ("plan_ms", "core_ms", "post_ms")}
     return {
         "bench": "lsp_typing",
         "model": getattr(st, "model", None) or args.model or "bundled",
@@ -198,6 +202,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         **{k: v for k, v in replay.counts.items() if k != "requests"},
         "cache_hits": counters.get("cacheHits", 0), "superseded": counters.get("superseded", 0),
         "no_plan": counters.get("noPlan", 0), "empty_fill": counters.get("emptyFill", 0),
+        **{f"{name[:-3]}_p50_ms": _round(v) for name, v in stages.items()},
         "core_load_s": round(load_s, 2), "wall_s": round(wall_s, 1),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, python {platform.python_version()}",
         "command": "python -m lsp_server.bench_typing " + " ".join(sys.argv[1:]),
@@ -221,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             ("  of which no plan", result["no_plan"]), ("  of which fill cut empty", result["empty_fill"]),
             ("cache hits", result["cache_hits"]), ("p50 ms (answered)", result["p50_ms"]),
             ("p95 ms (answered)", result["p95_ms"]), ("p50 ms (at line-end pause)", result["pause_p50_ms"]),
-            ("p95 ms (at line-end pause)", result["pause_p95_ms"]), ("core load s", result["core_load_s"])]
+            ("p95 ms (at line-end pause)", result["pause_p95_ms"]),
+            ("server stages p50 ms", f"plan {result['plan_p50_ms']} / core {result['core_p50_ms']} / post {result['post_p50_ms']}"),
+            ("core load s", result["core_load_s"])]
     print(f"diffill LSP typing replay: {result['typed_lines']} lines of {result['file']} "
           f"({result['model']}, {result['device']})")
     for name, value in rows:

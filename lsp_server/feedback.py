@@ -55,6 +55,7 @@ class Stats:
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()
         self._latency_ms: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._timings: dict[str, deque[float]] = {}  # plan_ms, core_ms, post_ms, cache_ms
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
@@ -62,10 +63,15 @@ class Stats:
     def latency(self, ms: float) -> None:
         self._latency_ms.append(ms)
 
+    def timing(self, name: str, ms: float) -> None:
+        self._timings.setdefault(name, deque(maxlen=_LATENCY_WINDOW)).append(ms)
+
     def summary(self) -> dict:
         values = list(self._latency_ms)
         return {
             "latencyMs": {"p50": percentile(values, 50), "p95": percentile(values, 95), "n": len(values)},
+            "stagesMs": {name: {"p50": percentile(list(v), 50), "p95": percentile(list(v), 95)}
+                         for name, v in sorted(self._timings.items())},
             "counters": dict(sorted(self.counters.items())),
         }
 

@@ -142,6 +142,7 @@ class Filler:
         encoding: str,
         settings: Settings,
         selection: tuple[tuple[int, int], tuple[int, int]] | None = None,
+        request_id: str | None = None,
     ) -> Outcome | None:
         """Ranked fills at a cursor from the core; None when there is nothing worth
         completing (no plan, position out of range)."""
@@ -160,7 +161,7 @@ class Filler:
         budget = max(1, min(int(p.budget), settings.fill.max_tokens))
         segments = window_segments(source, p.start_byte, p.end_byte, settings)
         conn = await self.link.connection()
-        reply = await conn.fill(segments, [budget], settings.fill_params(), request_id=_rid())
+        reply = await conn.fill(segments, [budget], settings.fill_params(), request_id=request_id or _rid())
         t2 = time.perf_counter()
         raw = reply["texts"][0] if reply.get("texts") else ""
         tab_size, spaces = tab_settings(p.indent)
@@ -179,7 +180,7 @@ class Filler:
         timings = {"plan_ms": (t1 - t0) * 1000, "core_ms": (t2 - t1) * 1000, "post_ms": _ms(t2)}
         return Outcome(scored, timings=timings, core_stats=dict(reply.get("stats") or {}))
 
-    async def holes(self, doc: Any, plans: list[Any], settings: Settings) -> list[Candidate]:
+    async def holes(self, doc: Any, plans: list[Any], settings: Settings, request_id: str | None = None) -> list[Candidate]:
         """Fill every planned hole jointly in one core call; one candidate per plan."""
         from grammars.planner import split_segments
         from grammars.postprocess import finalize
@@ -189,7 +190,7 @@ class Filler:
         segments = clip_segments(split_segments(doc, plans), settings)
         budgets = [max(1, min(int(p.budget), settings.fill.max_tokens)) for p in plans]
         conn = await self.link.connection()
-        reply = await conn.fill(segments, budgets, settings.fill_params(), request_id=_rid())
+        reply = await conn.fill(segments, budgets, settings.fill_params(), request_id=request_id or _rid())
         texts = list(reply.get("texts") or [])
         if len(texts) != len(plans):
             raise ValueError(f"core answered {len(texts)} fills for {len(plans)} holes")

@@ -69,7 +69,7 @@ async def run_fill_holes(ls: Any, args: list) -> dict:
     if not plans:
         return {"filled": 0}
     ls.stats.count("fillHoles")
-    candidates = await ls.filler.holes(doc, plans, ls.settings)
+    candidates = await ls.filler.holes(doc, plans, ls.settings, request_id=f"lsp-{ls.protocol.msg_id}")
     if entry.version != version or ls.docs.get(uri) is not entry:
         reason = "the document changed while filling; nothing was applied"
         ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=f"diffill: {reason}"))

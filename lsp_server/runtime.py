@@ -205,7 +205,9 @@ class DiffillServer(LanguageServer):
                 if debounce:
                     s = self.settings.debounce
                     await self.debouncer.wait(uri, s.min_ms, s.max_ms)
-                outcome = await self.filler.at_cursor(uri, doc, line, character, enc, self.settings)
+                # The LSP request id travels to the core, so both logs name the request.
+                rid = f"lsp-{self.protocol.msg_id}"
+                outcome = await self.filler.at_cursor(uri, doc, line, character, enc, self.settings, request_id=rid)
         except asyncio.CancelledError:
             self.stats.count("cancelled")
             raise
@@ -229,6 +231,8 @@ class DiffillServer(LanguageServer):
         latency = (time.perf_counter() - t0) * 1000
         self.stats.count("answered")
         self.stats.latency(latency)
+        for name, ms in outcome.timings.items():
+            self.stats.timing(name, ms)
         cursor = doc.offset_at(line, character, encoding=enc) or 0
         if outcome.cached:
             self.stats.count("cacheHits")

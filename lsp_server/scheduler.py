@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 _GAP_EMA_ALPHA = 0.3
 # Gaps longer than this are pauses, not typing rhythm, and are not averaged in.
 _PAUSE_S = 1.0
-# The debounce waits this fraction of the typical gap: a bit less than the rhythm, so
-# a request still starts promptly after a keystroke that ends a burst.
-_GAP_FRACTION = 0.8
+# The debounce waits a little longer than the typical gap between keystrokes: while
+# the user keeps typing at that rhythm the next key supersedes the request before it
+# reaches the core (which would otherwise encode and start denoising a doomed fill
+# per key), and after the last key the request starts one gap later (max_ms caps it).
+_GAP_FRACTION = 1.25
 
 
 class Latest:
