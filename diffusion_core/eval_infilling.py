@@ -4,13 +4,14 @@ Owns the file format (jsonl or jsonl.gz, one record a line with task_id, prompt,
 suffix, canonical_solution, test, entry_point; the single-line, multi-line and
 random-span variants differ only in where the hole is), the one-line errors for bad
 files, and the program a candidate is judged by: prompt + fill + suffix + test +
-`check(entry_point)`. Must not know models or how programs are run (eval_exec does).
+`check(entry_point)`, and post-processing a raw fill for the hole (grammars plan and
+finalize). Must not know models or how programs are run (eval_exec does).
 """
 from __future__ import annotations
 
 import gzip
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import CoreError
@@ -79,3 +80,34 @@ def program(problem: Problem, fill: str) -> str:
     """The program that passes iff the fill is correct (the HumanEval harness's
     `check(entry_point)` call after the test code)."""
     return f"{problem.prompt}{fill}{problem.suffix}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+
+
+def finalize_fill(prob: Problem, raw: str) -> str:
+    """A raw model fill cut and re-indented by the grammars post-processing.
+
+    Whole-line holes (the line variants) take the model's own indentation: the fill
+    is finalized as if typed on a blank line holding that indentation (planner rule
+    6), one line only for single-line tasks. Mid-line holes are finalized with the
+    planner's plan at the cursor; where the planner plans nothing, the raw fill stays.
+    """
+    from grammars.document import Document
+    from grammars.planner import plan as plan_at
+    from grammars.postprocess import finalize
+    from grammars.text import leading_ws
+
+    ws = ""
+    if prob.whole_lines:
+        ws = leading_ws(next((line for line in raw.split("\n") if line.strip()), ""))
+        doc = Document(prob.prompt + ws + "\n" + prob.suffix, language_id="python")
+    else:
+        doc = Document(prob.prompt + prob.suffix, language_id="python")
+    cursor = len((prob.prompt + ws).encode("utf-8", "surrogatepass"))
+    line, col = doc.position_at(cursor, "utf-32")
+    p = plan_at(doc, line, col, encoding="utf-32")
+    if p is None or p.start_byte != cursor or p.end_byte != cursor:
+        text = raw.split("\n", 1)[0] if prob.single_line else raw  # nothing to plan: the raw fill
+        return text + ("\n" if prob.whole_lines and not text.endswith("\n") else "")
+    if prob.single_line:
+        p = replace(p, stop=replace(p.stop, single_line=True, max_lines=1))
+    text = finalize(doc, p, raw)
+    return ws + text + "\n" if prob.whole_lines else text

@@ -66,3 +66,9 @@ def mean(values: list[float]) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
+
+
+def rate(values) -> float | None:
+    """Mean of the values that are not None (booleans count 0/1); None when none are."""
+    vals = [float(v) for v in values if v is not None]
+    return mean(vals) if vals else None

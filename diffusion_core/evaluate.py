@@ -6,9 +6,10 @@ Engine.fill -> finalize), the baselines, the budget and sampler sweeps, and the 
 (a table per section on stdout, then one JSON line; with --json only the JSON line).
 `diffill bench service` and `diffill bench gpu` are routed on to their own modules.
 
-Delegates: hole choice to eval_holes, metrics to eval_metrics, the problem format to
-eval_infilling, running candidates to eval_exec (always a subprocess), tables and the
-plot to eval_report. Must not know LSP types (it mirrors the server's context window
+Delegates: hole choice to eval_holes, one timed fill and its score to eval_fill,
+the sweeps to eval_sweeps, metrics to eval_metrics, the problem format and its
+post-processing to eval_infilling, running candidates to eval_exec (always a
+subprocess), tables and the plot to eval_report. Must not know LSP types (it mirrors the server's context window
 in eval_holes instead of importing lsp_server).
 """
 from __future__ import annotations
@@ -20,11 +21,12 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from . import eval_metrics as M
 from .errors import CoreError
+from .eval_fill import Outcome, errors_with, fill, score
 
 DEFAULT_N = 100  # held-out holes; sized so a default run stays within minutes on 2 CPU cores
 SWEEP_HOLES = 12  # holes per sweep point (a prefix of the held-out holes)
@@ -36,15 +38,6 @@ HELDOUT_FILES = ("holdout.jsonl", "valid.jsonl")
 SYSTEMS = ("model", "empty", "prev_line")
 OTHER_BENCHES = {"service": "diffusion_core.bench_service", "gpu": "diffusion_core.bench_gpu"}
 _PROGRESS_S = 10.0  # seconds between progress lines on stderr
-
-
-@dataclass
-class Outcome:
-    raw: str
-    ms: float
-    forward_passes: int
-    encode_ms: float
-    error: str = ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +136,8 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     _store_entries_by_identity()
     engine = Engine.load(args.model, args.device)
     limit = args.limit or None
+    from .eval_sweeps import Sweeps
+
     report: dict = {"bench": "quality", "model": engine.info(), "params": params.as_dict(), "machine": _machine(torch),
                     "command": " ".join(["diffill bench quality", *getattr(args, "argv", [])]),
                     "heldout": None, "sweeps": None, "infilling": None}
@@ -152,7 +147,7 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
         if holes:
             _warm_up(engine, holes[0], args)
             k = min(args.sweep_holes, limit or args.sweep_holes)
-            ctx = _Sweeps(budgets, sweep_params, k) if not args.no_sweeps else None
+            ctx = Sweeps(budgets, params, sweep_params, k) if not args.no_sweeps else None
             report["heldout"], t = heldout_section(engine, holes, params, args, ctx)
             text += t
             if ctx is not None:
@@ -221,19 +216,6 @@ def _holes(args, limit):
     return holes
 
 
-def fill(engine, segments: list[str], budget: int, params) -> Outcome:
-    """One timed Engine.fill; a CoreError becomes an empty fill with its message."""
-    from .engine import HoleSpec
-
-    t0 = time.perf_counter()
-    try:
-        res = engine.fill(segments, [HoleSpec(budget=int(budget))], params)
-    except CoreError as exc:
-        return Outcome("", (time.perf_counter() - t0) * 1e3, 0, 0.0, str(exc))
-    ms = (time.perf_counter() - t0) * 1e3
-    return Outcome(res.texts[0], ms, res.stats.forward_passes, res.stats.encode_ms)
-
-
 def _warm_up(engine, hole, args) -> None:
     """One excluded fill, so one-off costs (allocator, kernels) stay out of the figures."""
     from .eval_holes import window
@@ -243,20 +225,6 @@ def _warm_up(engine, hole, args) -> None:
 
 
 # -- held-out FIM ----------------------------------------------------------------------
-
-def _errors(hole, text: str) -> int | None:
-    from grammars.postprocess import count_errors
-
-    _, tree = hole.doc.reparse_with(hole.plan.start_byte, hole.plan.end_byte, text.encode("utf-8", "surrogatepass"))
-    return None if tree is None else count_errors(tree.root_node)
-
-
-def score(hole, text: str, truth_errors: int | None) -> dict:
-    """exact, edit_sim and valid (no more syntax errors than the truth) of a finalized fill."""
-    errors = _errors(hole, text) if truth_errors is not None else None
-    return {"exact": M.exact_match(text, hole.truth), "edit_sim": M.edit_similarity(text, hole.truth),
-            "valid": None if errors is None else errors <= truth_errors}
-
 
 def heldout_section(engine, holes, params, args, sweeps) -> tuple[dict, str]:
     from grammars.postprocess import finalize
@@ -268,7 +236,7 @@ def heldout_section(engine, holes, params, args, sweeps) -> tuple[dict, str]:
     for i, hole in enumerate(holes):
         segs = window(hole.doc, hole.plan, args.prefix_bytes, args.suffix_bytes)
         out = fill(engine, segs, hole.plan.budget, params)
-        truth_err = _errors(hole, hole.truth)
+        truth_err = errors_with(hole, hole.truth)
         rec = {"kind": hole.kind, "ms": out.ms, "fwd": out.forward_passes, "encode_ms": out.encode_ms,
                "model": score(hole, finalize(hole.doc, hole.plan, out.raw), truth_err),
                "empty": score(hole, "", truth_err),
@@ -278,11 +246,6 @@ def heldout_section(engine, holes, params, args, sweeps) -> tuple[dict, str]:
             sweeps.run(engine, i, hole, segs, truth_err)
         progress.tick(i + 1)
     return _summarize_heldout(records)
-
-
-def _rate(values) -> float | None:
-    vals = [float(v) for v in values if v is not None]
-    return M.mean(vals) if vals else None
 
 
 def _summarize_heldout(records: list[dict]) -> tuple[dict, str]:
@@ -295,7 +258,7 @@ def _summarize_heldout(records: list[dict]) -> tuple[dict, str]:
         entry = {"holes": len(recs), "ms_mean": M.mean([r["ms"] for r in recs]), "ms_p50": M.median([r["ms"] for r in recs]),
                  "forward_passes_mean": M.mean([r["fwd"] for r in recs]), "encode_ms_mean": M.mean([r["encode_ms"] for r in recs])}
         for system in SYSTEMS:
-            entry[system] = {m: _rate(r[system][m] for r in recs) for m in ("exact", "edit_sim", "valid")}
+            entry[system] = {m: M.rate(r[system][m] for r in recs) for m in ("exact", "edit_sim", "valid")}
             rows.append([kind, system, len(recs), entry[system]["exact"], entry[system]["edit_sim"], entry[system]["valid"],
                          entry["ms_mean"] if system == "model" else None, entry["ms_p50"] if system == "model" else None,
                          entry["forward_passes_mean"] if system == "model" else None])
@@ -309,71 +272,14 @@ def _summarize_heldout(records: list[dict]) -> tuple[dict, str]:
     return out, table("held-out FIM (model vs baselines; ms = cold fill incl. context encode)", headers, rows) + "\n"
 
 
-# -- sweeps ------------------------------------------------------------------------------
-
-class _Sweeps:
-    """Budget sweep on the first k single-line holes, sampler sweep on the first k
-    holes; every point runs right after the hole's cold fill, so all points see the
-    same warm (cached) context and their latencies compare denoising alone."""
-
-    def __init__(self, budgets: list[int], params: list[tuple[str, str, object]], k: int):
-        self.budgets, self.params, self.k = budgets, params, k
-        self.singles_seen = 0
-        self.budget_recs: dict[int, list] = {b: [] for b in budgets}
-        self.param_recs: dict[str, list] = {label: [] for label, _, _ in params}
-
-    def run(self, engine, i: int, hole, segs: list[str], truth_err) -> None:
-        from grammars.postprocess import finalize
-
-        from .params import FillParams
-
-        def point(budget, p):
-            out = fill(engine, segs, budget, p)
-            rec = score(hole, finalize(hole.doc, hole.plan, out.raw), truth_err)
-            rec.update(ms=out.ms, fwd=out.forward_passes)
-            return rec
-
-        if hole.kind == "single-line" and self.singles_seen < self.k:
-            self.singles_seen += 1
-            default = FillParams()
-            for b in self.budgets:
-                self.budget_recs[b].append(point(b, default))
-        if i < self.k:
-            for label, _, p in self.params:
-                self.param_recs[label].append(point(hole.plan.budget, p))
-
-    def summary(self) -> tuple[dict, str]:
-        from .eval_report import table
-
-        def agg(label, recs):
-            return {"label": label, "holes": len(recs), "exact": _rate(r["exact"] for r in recs),
-                    "edit_sim": _rate(r["edit_sim"] for r in recs), "valid": _rate(r["valid"] for r in recs),
-                    "ms_mean": M.mean([r["ms"] for r in recs]), "forward_passes_mean": M.mean([r["fwd"] for r in recs])}
-
-        out = {"budget": [dict(agg(str(b), r), budget=b) for b, r in self.budget_recs.items() if r],
-               "threshold": [agg(label, self.param_recs[label]) for label, s, _ in self.params if s == "threshold" and self.param_recs[label]],
-               "topk": [agg(label, self.param_recs[label]) for label, s, _ in self.params if s == "topk" and self.param_recs[label]]}
-        headers = ["point", "holes", "exact", "edit_sim", "valid", "ms", "fwd"]
-        rows = [[p["label"], p["holes"], p["exact"], p["edit_sim"], p["valid"], p["ms_mean"], p["forward_passes_mean"]]
-                for p in out["budget"]]
-        text = table("sweep: initial hole length (budget, tokens) on single-line holes; ms = warm context", headers, rows)
-        rows = [[p["label"], p["holes"], p["exact"], p["edit_sim"], p["valid"], p["ms_mean"], p["forward_passes_mean"]]
-                for p in out["threshold"] + out["topk"]]
-        text += "\n" + table("sweep: sampler (threshold tau / topk steps) on mixed holes; ms = warm context", headers, rows)
-        return out, text + "\n"
-
-
 # -- HumanEval-Infilling -----------------------------------------------------------------
 
 def infill_problem(engine, prob, params, budget: int, post: str) -> tuple[str, Outcome]:
-    """The fill of one problem's hole and its outcome.
-
-    Whole-line holes (the line variants) take the model's own indentation: the model
-    fills between prompt and suffix, then the fill is finalized as if typed on a blank
-    line holding that indentation (planner rule 6), one line only for single-line
-    tasks. Mid-line holes are finalized with the planner's plan at the cursor.
-    """
+    """The fill of one problem's hole (the model fills between prompt and suffix;
+    eval_infilling.finalize_fill post-processes) and its outcome."""
     from grammars import budgets as gb
+
+    from .eval_infilling import finalize_fill
 
     b = budget or (gb.LINE_BUDGET if prob.single_line else gb.BLOCK_BUDGET)
     out = fill(engine, [prob.prompt, prob.suffix], b, params)
@@ -382,31 +288,7 @@ def infill_problem(engine, prob, params, budget: int, post: str) -> tuple[str, O
         if prob.whole_lines and not text.endswith("\n"):
             text += "\n"
         return text, out
-    return _finalized(prob, out.raw), out
-
-
-def _finalized(prob, raw: str) -> str:
-    from grammars.document import Document
-    from grammars.planner import plan as plan_at
-    from grammars.postprocess import finalize
-    from grammars.text import leading_ws
-
-    ws = ""
-    if prob.whole_lines:
-        ws = leading_ws(next((line for line in raw.split("\n") if line.strip()), ""))
-        doc = Document(prob.prompt + ws + "\n" + prob.suffix, language_id="python")
-    else:
-        doc = Document(prob.prompt + prob.suffix, language_id="python")
-    cursor = len((prob.prompt + ws).encode("utf-8", "surrogatepass"))
-    line, col = doc.position_at(cursor, "utf-32")
-    p = plan_at(doc, line, col, encoding="utf-32")
-    if p is None or p.start_byte != cursor or p.end_byte != cursor:
-        text = raw.split("\n", 1)[0] if prob.single_line else raw  # nothing to plan: the raw fill
-        return text + ("\n" if prob.whole_lines and not text.endswith("\n") else "")
-    if prob.single_line:
-        p = replace(p, stop=replace(p.stop, single_line=True, max_lines=1))
-    text = finalize(doc, p, raw)
-    return ws + text + "\n" if prob.whole_lines else text
+    return finalize_fill(prob, out.raw), out
 
 
 def infilling_section(engine, params, args, limit) -> tuple[dict, str]:
@@ -427,15 +309,15 @@ def infilling_section(engine, params, args, limit) -> tuple[dict, str]:
                      "status": res.status, "ms": out.ms, "fwd": out.forward_passes})
         progress.tick(i + 1)
     out: dict = {"dataset": str(args.dataset), "problems": len(recs), "canonical": bool(args.canonical), "post": args.post,
-                 "budget": args.budget, "pass@1": _rate(r["passed"] for r in recs),
+                 "budget": args.budget, "pass@1": M.rate(r["passed"] for r in recs),
                  "timeouts": sum(r["status"] == "timeout" for r in recs),
                  "ms_mean": M.mean([r["ms"] for r in recs]), "forward_passes_mean": M.mean([r["fwd"] for r in recs])}
     rows = []
     for name, sel in (("single-line", [r for r in recs if r["single_line"]]), ("multi-line/span", [r for r in recs if not r["single_line"]]),
                       ("all", recs)):
         if sel:
-            out.setdefault("by_variant", {})[name] = {"problems": len(sel), "pass@1": _rate(r["passed"] for r in sel)}
-            rows.append([name, len(sel), _rate(r["passed"] for r in sel), M.mean([r["ms"] for r in sel]), M.mean([r["fwd"] for r in sel])])
+            out.setdefault("by_variant", {})[name] = {"problems": len(sel), "pass@1": M.rate(r["passed"] for r in sel)}
+            rows.append([name, len(sel), M.rate(r["passed"] for r in sel), M.mean([r["ms"] for r in sel]), M.mean([r["fwd"] for r in sel])])
     title = f"HumanEval-Infilling format: {args.dataset} ({'canonical solutions' if args.canonical else 'model'}, post={args.post})"
     return out, table(title, ["variant", "problems", "pass@1", "ms", "fwd"], rows) + "\n"
 

@@ -4,7 +4,7 @@ import re
 import pytest
 
 from diffusion_core.eval_holes import (KINDS, load_files, prev_line_fill, sample_holes, wanted_counts, window)
-from diffusion_core.evaluate import score
+from diffusion_core.eval_fill import errors_with, score
 from grammars.planner import split_segments
 
 from .corpus_fixture import write_corpus
@@ -67,10 +67,8 @@ def test_truth_put_back_gives_the_original_file(files, holes):
 
 
 def test_truth_scores_perfectly_and_empty_does_not(holes):
-    from diffusion_core.evaluate import _errors
-
     for h in holes:
-        errs = _errors(h, h.truth)
+        errs = errors_with(h, h.truth)
         s = score(h, h.truth, errs)
         assert s == {"exact": True, "edit_sim": 1.0, "valid": True}
         assert score(h, "", errs)["exact"] is False

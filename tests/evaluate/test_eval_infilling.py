@@ -8,7 +8,7 @@ import pytest
 from diffusion_core.errors import CoreError
 from diffusion_core.eval_exec import run_program
 from diffusion_core.eval_infilling import FIELDS, load_problems, program
-from diffusion_core.evaluate import _finalized
+from diffusion_core.eval_infilling import finalize_fill
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mini_infilling.jsonl"
 
@@ -67,6 +67,6 @@ def test_finalized_canonical_fills_still_pass(raw_of):
         raw = raw_of(p)
         if not p.single_line and raw != p.canonical_solution:
             continue  # a multi-line hole has no line count to cut junk at
-        fill = _finalized(p, raw)
+        fill = finalize_fill(p, raw)
         res = run_program(program(p, fill), timeout_s=20)
         assert res.passed, (p.task_id, repr(fill), res.detail)
