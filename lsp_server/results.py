@@ -39,24 +39,27 @@ def inline_list(
     encoding: str,
     max_items: int,
     accept_ids: Sequence[str] = (),
-    prefix: str = "",
-    prefix_start: types.Position | None = None,
+    selected: types.SelectedCompletionInfo | None = None,
 ) -> types.InlineCompletionList:
     """Inline items, best first. The range of an item must lie on one line (LSP
     3.18), so a fill replacing text across lines is left out; its insert text may
-    span lines. ``prefix``/``prefix_start`` carry an accepted selectedCompletionInfo:
-    the item then starts at that range and its text begins with the selected text."""
+    span lines. With ``selected`` (the editor's selectedCompletionInfo) the item
+    covers its range and starts with its text; the candidates were then made on a
+    copy of ``doc`` with the selection applied, and only insertions are kept."""
     items: list[types.InlineCompletionItem] = []
     for i, c in enumerate(candidates[:max_items]):
         rng = lsp_range(doc, c.start, c.end, encoding)
         if rng.start.line != rng.end.line:
             continue
-        if prefix_start is not None:
-            rng = types.Range(start=prefix_start, end=rng.end)
+        text = c.text
+        if selected is not None:
+            if c.start != c.end:
+                continue
+            rng, text = selected.range, selected.text + c.text
         command = None
         if i < len(accept_ids):
             command = types.Command(title="diffill: accepted", command=COMMAND_ACCEPTED, arguments=[accept_ids[i]])
-        items.append(types.InlineCompletionItem(insert_text=prefix + c.text, range=rng, command=command))
+        items.append(types.InlineCompletionItem(insert_text=text, range=rng, command=command))
     return types.InlineCompletionList(items=items)
 
 

@@ -193,13 +193,9 @@ async def _inline_with_selected(
     answer = await ls.complete(entry.uri, end_line, end_char, debounce=not invoked, doc=shadow)
     if answer is None:
         return types.InlineCompletionList(items=[])
-    # Only insertions at the end of the selected text map back onto the real document.
-    cands = [c for c in answer.outcome.candidates if c.start == c.end == answer.cursor]
     n = ls.settings.inline.max_items if invoked else 1
-    items = []
-    for c in cands[:n]:
-        items.append(types.InlineCompletionItem(insert_text=selected.text + c.text, range=r))
-    return types.InlineCompletionList(items=items)
+    cands = answer.outcome.candidates
+    return results.inline_list(answer.doc, cands, ls.encoding, n, [answer.accept_id] * len(cands), selected=selected)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,7 +78,7 @@ async def session(
 
     if configuration is not None:
         client.set_configuration(configuration, section="diffill")
-    await client.initialize_session(
+    client.init_result = await client.initialize_session(  # type: ignore[attr-defined]
         types.InitializeParams(
             capabilities=capabilities(encodings),
             initialization_options=init,

@@ -33,14 +33,16 @@ async def test_capabilities_and_inline_completion(tmp_path):
         assert kinds[:1] == ["WorkDoneProgressBegin"] and kinds[-1] == "WorkDoneProgressEnd"
 
 
-async def test_server_advertises_inline_completion(tmp_path):
+async def test_server_advertises_its_features(tmp_path):
     async with session(fake={}, tmp=tmp_path) as client:
-        result = await client.protocol.send_request_async(
-            "initialize", types.InitializeParams(capabilities=types.ClientCapabilities())
-        ) if False else None
-        # the initialize result is kept by the client session
-        st = await status(client)
-        assert st["server"]["encoding"] == "utf-16"
+        caps = client.init_result.capabilities
+        assert caps.inline_completion_provider is not None
+        assert caps.completion_provider is not None and "." in caps.completion_provider.trigger_characters
+        assert set(caps.execute_command_provider.commands) == {"diffill.fillHoles", "diffill.accepted"}
+        assert caps.code_action_provider is not None
+        assert caps.position_encoding == types.PositionEncodingKind.Utf16
+        assert caps.text_document_sync.change == types.TextDocumentSyncKind.Incremental
+        assert client.init_result.server_info.name == "diffill"
 
 
 async def test_invoked_gives_several_items_automatic_one(tmp_path):
