@@ -417,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-batch", action="store_true", help="step each request alone (benchmark baseline)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (0: torch's default); 1 is often faster on a busy CPU")
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="shut down when the parent process dies (private cores)")
     p.add_argument("--log-level", default="INFO", help="DEBUG | INFO | WARNING")
     return p
 
@@ -456,7 +458,17 @@ def write_token(address: protocol.Address, token: str) -> str:
     return path
 
 
-async def serve(backend: Any, address: protocol.Address, config: ServiceConfig, token_out: bool = False) -> None:
+async def watch_parent(server: CoreServer, parent: int, period: float = 1.0) -> None:
+    """Shut down when the process that started us is gone (re-parented), e.g. an editor
+    killed with -9 that could not stop its private core."""
+    while os.getppid() == parent:
+        await asyncio.sleep(period)
+    log.warning("parent process %d is gone; shutting down", parent)
+    server.request_shutdown()
+
+
+async def serve(backend: Any, address: protocol.Address, config: ServiceConfig, token_out: bool = False,
+                exit_with_parent: bool = False) -> None:
     server = CoreServer(backend, config)
     bound = await server.start(address)
     if token_out:
@@ -468,7 +480,10 @@ async def serve(backend: Any, address: protocol.Address, config: ServiceConfig, 
     info = server.info
     log.info("diffill core listening on %s (model %s, device %s, pid %d)", bound, info.get("model", info.get("name")),
              info.get("device"), os.getpid())
+    watcher = asyncio.create_task(watch_parent(server, os.getppid())) if exit_with_parent else None
     await server.wait_closed()
+    if watcher is not None:
+        watcher.cancel()
     log.info("diffill core stopped")
 
 
@@ -496,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diffill core: {exc}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(serve(backend, address, config, token_out=generate))
+        asyncio.run(serve(backend, address, config, token_out=generate, exit_with_parent=args.exit_with_parent))
     except (ValueError, OSError) as exc:
         print(f"diffill core: cannot listen on {address}: {exc}", file=sys.stderr)
         return 1

@@ -374,7 +374,8 @@ class CoreClient:
         return os.path.join(self._private_dir, "core.sock")
 
     async def _spawn(self) -> None:
-        cmd = [sys.executable, "-m", "diffusion_core.service", "--socket", self._socket_path(), "--device", self.device]
+        cmd = [sys.executable, "-m", "diffusion_core.service", "--socket", self._socket_path(), "--device", self.device,
+               "--exit-with-parent"]
         if self.model_dir:
             cmd += ["--model", str(self.model_dir)]
         cmd += self.core_args

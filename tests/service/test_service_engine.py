@@ -5,6 +5,7 @@ mid-request and restarted."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 
@@ -19,6 +20,7 @@ from diffusion_core.testing import make_tiny_model
 from lsp_server.core_client import CoreClient, CoreRequestError, CoreUnavailable
 
 T = 60.0
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(protocol.__file__)))  # the checkout
 
 REQUESTS = [
     (["def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"], [8], {}),
@@ -172,3 +174,38 @@ async def test_private_core_restart_backs_off_until_it_can_start(tiny_model, tmp
         assert events == ["died", "restarted"]
     finally:
         await client.close()
+
+
+def test_private_core_exits_with_its_parent(tiny_model, tmp_path):
+    """An editor killed with -9 cannot stop its private core: the core notices itself."""
+    import subprocess
+    import sys
+    import time
+
+    sock = tmp_path / "core.sock"
+    parent = subprocess.Popen(
+        ["sh", "-c", f'"{sys.executable}" -m diffusion_core.service --socket {sock} --model {tiny_model} '
+                     f'--device cpu --exit-with-parent --threads 1 2>/dev/null & echo $!; wait'],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    core_pid = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + T
+        while not sock.exists():
+            assert time.monotonic() < deadline, "core did not start"
+            time.sleep(0.05)
+        parent.kill()  # SIGKILL: the core is orphaned
+        parent.wait()
+        while True:
+            try:
+                os.kill(core_pid, 0)
+            except ProcessLookupError:
+                break  # gone (reaped by init)
+            with open(f"/proc/{core_pid}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    break  # exited, waiting to be reaped
+            assert time.monotonic() < deadline, "orphaned core kept running"
+            time.sleep(0.1)
+        assert not sock.exists()  # it shut down cleanly, removing its socket
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(core_pid, signal.SIGKILL)
