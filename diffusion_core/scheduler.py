@@ -274,7 +274,7 @@ class Scheduler:
                 return
             # The batch failed as a whole (e.g. out of memory for the combined shape):
             # retry each job alone so only the one at fault gets the error. A job the
-            # engine half-stepped is not trusted: it fails with the same error.
+            # failed call already advanced just gets one more step, which is harmless.
             log.warning("batched step of %d jobs failed (%s); retrying one by one", len(jobs), exc)
             self.counters["batch_retries"] += 1
         for ticket in group:
