@@ -10,7 +10,6 @@ Must not know: torch, how fills are computed, how results are built.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from typing import Any

@@ -5,8 +5,6 @@ machinery (ranges, versions, cancellation, caching, encodings, robustness), neve
 the quality of a fill."""
 
 import asyncio
-import os
-import sys
 from pathlib import Path
 
 import pytest
