@@ -89,3 +89,49 @@ def test_fill_file_with_a_tiny_model(tmp_path, name, text, at):
     # the text around the holes is kept
     assert out.stdout.startswith(text.splitlines()[0])
     assert out.stdout.rstrip().endswith(text.rstrip().splitlines()[-1])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_lsp_over_tcp(tmp_path):
+    import json
+    import socket
+    import time
+
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_STATE_HOME=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "lsp_server.cli", "lsp", "--tcp", f"127.0.0.1:{port}"],
+                            env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                           "params": {"processId": None, "rootUri": None, "capabilities": {}}}).encode()
+        conn.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        data = b""
+        while b'"id": 1' not in data and b'"id":1' not in data:
+            chunk = conn.recv(65536)
+            assert chunk
+            data += chunk
+        assert b"inlineCompletionProvider" in data
+        conn.close()
+    finally:
+        proc.kill()
+        proc.wait(30)
+
+
+def test_lsp_bad_tcp_argument():
+    out = _run("lsp", "--tcp", "nonsense")
+    assert out.returncode == 2 and "HOST:PORT" in out.stderr
