@@ -100,7 +100,7 @@ async def run_mode(batched: bool, model_dir: str, args: argparse.Namespace) -> t
     owner = CoreClient(model_dir=model_dir, device=args.device, core_args=core_args, start_timeout=300)
     await owner.start()
     try:
-        address = f"unix:{owner._socket_path()}"
+        address = owner.endpoint
         await run_level(address, 2, 2, args)  # warm-up, not reported
         rows = []
         for editors in args.clients:

@@ -177,6 +177,11 @@ class CoreClient:
     def private(self) -> bool:
         return self.address is None
 
+    @property
+    def endpoint(self) -> str:
+        """The address this client talks to (a private core's socket too), e.g. to share it."""
+        return str(self.address) if self.address else f"unix:{self._socket_path()}"
+
     # ------------------------------------------------------------ public API
 
     async def start(self) -> None:

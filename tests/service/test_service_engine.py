@@ -81,6 +81,10 @@ async def test_private_core_survives_kill_9(tiny_model):
         assert first["texts"] and isinstance(first["texts"][0], str)
         pid = (await client.status())["pid"]
         assert pid != os.getpid()
+        other = CoreClient(address=client.endpoint)  # a second editor shares the private core
+        await other.start()
+        assert (await other.fill(*REQUESTS[0]))["texts"] == first["texts"]
+        await other.close()
 
         # A long request (one token per step), killed while the core works on it.
         long = asyncio.create_task(client.fill(["x = ", "\n"], [128], {"strategy": "topk", "steps": 128}))
