@@ -9,8 +9,8 @@ Engine.fill -> finalize), the baselines, the budget and sampler sweeps, and the 
 Delegates: hole choice to eval_holes, one timed fill and its score to eval_fill,
 the sweeps to eval_sweeps, metrics to eval_metrics, the problem format and its
 post-processing to eval_infilling, running candidates to eval_exec (always a
-subprocess), tables and the plot to eval_report. Must not know LSP types (it mirrors the server's context window
-in eval_holes instead of importing lsp_server).
+subprocess), tables and the plot to eval_report. Must not know LSP types (eval_holes
+mirrors the server's context window instead of importing lsp_server).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = FillParams()
     ap = argparse.ArgumentParser(prog="diffill bench quality", description=__doc__.split("\n")[0])
     ap.add_argument("--model", metavar="DIR", help="model folder (default: the bundled model)")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0: auto, 1 when the machine is already busy, else torch's default)")
     ap.add_argument("--corpus", default=DEFAULT_CORPUS, help="corpus folder with holdout.jsonl / valid.jsonl")
