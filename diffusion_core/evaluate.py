@@ -237,7 +237,7 @@ def heldout_section(engine, holes, params, args, sweeps) -> tuple[dict, str]:
         segs = window(hole.doc, hole.plan, args.prefix_bytes, args.suffix_bytes)
         out = fill(engine, segs, hole.plan.budget, params)
         truth_err = errors_with(hole, hole.truth)
-        rec = {"kind": hole.kind, "ms": out.ms, "fwd": out.forward_passes, "encode_ms": out.encode_ms,
+        rec = {"kind": hole.kind, "lang": hole.lang, "ms": out.ms, "fwd": out.forward_passes, "encode_ms": out.encode_ms,
                "model": score(hole, finalize(hole.doc, hole.plan, out.raw), truth_err),
                "empty": score(hole, "", truth_err),
                "prev_line": score(hole, finalize(hole.doc, hole.plan, prev_line_fill(hole)), truth_err)}
@@ -266,6 +266,9 @@ def _summarize_heldout(records: list[dict]) -> tuple[dict, str]:
             out["all"] = entry
         else:
             out["by_kind"][kind] = entry
+    out["by_lang"] = {lang: {"holes": len(sel), **{s: {m: M.rate(r[s][m] for r in sel) for m in ("exact", "edit_sim", "valid")}
+                                                  for s in SYSTEMS}}
+                      for lang in sorted({r["lang"] for r in records}) for sel in [[r for r in records if r["lang"] == lang]]}
     from .eval_report import table
 
     headers = ["kind", "system", "holes", "exact", "edit_sim", "valid", "ms", "p50_ms", "fwd"]

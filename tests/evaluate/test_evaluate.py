@@ -58,6 +58,8 @@ def test_oracle_engine_scores_one_and_beats_baselines(corpus):
         assert entry["empty"]["exact"] == 0.0 and entry["empty"]["edit_sim"] == 0.0
         assert entry["prev_line"]["edit_sim"] < 1.0
     assert "prev_line" in text and "multi-line" in text
+    assert sum(v["holes"] for v in out["by_lang"].values()) == len(holes)
+    assert out["by_lang"]["python"]["model"]["exact"] == 1.0
 
 
 @pytest.mark.parametrize("post", ["finalize", "raw"])
