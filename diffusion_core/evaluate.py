@@ -131,6 +131,12 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     params = FillParams(strategy=args.strategy, steps=args.steps, threshold=args.threshold, block_size=args.block_size)
     budgets, thresholds, steps = (_ints(args.budgets, "--budgets"), _floats(args.thresholds, "--thresholds"),
                                   _ints(args.topk_steps, "--topk-steps"))
+    for flag, value in (("--limit", args.limit), ("--n", args.n), ("--sweep-holes", args.sweep_holes),
+                        ("--budget", args.budget), ("--threads", args.threads)):
+        if value < 0:
+            raise CoreError(f"{flag}: {value} must not be negative")
+    if any(b < 1 for b in budgets):
+        raise CoreError(f"--budgets: {args.budgets!r} must be positive token counts")
     sweep_params = [(f"thr {t:g}", "threshold", replace(params, strategy="threshold", threshold=t, steps=0)) for t in thresholds]
     sweep_params += [(f"topk {s}", "topk", replace(params, strategy="topk", steps=s)) for s in steps]
     _store_entries_by_identity()

@@ -127,6 +127,9 @@ def test_missing_corpus_skips_heldout(tiny, tmp_path, capsys):
     (["quality", "--dataset", "/nonexistent.jsonl", "--no-heldout"], "no such dataset file"),
     (["quality", "--budgets", "4,x", "--no-heldout"], "--budgets"),
     (["quality", "--heldout", "/nonexistent.jsonl"], "no such held-out file"),
+    (["quality", "--limit", "-1", "--no-heldout"], "--limit: -1 must not be negative"),
+    (["quality", "--budgets", "4,0", "--no-heldout"], "must be positive"),
+    (["quality", "--thresholds", "1.5", "--no-heldout"], "threshold"),
 ])
 def test_bad_input_is_one_line(tiny, argv, needle, capsys):
     if "--model" not in argv and argv != ["speed"]:
