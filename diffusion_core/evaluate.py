@@ -4,7 +4,7 @@ Owns the benchmark's orchestration: the command line, filling held-out holes and
 HumanEval-Infilling problems through the real product path (grammars plan ->
 Engine.fill -> finalize), the baselines, the budget and sampler sweeps, and the report
 (a table per section on stdout, then one JSON line; with --json only the JSON line).
-`diffill bench service` and `diffill bench gpu` are routed on to their own modules.
+`diffill bench latency|service|gpu` are routed on to their own modules.
 
 Delegates: hole choice to eval_holes, one timed fill and its score to eval_fill,
 the sweeps to eval_sweeps, metrics to eval_metrics, the problem format and its
@@ -36,7 +36,8 @@ TOPK_STEPS = (4, 8, 16, 32)
 DEFAULT_CORPUS = "corpus"
 HELDOUT_FILES = ("holdout.jsonl", "valid.jsonl")
 SYSTEMS = ("model", "empty", "prev_line")
-OTHER_BENCHES = {"service": "diffusion_core.bench_service", "gpu": "diffusion_core.bench_gpu"}
+OTHER_BENCHES = {"latency": "diffusion_core.bench", "service": "diffusion_core.bench_service",
+                 "gpu": "diffusion_core.bench_gpu"}
 _PROGRESS_S = 10.0  # seconds between progress lines on stderr
 
 
@@ -82,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in OTHER_BENCHES:
-        return int(importlib.import_module(OTHER_BENCHES[argv[0]]).main(argv[1:]) or 0)
+        try:
+            module = importlib.import_module(OTHER_BENCHES[argv[0]])
+        except ImportError as exc:
+            print(f"diffill bench {argv[0]}: not available ({exc})", file=sys.stderr)
+            return 1
+        return int(module.main(argv[1:]) or 0)
     if argv and argv[0] == "quality":  # `diffill bench quality ...` passes "quality" on
         argv = argv[1:]
     elif argv and not argv[0].startswith("-"):
