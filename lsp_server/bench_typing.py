@@ -189,6 +189,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await client.stop()
     drain_task.cancel()
     counters = st.counters._asdict() if hasattr(st.counters, "_asdict") else dict(st.counters)
+    core_counters = {}
+    try:
+        cc = st.core.scheduler.counters
+        core_counters = cc._asdict() if hasattr(cc, "_asdict") else dict(cc)
+    except AttributeError:
+        pass
     stages = {name: getattr(getattr(st.stagesMs, name, None), "p50", None) for name in ("plan_ms", "core_ms", "post_ms")}
     return {
         "bench": "lsp_typing",
@@ -203,6 +209,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "cache_hits": counters.get("cacheHits", 0), "superseded": counters.get("superseded", 0),
         "no_plan": counters.get("noPlan", 0), "empty_fill": counters.get("emptyFill", 0),
         **{f"{name[:-3]}_p50_ms": _round(v) for name, v in stages.items()},
+        "core_submitted": core_counters.get("submitted"), "core_cancelled": core_counters.get("cancelled"),
+        "core_completed": core_counters.get("completed"),
         "core_load_s": round(load_s, 2), "wall_s": round(wall_s, 1),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, python {platform.python_version()}",
         "command": "python -m lsp_server.bench_typing " + " ".join(sys.argv[1:]),
@@ -228,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             ("p95 ms (answered)", result["p95_ms"]), ("p50 ms (at line-end pause)", result["pause_p50_ms"]),
             ("p95 ms (at line-end pause)", result["pause_p95_ms"]),
             ("server stages p50 ms", f"plan {result['plan_p50_ms']} / core {result['core_p50_ms']} / post {result['post_p50_ms']}"),
+            ("core: submitted / cancelled / completed",
+             f"{result['core_submitted']} / {result['core_cancelled']} / {result['core_completed']}"),
             ("core load s", result["core_load_s"])]
     print(f"diffill LSP typing replay: {result['typed_lines']} lines of {result['file']} "
           f"({result['model']}, {result['device']})")
