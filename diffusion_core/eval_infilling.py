@@ -30,9 +30,15 @@ class Problem:
 
     @property
     def single_line(self) -> bool:
-        """Single-line variants: the hole is one line (the task id says so, as in
-        SingleLineInfilling/HumanEval/0/L0, or the solution is one line)."""
-        return self.task_id.startswith("SingleLine") or self.canonical_solution.rstrip("\n").count("\n") == 0
+        """Whether the hole is known to be one line: from the task id in the published
+        files (SingleLineInfilling/... yes; MultiLineInfilling/..., RandomSpanInfilling/...
+        no, even when a solution happens to be one line: a harness may not peek), else,
+        for other files, from the canonical solution."""
+        if self.task_id.startswith("SingleLine"):
+            return True
+        if self.task_id.startswith(("MultiLine", "RandomSpan")):
+            return False
+        return self.canonical_solution.rstrip("\n").count("\n") == 0
 
     @property
     def whole_lines(self) -> bool:

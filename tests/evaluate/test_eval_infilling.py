@@ -15,9 +15,18 @@ FIXTURE = Path(__file__).parent / "fixtures" / "mini_infilling.jsonl"
 
 def test_fixture_loads_with_variants():
     probs = load_problems(FIXTURE)
-    assert [p.single_line for p in probs] == [True, True, False, True]
+    assert [p.single_line for p in probs] == [True, True, False, False]
     assert [p.whole_lines for p in probs] == [True, True, True, False]
     assert load_problems(FIXTURE, limit=2) == probs[:2]
+
+
+def test_single_line_from_task_id_else_solution():
+    from dataclasses import replace
+
+    p = load_problems(FIXTURE)[0]
+    assert replace(p, task_id="MultiLineInfilling/HumanEval/0/L0_L0").single_line is False
+    assert replace(p, task_id="custom/1").single_line is True
+    assert replace(p, task_id="custom/2", canonical_solution="a\nb\n").single_line is False
 
 
 def test_gzip_file_reads_the_same(tmp_path):
