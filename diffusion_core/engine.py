@@ -69,7 +69,7 @@ class FillResult:
     token_ids: list[list[int]] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(eq=False)  # entries are found by identity: comparing id tensors with == would raise
 class _StoredContext:
     ids: torch.Tensor  # [n] context ids whose keys/values are in cache slots [0, n)
     cache: KVCache

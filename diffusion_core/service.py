@@ -58,7 +58,6 @@ class EngineBackend:
 
     def __init__(self, engine: Any):
         self.engine = engine
-        _store_entries_by_identity()
 
     def prepare(self, fill: protocol.FillRequest) -> tuple:
         """Validate on the event loop (cheap); raises CoreError for bad params."""
@@ -79,19 +78,6 @@ class EngineBackend:
 
     def reply(self, result: Any) -> dict:
         return {"texts": list(result.texts), "stats": dict(result.stats.as_dict())}
-
-
-def _store_entries_by_identity() -> None:
-    """Adapter for engine.py as of 3b14383: its ``_StoredContext`` is a plain dataclass,
-    so ``list.remove`` compares the stored id tensors with ``==`` and raises once the
-    context store evicts (more than CONTEXT_STORE_SIZE documents: any shared core).
-    The store means identity; restore that. A no-op once the engine declares eq=False."""
-    from diffusion_core import engine as engine_module
-
-    cls = getattr(engine_module, "_StoredContext", None)
-    if cls is not None and cls.__eq__ is not object.__eq__:
-        cls.__eq__ = object.__eq__
-        cls.__hash__ = object.__hash__
 
 
 class Connection:

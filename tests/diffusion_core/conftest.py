@@ -1,7 +1,13 @@
 import pytest
+import torch
 
 from diffusion_core.engine import Engine
 from diffusion_core.testing import make_tiny_model
+
+
+# Tiny models gain nothing from a second thread, and OpenMP's spinning threads slow to a
+# crawl when the CPU is shared with other work.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
