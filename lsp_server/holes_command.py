@@ -7,7 +7,8 @@ applied and the user is told.
 
 Arguments: ``[uri]`` fills every hole; ``[uri, range]`` the holes overlapping
 ``range``; ``[uri, range, "regenerate"]`` regenerates the selected text. The result is
-``{"filled": N}`` (plus ``"applied": false`` and a ``"reason"`` when nothing was).
+``{"filled": N}`` (plus ``"applied": false`` and a ``"reason"`` when nothing was); a
+hole whose fill post-processes to nothing is left as it was and not counted.
 
 Must not know: torch, how results are built (results.py), core transport.
 """
@@ -74,6 +75,10 @@ async def run_fill_holes(ls: Any, args: list) -> dict:
         reason = "the document changed while filling; nothing was applied"
         ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=f"diffill: {reason}"))
         return {"filled": 0, "applied": False, "reason": reason}
+    # A hole whose fill post-processed to nothing is left as it was (it can be retried).
+    candidates = [c for c in candidates if c.text.strip()]
+    if not candidates:
+        return {"filled": 0}
     edit = results.workspace_edit(doc, uri, version, candidates, ls.encoding)
     reply = await ls.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label="diffill: fill holes"))
     if not getattr(reply, "applied", False):

@@ -73,12 +73,18 @@ def fill_file(path: Path, at: tuple[int, int] | None, model: str | None, device:
     budgets = [min(int(p.budget), max_tokens) if max_tokens else int(p.budget) for p in plans]
     texts = _run_engine(segments, budgets, model, device)
     source = doc.source
-    out, last = [], 0
+    out, last, unfilled = [], 0, 0
     for p, raw in zip(plans, texts):
         tab_size, spaces = tab_settings(p.indent)
-        out += [source[last : p.start_byte], finalize(doc, p, raw, tab_size=tab_size, insert_spaces=spaces).encode("utf-8")]
+        fill = finalize(doc, p, raw, tab_size=tab_size, insert_spaces=spaces)
+        if not fill.strip():  # nothing usable: keep the hole as it was, so it can be retried
+            unfilled += 1
+            fill = source[p.start_byte : p.end_byte].decode("utf-8", "replace")
+        out += [source[last : p.start_byte], fill.encode("utf-8")]
         last = p.end_byte
     out.append(source[last:])
+    if unfilled:
+        print(f"diffill fill: {path}: {unfilled} of {len(plans)} hole(s) left as they were (no usable fill)", file=sys.stderr)
     return b"".join(out).decode("utf-8")
 
 

@@ -85,7 +85,9 @@ def test_fill_file_with_a_tiny_model(tmp_path, name, text, at):
     where = ["--at", at] if at else []
     out = _run("fill", str(src), *where, "--model", str(model), "--device", "cpu", "--max-tokens", "6")
     assert out.returncode == 0, out.stderr
-    assert "<|fill|>" not in out.stdout and "todo!()" not in out.stdout
+    # random weights: a hole is filled, or kept as it was and reported
+    if "<|fill|>" in out.stdout or "todo!()" in out.stdout:
+        assert "left as they were" in out.stderr
     # the text around the holes is kept
     assert out.stdout.startswith(text.splitlines()[0])
     assert out.stdout.rstrip().endswith(text.rstrip().splitlines()[-1])
@@ -135,3 +137,19 @@ def test_lsp_over_tcp(tmp_path):
 def test_lsp_bad_tcp_argument():
     out = _run("lsp", "--tcp", "nonsense")
     assert out.returncode == 2 and "HOST:PORT" in out.stderr
+
+
+def test_fill_file_keeps_holes_without_a_usable_fill(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "a.py"
+    src.write_text("a = <|fill|>\nb = <|fill|>\nc = 3\n")
+    seen = {}
+
+    def fake_engine(segments, budgets, model, device):
+        seen["segments"], seen["budgets"] = segments, budgets
+        return ["   ", "42"]
+
+    monkeypatch.setattr(oneshot, "_run_engine", fake_engine)
+    out = oneshot.fill_file(src, None, None, "cpu", "<|fill|>", max_tokens=5)
+    assert out == "a = <|fill|>\nb = 42\nc = 3\n"
+    assert seen["segments"] == ["a = ", "\nb = ", "\nc = 3\n"] and seen["budgets"] == [5, 5]
+    assert "1 of 2 hole(s) left as they were" in capsys.readouterr().err

@@ -287,3 +287,10 @@ async def test_never_starves_under_continuous_typing(tmp_path):
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert isinstance(results[-1], types.InlineCompletionList) and results[-1].items
         assert all(isinstance(r, JsonRpcRequestCancelled) for r in results[:-1])
+
+
+async def test_fill_holes_leaves_holes_without_a_usable_fill(tmp_path):
+    async with session(fake={"text": "   "}, tmp=tmp_path) as client:
+        open_doc(client, URI, "x = <|fill|>\n")
+        assert await execute(client, "diffill.fillHoles", [URI]) == {"filled": 0}
+        assert not client.applied_edits
