@@ -95,7 +95,12 @@ def finalize_fill(prob: Problem, raw: str) -> str:
     is finalized as if typed on a blank line holding that indentation (planner rule
     6), one line only for single-line tasks. Mid-line holes are finalized with the
     planner's plan at the cursor; where the planner plans nothing, the raw fill stays.
+    Random spans that may cross lines stay raw too: no editor cursor asks for them, and
+    the planner would read the rest of the line after the hole as a single-line fill's
+    context.
     """
+    if not prob.whole_lines and not prob.single_line:
+        return raw
     from grammars.document import Document
     from grammars.planner import plan as plan_at
     from grammars.postprocess import finalize

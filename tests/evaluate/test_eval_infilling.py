@@ -15,8 +15,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "mini_infilling.jsonl"
 
 def test_fixture_loads_with_variants():
     probs = load_problems(FIXTURE)
-    assert [p.single_line for p in probs] == [True, True, False, False]
-    assert [p.whole_lines for p in probs] == [True, True, True, False]
+    assert [p.single_line for p in probs] == [True, True, False, False, False]
+    assert [p.whole_lines for p in probs] == [True, True, True, False, False]
     assert load_problems(FIXTURE, limit=2) == probs[:2]
 
 

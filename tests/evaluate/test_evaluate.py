@@ -67,7 +67,7 @@ def test_oracle_engine_passes_every_problem(post):
     problems = load_problems(FIXTURE)
     oracle = OracleEngine({(p.prompt, p.suffix): p.canonical_solution for p in problems})
     out, text = evaluate.infilling_section(oracle, FillParams(), _args(post=post), None)
-    assert out["problems"] == 4 and out["pass@1"] == 1.0 and out["timeouts"] == 0
+    assert out["problems"] == 5 and out["pass@1"] == 1.0 and out["timeouts"] == 0
     assert out["by_variant"]["single-line"]["problems"] == 2
 
 
