@@ -29,7 +29,7 @@ from .errors import CoreError
 from .eval_fill import Outcome, errors_with, fill, score
 
 DEFAULT_N = 100  # held-out holes; sized so a default run stays within minutes on 2 CPU cores
-SWEEP_HOLES = 12  # holes per sweep point (a prefix of the held-out holes)
+SWEEP_HOLES = 10  # holes per sweep point (a prefix of the held-out holes)
 BUDGETS = (4, 8, 16, 32, 64)
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
 TOPK_STEPS = (4, 8, 16, 32)
