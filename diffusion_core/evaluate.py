@@ -145,7 +145,6 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
         raise CoreError(f"--budgets: {args.budgets!r} must be positive token counts")
     sweep_params = [(f"thr {t:g}", "threshold", replace(params, strategy="threshold", threshold=t, steps=0)) for t in thresholds]
     sweep_params += [(f"topk {s}", "topk", replace(params, strategy="topk", steps=s)) for s in steps]
-    _store_entries_by_identity()
     engine = Engine.load(args.model, args.device)
     limit = args.limit or None
     from .eval_sweeps import Sweeps
@@ -185,20 +184,6 @@ def _auto_threads() -> int:
     (leave torch's default)."""
     busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= (os.cpu_count() or 1)
     return 1 if busy else 0
-
-
-def _store_entries_by_identity() -> None:
-    """Adapter for engine.py's ``_StoredContext`` (a plain dataclass, so the context
-    store's ``list.remove`` compares id tensors with ``==`` and raises once two stored
-    contexts differ in length, which a benchmark hits on its second file). The store
-    means identity; the service applies the same patch. A no-op once the engine
-    declares eq=False."""
-    from . import engine as engine_module
-
-    cls = getattr(engine_module, "_StoredContext", None)
-    if cls is not None and cls.__eq__ is not object.__eq__:
-        cls.__eq__ = object.__eq__
-        cls.__hash__ = object.__hash__
 
 
 def _machine(torch) -> dict:

@@ -1,0 +1,144 @@
+"""Training recipe: corpus filters and splits, tokenizer, objective layout, a few trainer steps with resume."""
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusion_core.config import DEFAULT_SPECIAL_TOKENS
+from diffusion_core.layout import full_mask
+from diffusion_core.tokenizer import Tokenizer
+from diffusion_core.train import corpus
+from diffusion_core.train.bpe import train_bpe
+from diffusion_core.train.objective import batch_mask, collate, loss_fn, make_example
+from diffusion_core.train.trainer import TrainConfig, lr_at, train
+
+torch.set_num_threads(1)
+
+CODE = '''import os
+
+
+def walk(root):
+    """Yield every file below root."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if name.endswith(".py"):
+                yield os.path.join(dirpath, name)
+
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def add(self, k=1):
+        self.n += k
+        return self.n
+'''
+
+
+def write_tree(root: Path) -> None:
+    pkg = root / "site" / "mypkg"
+    pkg.mkdir(parents=True)
+    for i in range(12):
+        (pkg / f"mod{i}.py").write_text(CODE.replace("Counter", f"Counter{i}").replace("walk", f"walk_{i}") + f"\nX = {i}\n")
+    (pkg / "copy.py").write_text((pkg / "mod0.py").read_text())  # exact duplicate
+    (pkg / "tiny.py").write_text("x = 1\n")  # too small
+    (pkg / "gen.py").write_text("# This file is auto-generated. Do not edit.\n" + CODE)
+    (pkg / "minified.py").write_text("x=1;" * 400 + "\n")  # one very long line
+    (pkg / "binary.py").write_bytes(b"\x00\xff" * 200)
+
+
+@pytest.fixture(scope="module")
+def tok_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    train_bpe([CODE] * 20, vocab_size=400, min_frequency=1).save(str(path))
+    return path
+
+
+def test_corpus_filters_dedups_and_splits_deterministically(tmp_path):
+    write_tree(tmp_path)
+    roots = [("site", tmp_path / "site")]
+    stats = corpus.build(tmp_path / "out", roots, log=lambda m: None)
+    c = stats["counts"]
+    assert c["exact_dup"] == 1 and c["filtered"] >= 3 and c["unreadable"] == 1
+    assert c.get("near_dup", 0) >= 1  # the twelve modules differ in two names only
+    texts = [json.loads(l)["text"] for s in ("train", "valid", "holdout") for l in open(tmp_path / "out" / f"{s}.jsonl")]
+    assert not any("auto-generated" in t or t.startswith("x=1;") for t in texts)
+    again = corpus.build(tmp_path / "out2", roots, log=lambda m: None)
+    assert again == {**stats, "roots": again["roots"]}
+    assert corpus.split_of("mypkg", "abc") == corpus.split_of("mypkg", "abc")
+
+
+def test_tokenizer_has_special_tokens_and_indentation_runs(tok_path):
+    tok = Tokenizer(tok_path, DEFAULT_SPECIAL_TOKENS)
+    sp = tok.special
+    assert len({sp.mask, sp.eos, sp.bos, sp.suf, sp.pre, sp.mid, sp.hole}) == 7
+    text = "        return self.n\n"
+    assert tok.decode(tok.encode(text)) == text
+    assert len(tok.encode("        ")) <= 2  # a run of spaces is not eight tokens
+
+
+def test_example_layout_puts_targets_in_holes(tok_path):
+    tok = Tokenizer(tok_path, DEFAULT_SPECIAL_TOKENS)
+    sp = tok.special
+    rng = random.Random(3)
+    seen = 0
+    for _ in range(30):
+        ex = make_example(CODE, "python", tok, sp, 256, rng)
+        if ex is None:
+            continue
+        seen += 1
+        assert len(ex.ids) <= 256 and ex.ids[ex.n_context] == sp.mid
+        for s, e in ex.holes:
+            hole = ex.ids[s:e]
+            assert sp.mask not in hole
+            n_text = next((i for i, t in enumerate(hole) if t == sp.eos), len(hole))
+            assert all(t == sp.eos for t in hole[n_text:])  # padded with end tokens
+    assert seen > 20
+
+
+def test_collate_masks_only_hole_tokens_and_weights_them(tok_path):
+    tok = Tokenizer(tok_path, DEFAULT_SPECIAL_TOKENS)
+    sp = tok.special
+    rng = random.Random(0)
+    exs = [e for e in (make_example(CODE, "python", tok, sp, 256, rng) for _ in range(8)) if e][:4]
+    x, pos, mask, targets, weights = collate(exs, sp, torch.Generator().manual_seed(0), ar_weight=0.5)
+    for b, ex in enumerate(exs):
+        n = len(ex.ids)
+        noisy = (x[b, :n] == sp.mask).nonzero().flatten().tolist()
+        in_holes = {p for s, e in ex.holes for p in range(s, e)}
+        assert set(noisy) <= in_holes
+        assert all(weights[b, p - 1] > 0 for p in noisy)  # row p-1 predicts token p
+        assert torch.equal(mask[b, 0, :n, :n], full_mask("diffill", ex.n_context, n))
+    assert torch.isfinite(loss_fn(torch.randn(*x.shape, tok.vocab_size), targets, weights))
+    assert torch.equal(batch_mask(torch.tensor([3]), torch.tensor([5]), 5)[0, 0], full_mask("diffill", 3, 5))
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(corpus="", tokenizer="", out="", lr=1.0, warmup_steps=10, min_lr_ratio=0.1, decay_frac=0.5)
+    assert lr_at(0, 100, cfg) == pytest.approx(0.1)
+    assert lr_at(40, 100, cfg) == 1.0 and lr_at(99, 100, cfg) < 0.15
+    cos = TrainConfig(corpus="", tokenizer="", out="", lr=1.0, warmup_steps=0, schedule="cosine", min_lr_ratio=0.0)
+    assert lr_at(50, 100, cos) == pytest.approx(0.5, abs=0.02)
+
+
+def test_a_few_steps_lower_the_loss_and_resume_continues(tmp_path, tok_path):
+    (tmp_path / "corpus").mkdir()
+    with open(tmp_path / "corpus" / "train.jsonl", "w") as f:
+        for i in range(8):
+            f.write(json.dumps({"text": CODE, "lang": "python", "path": f"{i}", "package": "p"}) + "\n")
+    base = dict(corpus=str(tmp_path / "corpus"), tokenizer=str(tok_path), out=str(tmp_path / "run"),
+                hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                intermediate_size=64, seq_len=128, batch_size=4, warmup_steps=2, lr=1e-2, save_every=3,
+                log_every=100, device="cpu")
+    logs = []
+    train(TrainConfig(**base, max_steps=3), log=logs.append)
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert state["step"] == 3 and (tmp_path / "run" / "optimizer.safetensors").exists()
+    train(TrainConfig(**base, max_steps=6), log=logs.append)
+    assert "from step 3" in logs[-1] or any("from step 3" in m for m in logs)
+    assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["step"] == 6
+    from diffusion_core.engine import Engine, HoleSpec
+    res = Engine.load(tmp_path / "run" / "model", "cpu").fill(["def f():\n    return ", "\n"], [HoleSpec(4)])
+    assert len(res.texts) == 1
