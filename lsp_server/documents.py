@@ -2,9 +2,9 @@
 tree) per uri, its LSP version and languageId.
 
 Owns: applying didOpen/didChange/didClose to grammars documents in the negotiated
-position encoding, and recovering from an edit the document refuses (by rebuilding
-from the full text pygls keeps) or from text grammars cannot hold (binary junk: the
-document is kept as unusable and every request on it gets an empty answer).
+position encoding (the only copy of the text: pygls keeps none, see
+runtime.DiffillProtocol), and documents it cannot use (text grammars cannot hold, an
+edit it refuses): kept as unusable, every request on them gets an empty answer.
 
 Must not know: lsprotocol types beyond plain (line, character) tuples, the core.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -59,30 +59,25 @@ class DocumentStore:
         self._docs[uri] = entry
         return entry
 
-    def change(
-        self,
-        uri: str,
-        version: int,
-        changes: Iterable[Change],
-        encoding: str,
-        full_text: Callable[[], str | None],
-    ) -> OpenDoc | None:
-        """Apply LSP content changes; ``full_text`` gives the whole text to rebuild
-        from when an edit is refused (pygls keeps its own copy)."""
+    def change(self, uri: str, version: int, changes: Iterable[Change], encoding: str) -> OpenDoc | None:
+        """Apply LSP content changes. A document that refuses an edit (grammars
+        clamps odd ranges, so this is a bug or junk) becomes unusable until a full
+        change or a reopen: answering from a text we know is wrong would be worse."""
         entry = self._docs.get(uri)
         if entry is None:
             return None
         entry.version = version
-        if entry.doc is not None:
+        for start, end, text in changes:
+            if start is None or end is None:  # a full replacement heals an unusable document
+                entry.doc, entry.error = make_document(text, entry.language_id, uri)
+                continue
+            if entry.doc is None:
+                continue
             try:
-                for start, end, text in changes:
-                    entry.doc.apply_change(start, end, text, encoding=encoding)
-                return entry
+                entry.doc.apply_change(start, end, text, encoding=encoding)
             except Exception as exc:
-                log.warning("%s: edit refused (%s); rebuilding from the full text", uri, exc)
-        text = full_text()
-        if text is not None:
-            entry.doc, entry.error = make_document(text, entry.language_id, uri)
+                entry.doc, entry.error = None, f"{uri}: edit refused ({type(exc).__name__}: {str(exc)[:120]})"
+                log.warning(entry.error)
         return entry
 
     def close(self, uri: str) -> None:

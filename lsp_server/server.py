@@ -71,14 +71,7 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
                 changes.append((None, None, c.text))
             else:
                 changes.append(((rng.start.line, rng.start.character), (rng.end.line, rng.end.character), c.text))
-
-        def full_text() -> str | None:
-            try:
-                return ls.workspace.get_text_document(uri).source
-            except Exception:
-                return None
-
-        ls.docs.change(uri, params.text_document.version, changes, ls.encoding, full_text)
+        ls.docs.change(uri, params.text_document.version, changes, ls.encoding)
 
     @ls.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: DiffillServer, params: types.DidCloseTextDocumentParams) -> None:
