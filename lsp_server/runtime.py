@@ -114,6 +114,15 @@ class DiffillServer(LanguageServer):
         self._told.add(key)
         self.window_show_message(types.ShowMessageParams(type=kind, message=message))
 
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        """pygls shows every unexpected handler error to the user; a bug hit on each
+        keystroke would flood the editor, so tell once per kind of error and log the rest."""
+        from pygls.exceptions import FeatureRequestError
+
+        if source is FeatureRequestError:  # a request already answers with the error
+            return
+        self.tell_once(f"server-error:{type(error).__name__}", f"diffill: internal error: {error}", types.MessageType.Error)
+
     def _on_core_event(self, kind: str, message: str) -> None:
         """The core client tells once when a core dies or is restarted."""
         log.warning("core %s: %s", kind, message)

@@ -294,3 +294,17 @@ async def test_fill_holes_leaves_holes_without_a_usable_fill(tmp_path):
         open_doc(client, URI, "x = <|fill|>\n")
         assert await execute(client, "diffill.fillHoles", [URI]) == {"filled": 0}
         assert not client.applied_edits
+
+
+async def test_repeated_internal_errors_are_told_once(tmp_path):
+    from pygls.protocol import JsonRPCNotification
+
+    async with session(fake={}, tmp=tmp_path) as client:
+        bad = {"textDocument": {"uri": URI, "version": 2}, "contentChanges": [{"range": "bad", "text": 1}]}
+        for _ in range(3):
+            client.protocol._send_data(JsonRPCNotification(method="textDocument/didChange", params=bad, jsonrpc="2.0"))
+        await asyncio.sleep(0.3)
+        st = await status(client)  # still serving
+        assert st["server"]["name"] == "diffill"
+        errors = [m for m in client.messages if m.type == types.MessageType.Error]
+        assert len(errors) == 1, client.messages
