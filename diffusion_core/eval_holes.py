@@ -29,6 +29,7 @@ from grammars import budgets, queries
 from grammars.document import Document, decode
 from grammars.fillplan import FillPlan
 from grammars.planner import in_string_or_comment, plan as plan_at
+from grammars.planner import with_plan_context
 from grammars.postprocess import finalize
 from grammars.text import is_ident_char, leading_ws
 
@@ -281,7 +282,7 @@ def window(doc: Document, plan: FillPlan, prefix_bytes: int = PREFIX_BYTES,
     if hi < len(src):
         nl = src.rfind(b"\n", plan.end_byte, hi)
         hi = nl + 1 if nl >= 0 else hi
-    return [decode(src[lo:plan.start_byte]), decode(src[plan.end_byte:hi])]
+    return with_plan_context([decode(src[lo:plan.start_byte]), decode(src[plan.end_byte:hi])], [plan])
 
 
 def prev_line_fill(hole: Hole) -> str:

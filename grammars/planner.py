@@ -23,7 +23,7 @@ from grammars.text import guess_indent_unit, indent_width, is_ident_char, leadin
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FillPlan", "StopRules", "KINDS", "MODES", "plan", "split_segments", "assemble"]
+__all__ = ["FillPlan", "StopRules", "KINDS", "MODES", "plan", "split_segments", "with_plan_context", "assemble"]
 # Lines looked at around the cursor to guess the indentation unit.
 _INDENT_WINDOW = 64
 _PY_BODY_HEADER = re.compile(r"^\s*(async\s+def|def|class)\b")
@@ -242,6 +242,17 @@ def split_segments(doc: Document, plans: list[FillPlan]) -> list[str]:
         prev = p.end_byte
     segments.append(decode(doc.source[prev:]))
     return segments
+
+
+def with_plan_context(segments: list[str], plans: list[FillPlan]) -> list[str]:
+    """Model-facing segments: each plan's `leading` text ends the segment before its hole
+    and its `trailing` text starts the one after, so the model sees the hole exactly where
+    `finalize` will put the fill (after `def f():` it fills a body, not a newline)."""
+    out = list(segments)
+    for i, p in enumerate(plans):
+        out[i] = out[i] + p.leading
+        out[i + 1] = p.trailing + out[i + 1]
+    return out
 
 
 def assemble(doc: Document, plans: list[FillPlan], fills: list[str]) -> str:

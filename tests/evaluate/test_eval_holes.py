@@ -5,7 +5,7 @@ import pytest
 
 from diffusion_core.eval_holes import (KINDS, load_files, prev_line_fill, sample_holes, wanted_counts, window)
 from diffusion_core.eval_fill import errors_with, score
-from grammars.planner import split_segments
+from grammars.planner import split_segments, with_plan_context
 
 from .corpus_fixture import write_corpus
 
@@ -76,9 +76,9 @@ def test_truth_scores_perfectly_and_empty_does_not(holes):
 
 def test_window_is_split_segments_cut_at_lines(holes):
     for h in holes:
-        full = split_segments(h.doc, [h.plan])
+        full = with_plan_context(split_segments(h.doc, [h.plan]), [h.plan])
         assert window(h.doc, h.plan, 10**9, 10**9) == full
-        pre, suf = window(h.doc, h.plan, 80, 40)
+        pre, suf = window(h.doc, h.plan, 80 - len(h.plan.leading), 40 - len(h.plan.trailing))
         assert full[0].endswith(pre) and full[1].startswith(suf)
         assert len(pre.encode()) <= 80 and len(suf.encode()) <= 40
         if pre != full[0]:
