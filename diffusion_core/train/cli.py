@@ -1,4 +1,4 @@
-"""`diffill train {corpus,tokenizer,run}`: the training recipe's command line."""
+"""`diffill train {corpus,tokenizer,run,ship}`: the training recipe's command line."""
 from __future__ import annotations
 
 import argparse
@@ -49,13 +49,16 @@ def _run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"tokenizer": _tokenizer, "run": _run}
-    if not argv or argv[0] not in ("corpus", *commands):
-        print("usage: diffill train {corpus,tokenizer,run} ...", file=sys.stderr)
+    if not argv or argv[0] not in ("corpus", "ship", *commands):
+        print("usage: diffill train {corpus,tokenizer,run,ship} ...", file=sys.stderr)
         return 2
     try:
         if argv[0] == "corpus":
             from .corpus import main as corpus_main
             return corpus_main(argv[1:])
+        if argv[0] == "ship":
+            from .ship import main as ship_main
+            return ship_main(argv[1:])
         return commands[argv[0]](argv[1:])
     except CoreError as e:
         print(f"diffill train: {e}", file=sys.stderr)

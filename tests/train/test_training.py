@@ -142,3 +142,11 @@ def test_a_few_steps_lower_the_loss_and_resume_continues(tmp_path, tok_path):
     from diffusion_core.engine import Engine, HoleSpec
     res = Engine.load(tmp_path / "run" / "model", "cpu").fill(["def f():\n    return ", "\n"], [HoleSpec(4)])
     assert len(res.texts) == 1
+    from diffusion_core.train.ship import ship
+    from diffusion_core.loader import load_model
+    total = ship(tmp_path / "run", tmp_path / "shipped")
+    shipped = load_model(tmp_path / "shipped", "cpu")
+    trained = load_model(tmp_path / "run" / "model", "cpu")
+    assert total > 0 and shipped.model.embed_tokens.weight.dtype == torch.float32
+    w_ship, w_run = shipped.model.embed_tokens.weight, trained.model.embed_tokens.weight
+    assert torch.allclose(w_ship, w_run, rtol=1e-2, atol=1e-3)  # bf16 on disk

@@ -1,0 +1,43 @@
+"""`diffill train ship --run DIR`: copy a trained run into the package as the default model.
+
+Owns the shipped form: weights in bf16 (half the bytes; the loader casts to the device's
+dtype), shards of at most 15 MiB, the tokenizer, and a size check against the 32 MiB the
+package may spend on its model.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import CoreError
+from ..loader import DEFAULT_MODEL_DIR, load_model, save_model
+
+MAX_SHIPPED_BYTES = 32 * 1024 * 1024
+
+
+def ship(run: Path, dest: Path = DEFAULT_MODEL_DIR) -> int:
+    loaded = load_model(run / "model", "cpu")
+    model = loaded.model.to(torch.bfloat16)
+    keep = dest / "MODEL_CARD.md"
+    card = keep.read_text(encoding="utf-8") if keep.is_file() else None
+    save_model(model, dest, run / "model" / "tokenizer.json")
+    if card is not None:
+        keep.write_text(card, encoding="utf-8")
+    total = sum(f.stat().st_size for f in dest.iterdir() if f.is_file())
+    if total > MAX_SHIPPED_BYTES:
+        raise CoreError(f"{dest}: {total / 2**20:.1f} MiB exceeds the {MAX_SHIPPED_BYTES // 2**20} MiB the package allows")
+    load_model(dest, "cpu")  # the shipped folder must load as it is
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="diffill train ship", description=__doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, type=Path, help="a run folder of `diffill train run`")
+    ap.add_argument("--dest", type=Path, default=DEFAULT_MODEL_DIR)
+    args = ap.parse_args(argv)
+    total = ship(args.run, args.dest)
+    print(f"shipped {args.run} -> {args.dest} ({total / 2**20:.1f} MiB)", file=sys.stderr)
+    return 0
