@@ -146,7 +146,7 @@ class Filler:
     ) -> Outcome | None:
         """Ranked fills at a cursor from the core; None when there is nothing worth
         completing (no plan, position out of range)."""
-        from grammars.planner import plan as make_plan
+        from grammars.planner import plan as make_plan, with_plan_context
         from grammars.postprocess import finalize, score
 
         t0 = time.perf_counter()
@@ -159,7 +159,8 @@ class Filler:
             return None
         t1 = time.perf_counter()
         budget = max(1, min(int(p.budget), settings.fill.max_tokens))
-        segments = window_segments(source, p.start_byte, p.end_byte, settings)
+        # The model sees the hole where finalize puts the fill (after the plan's leading text).
+        segments = with_plan_context(window_segments(source, p.start_byte, p.end_byte, settings), [p])
         conn = await self.link.connection()
         reply = await conn.fill(segments, [budget], settings.fill_params(), request_id=request_id or _rid())
         t2 = time.perf_counter()
@@ -182,12 +183,12 @@ class Filler:
 
     async def holes(self, doc: Any, plans: list[Any], settings: Settings, request_id: str | None = None) -> list[Candidate]:
         """Fill every planned hole jointly in one core call; one candidate per plan."""
-        from grammars.planner import split_segments
+        from grammars.planner import split_segments, with_plan_context
         from grammars.postprocess import finalize
 
         if not plans:
             return []
-        segments = clip_segments(split_segments(doc, plans), settings)
+        segments = with_plan_context(clip_segments(split_segments(doc, plans), settings), plans)
         budgets = [max(1, min(int(p.budget), settings.fill.max_tokens)) for p in plans]
         conn = await self.link.connection()
         reply = await conn.fill(segments, budgets, settings.fill_params(), request_id=request_id or _rid())

@@ -52,7 +52,7 @@ def fill_file(path: Path, at: tuple[int, int] | None, model: str | None, device:
     """The file's text with its holes (or the plan at ``at``) filled."""
     from grammars.document import Document
     from grammars.holes import find_holes
-    from grammars.planner import plan, split_segments
+    from grammars.planner import plan, split_segments, with_plan_context
     from grammars.postprocess import finalize
 
     text = read_source(path)
@@ -69,7 +69,7 @@ def fill_file(path: Path, at: tuple[int, int] | None, model: str | None, device:
         if not plans:
             print(f"diffill fill: {path}: no holes ({marker!r} or placeholders) found", file=sys.stderr)
             return text
-    segments = clip_segments(split_segments(doc, plans), Settings())
+    segments = with_plan_context(clip_segments(split_segments(doc, plans), Settings()), plans)
     budgets = [min(int(p.budget), max_tokens) if max_tokens else int(p.budget) for p in plans]
     texts = _run_engine(segments, budgets, model, device)
     source = doc.source

@@ -135,3 +135,11 @@ async def test_holes_fill_jointly(filler):
     cands = await f.holes(doc, plans, Settings())
     assert len(cands) == 2 and core.fills == 1 and len(core.last_segments) == 3
     assert [c.start for c in cands] == [p.start_byte for p in plans]
+
+
+async def test_model_sees_the_plan_leading_text(filler):
+    f, core = filler
+    doc = Document("def f():\n\nx = 1\n", language_id="python")
+    out = await f.at_cursor("u", doc, 0, 8, "utf-16", Settings())
+    assert core.last_segments[0] == "def f():\n    "  # the hole starts where the body goes
+    assert out is not None and out.candidates[0].text.startswith("\n    ")
