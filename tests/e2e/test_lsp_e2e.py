@@ -121,13 +121,22 @@ async def test_cancel_long_request_and_newest_wins_burst(tmp_path, tiny_init):
     async with session(REAL_SERVER, init=init, tmp=tmp_path) as client:
         before = _core_counters(await wait_ready(client))
         open_doc(client, PY_URI, PY)
-        fut = asyncio.ensure_future(client.protocol.send_request_async(
-            types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(PY_URI, 8, 4, invoked=True), msg_id="long"
-        ))
-        await asyncio.sleep(0.5)
-        client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="long"))
-        with pytest.raises(JsonRpcRequestCancelled):
-            await asyncio.wait_for(fut, 30)
+        # A fast idle machine may finish a request before the cancel arrives (then the
+        # spec has it answered normally): retry until one is caught mid-denoise.
+        outcomes = []
+        for attempt in range(5):
+            fut = asyncio.ensure_future(client.protocol.send_request_async(
+                types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(PY_URI, 8, 4, invoked=True), msg_id=f"long{attempt}"
+            ))
+            await asyncio.sleep(0.05 if attempt else 0.2)
+            client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=f"long{attempt}"))
+            try:
+                outcomes.append(await asyncio.wait_for(fut, 30))
+            except JsonRpcRequestCancelled as e:
+                outcomes.append(e)
+                break
+        assert isinstance(outcomes[-1], JsonRpcRequestCancelled)
+        assert all(isinstance(o, (types.InlineCompletionList, JsonRpcRequestCancelled)) for o in outcomes)
 
         tasks = [asyncio.ensure_future(inline(client, PY_URI, 8, 4, invoked=True)) for _ in range(50)]
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
@@ -136,7 +145,7 @@ async def test_cancel_long_request_and_newest_wins_burst(tmp_path, tiny_init):
         st = await status(client)
         counters = _core_counters(st)
         assert _delta(counters, before, "cancelled") >= 1  # the core saw the cancels
-        assert _delta(counters, before, "completed") <= 2
+        assert _delta(counters, before, "completed") <= 2 + len(outcomes) - 1  # attempts that finished first
         assert st["counters"]["superseded"] == 49
 
 
