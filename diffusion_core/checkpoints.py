@@ -18,7 +18,6 @@ infill layouts live in `infill_formats`; this module knows nothing of requests o
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .config import ModelConfig
+from .config import ModelConfig, read_json
 from .errors import CoreError
 from .loader import read_tensors, weight_files
 
@@ -56,21 +55,6 @@ OWN_MODEL_TYPES = ("diffill",)
 
 
 # -- reading the folder -----------------------------------------------------------------
-
-def read_json(path: Path, required: bool = True) -> dict:
-    """A JSON object from path; {} for an absent optional file; bad JSON is one CoreError line."""
-    if not path.is_file():
-        if required:
-            raise CoreError(f"{path}: not found")
-        return {}
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CoreError(f"{path}: not valid JSON ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
-    if not isinstance(d, dict):
-        raise CoreError(f"{path}: expected a JSON object")
-    return d
-
 
 def family_of(config: dict) -> str | None:
     """'diffill' | 'dream' | 'qwen2' | 'llada' from a config.json dict; None when it names no model_type."""

@@ -19,6 +19,21 @@ DEFAULT_SPECIAL_TOKENS = {
 }
 
 
+def read_json(path: Path, required: bool = True) -> dict:
+    """A JSON object from path; {} for an absent optional file; bad JSON is one CoreError line."""
+    if not path.is_file():
+        if required:
+            raise CoreError(f"{path}: not found")
+        return {}
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CoreError(f"{path}: not valid JSON ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise CoreError(f"{path}: expected a JSON object")
+    return d
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int
@@ -70,13 +85,7 @@ class ModelConfig:
         path = Path(path)
         if not path.is_file():
             raise CoreError(f"{path}: config.json not found")
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CoreError(f"{path}: not valid JSON ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
-        if not isinstance(d, dict):
-            raise CoreError(f"{path}: expected a JSON object")
-        return cls.from_dict(d, str(path))
+        return cls.from_dict(read_json(path), str(path))
 
     def to_dict(self) -> dict:
         return asdict(self)
