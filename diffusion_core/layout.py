@@ -97,14 +97,7 @@ def build_diffill(seg_ids: list[list[int]], budgets: list[int], sp: SpecialIds) 
 
 def build_natural(seg_ids: list[list[int]], budgets: list[int], sp: SpecialIds) -> Layout:
     """Reading order with masks in the holes: [BOS] s0 H1 s1 ... Hn sn."""
-    ids: list[int] = [sp.bos] if sp.bos is not None else []
-    holes = []
-    for i, s in enumerate(seg_ids):
-        ids.extend(s)
-        if i < len(budgets):
-            holes.append((len(ids), len(ids) + budgets[i]))
-            ids.extend([sp.mask] * budgets[i])
-    return Layout(ids, 0, holes, "natural")
+    return build_natural_framed(seg_ids, budgets, sp, bos=True, eos=False)
 
 
 def build_natural_framed(seg_ids: list[list[int]], budgets: list[int], sp: SpecialIds,
