@@ -27,7 +27,7 @@ from .layout import Layout, attention_mask, build_diffill, fit_context, full_mas
 from .loader import LoadedModel, load_model
 from .model import KVCache, Segment
 from .params import MAX_BUDGET, FillParams
-from .sampler import HoleState, commit_hole, trim
+from .sampler import HoleState, commit_hole, resize_holes, trim
 
 ENCODE_CHUNK = 1024  # context tokens per forward when encoding (bounds the [T, S] mask)
 CONTEXT_STORE_SIZE = 4  # cached contexts kept for reuse across requests (one per recent document)
@@ -80,11 +80,14 @@ class Job:
     """One request in flight: its sequence, cache and per-hole progress."""
 
     def __init__(self, engine: "Engine", layout: Layout, params: FillParams, mode: str, cache: KVCache,
-                 stored: _StoredContext | None, cancel, on_step, stats: FillStats):
+                 stored: _StoredContext | None, cancel, on_step, stats: FillStats, budgets: list[int]):
         self.layout, self.params, self.mode, self.cache, self.stored = layout, params, mode, cache, stored
         self.cancel, self.on_step, self.stats = cancel, on_step, stats
         self.x = torch.tensor(layout.ids, dtype=torch.long)  # [T] on the CPU: cheap to index per position
-        self.holes = [HoleState(s, e, params.block_size) for s, e in layout.holes]
+        # DreamOn holes grow and shrink up to their budgets; their positions live in self.holes.
+        self.expand_id = engine.tokenizer.special.expand if engine.expanding else None
+        self.holes = [HoleState(s, e, params.block_size, budget=b if engine.expanding else 0)
+                      for (s, e), b in zip(layout.holes, budgets)]
         self.gen = torch.Generator().manual_seed(params.seed)
         self.blocks: list[tuple[int, int] | None] = []
         self.steps = 0
@@ -128,7 +131,7 @@ class Job:
         if self.error is not None:
             raise self.error
         assert self.done, "result() of an unfinished job"
-        ids = [trim(self.x[s:e].tolist(), self._end_ids) for s, e in self.layout.holes]
+        ids = [trim(self.x[h.start : h.end].tolist(), self._end_ids) for h in self.holes]
         st = self.stats
         st.tokens_per_forward = st.tokens_committed / st.forward_passes if st.forward_passes else 0.0
         return FillResult([self._engine.tokenizer.decode(i) for i in ids], st, ids)
@@ -145,9 +148,12 @@ class Engine:
             raise CoreError(f"{loaded.path}: the diffill layout needs suf/pre/mid special tokens in tokenizer.json")
         self.format = infill_formats.format_for(self.config)  # None for our own layout
         self.end_ids = infill_formats.end_ids(self.tokenizer, self.format)
+        # DreamOn checkpoints: holes start short and grow by <|expand|> (sampler.resize_holes).
+        self.expanding = bool(self.format and self.format.variable_length and sp.expand is not None)
         # Ids that are never text: the mask and BOS, and our layout's markers.
         layout_markers = {i for i in (sp.suf, sp.pre, sp.mid, sp.hole) if i is not None} if self.format is None else set()
-        self.banned = tuple(sorted(set(infill_formats.banned_ids(sp, self.format)) | layout_markers))
+        banned = infill_formats.banned_ids(sp, self.format, expanding=self.expanding)
+        self.banned = tuple(sorted(set(banned) | layout_markers))
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, device: str = "auto", **kw) -> "Engine":
@@ -188,11 +194,11 @@ class Engine:
             layout = build_diffill(seg_ids, budgets, self.tokenizer.special)
         else:
             layout = infill_formats.build(seg_ids, budgets, self.tokenizer.special, self.format,
-                                          suffix_complete=len(seg_ids[-1]) == last_len)
+                                          suffix_complete=len(seg_ids[-1]) == last_len, expanding=self.expanding)
         stats.tokenize_ms = (time.perf_counter() - t0) * 1e3
         mode = self._mode(params)
         stats.cache = mode
-        stats.context_tokens = layout.n_context if layout.kind == "diffill" else len(layout.ids) - sum(budgets)
+        stats.context_tokens = layout.n_context if layout.kind == "diffill" else len(layout.ids) - sum(e - s for s, e in layout.holes)
         t1 = time.perf_counter()
         stored = None
         if mode == "exact":
@@ -201,7 +207,7 @@ class Engine:
         else:
             cache = self.model.new_cache(len(layout.ids) + 16)
         stats.encode_ms = (time.perf_counter() - t1) * 1e3
-        return Job(self, layout, params, mode, cache, stored, cancel, on_step, stats)
+        return Job(self, layout, params, mode, cache, stored, cancel, on_step, stats, budgets)
 
     def _check(self, segments, holes) -> list[int]:
         if not isinstance(segments, (list, tuple)) or not all(isinstance(s, str) for s in segments):
@@ -312,8 +318,12 @@ class Engine:
                     continue
                 m = len(hole_pos)
                 committed += commit_hole(job.x, h, blk, hole_pos, logits[offset : offset + m], job.params, job.gen,
-                                         job._end_ids, self.banned)
+                                         job._end_ids, self.banned, job.expand_id)
                 offset += m
+            if job.expand_id is not None:
+                resized = resize_holes(job.x, job.holes, job._mask_id, job.expand_id, job._end_ids)
+                if resized is not job.x:  # positions moved: the next step needs a full forward
+                    job.x, job._refresh = resized, True
             job.steps += 1
             job.stats.tokens_committed += committed
             job._update_blocks()

@@ -10,9 +10,8 @@ Owns what differs between families once their weights are loaded (see `checkpoin
   * which tokens end a hole (eos and pad, plus a chat model's end-of-turn token),
   * which tokens must never be committed into a hole (mask, bos, DreamOn's expand outside
     DreamOn's expansion rule),
-  * DreamOn's variable length (Wu et al. 2025, "DreamOn"): a position predicted as
-    `<|expand|>` becomes two masks, and positions predicted as `<|endoftext|>` are deleted.
-    `expand_hole` and `delete_ends` are those two rules as pure functions on one hole.
+  * DreamOn's variable length (Wu et al. 2025, "DreamOn"): holes start short
+    (`DREAMON_INITIAL_MASKS`); the grow / shrink rule itself is the sampler's `resize_holes`.
 
 It knows nothing of caches, batching or the sampler's schedule; the engine calls it.
 """
@@ -88,25 +87,3 @@ def banned_ids(sp: SpecialIds, fmt: InfillFormat | None, expanding: bool = False
     if sp.expand is not None and not (expanding and fmt and fmt.variable_length):
         ids.add(sp.expand)
     return tuple(sorted(ids))
-
-
-def expand_hole(ids: list[int], start: int, end: int, sp: SpecialIds, budget: int) -> tuple[list[int], int]:
-    """DreamOn expansion: each `<|expand|>` in ids[start:end] becomes two masks, while the hole
-    stays within `budget` positions (an expand past it becomes one mask). Returns (ids, new end)."""
-    assert sp.expand is not None
-    hole: list[int] = []
-    room = budget - (end - start)
-    for t in ids[start:end]:
-        if t == sp.expand:
-            grow = 1 if room > 0 else 0
-            room -= grow
-            hole.extend([sp.mask] * (1 + grow))
-        else:
-            hole.append(t)
-    return ids[:start] + hole + ids[end:], start + len(hole)
-
-
-def delete_ends(ids: list[int], start: int, end: int, ends: tuple[int, ...]) -> tuple[list[int], int]:
-    """DreamOn deletion: end tokens inside a hole are removed (the hole shrinks). Returns (ids, new end)."""
-    hole = [t for t in ids[start:end] if t not in ends]
-    return ids[:start] + hole + ids[end:], start + len(hole)

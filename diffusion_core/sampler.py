@@ -10,6 +10,9 @@ Owns the sampling rules, independent of caching and batching:
   * Semi-autoregressive blocks of `block_size` inside each hole; holes advance together.
   * Variable length: once a hole commits an end token, the positions after it become end
     tokens too (the hole is over), and the trimmed text stops there.
+  * DreamOn variable length (Wu et al. 2025) for checkpoints trained with it: a hole starts
+    short; a committed `<|expand|>` becomes two masks and a committed end token is deleted,
+    so the hole grows or shrinks, never past its budget (`resize_holes`).
 
 `denoise_reference` is the obviously-correct loop the engine's fast path is tested against:
 a full uncached forward over the whole sequence every step, and plain Python per hole.
@@ -34,6 +37,13 @@ class HoleState:
     end: int
     block_size: int
     steps_in_block: int = 0  # steps spent on the current block (LLaDA schedule)
+    budget: int = 0  # DreamOn holes: the most positions the hole may grow to (0: fixed length)
+    expansions: int = 0  # DreamOn holes: expand tokens committed so far
+
+    def may_expand(self) -> bool:
+        # Expansions are capped at the budget too: otherwise expand-then-delete could cycle
+        # forever. With the cap every hole finishes within initial masks + 2 * budget steps.
+        return self.end - self.start < self.budget and self.expansions < self.budget
 
     def current_block(self, masked: torch.Tensor) -> tuple[int, int] | None:
         """[lo, hi) of the first block that still has masked positions, or None when done."""
@@ -102,24 +112,63 @@ def choose(conf: torch.Tensor, k: int, params: FillParams) -> torch.Tensor:
 
 def commit_hole(x: torch.Tensor, hole: HoleState, block: tuple[int, int], positions: list[int],
                 logits: torch.Tensor, params: FillParams, gen: torch.Generator | None, end_ids: tuple[int, ...],
-                banned: tuple[int, ...] = ()) -> int:
+                banned: tuple[int, ...] = (), expand_id: int | None = None) -> int:
     """One step for one hole: commit some of its masked `positions` (all in `block`) given
     their logits [len(positions), V]. Returns the number of tokens committed.
 
     A committed end token ends the hole: the positions after the leftmost one become end
-    tokens too, so the hole stops where the model first closed it.
+    tokens too, so the hole stops where the model first closed it. DreamOn holes
+    (hole.budget > 0, expand_id given) instead keep their end and expand tokens in place for
+    `resize_holes`; expand is banned once the hole may not grow.
     """
+    variable = hole.budget > 0 and expand_id is not None
+    if variable and not hole.may_expand():
+        banned = tuple(banned) + (expand_id,)
     tokens, conf = sample_tokens(logits, params, gen, banned)
     k = num_to_commit(len(positions), hole, block[1] - block[0], hole.end - hole.start, params)
     chosen = choose(conf, k, params).tolist()
     for j in chosen:
         x[positions[j]] = tokens[j]
     hole.steps_in_block += 1
+    if variable:
+        hole.expansions += sum(int(tokens[j]) == expand_id for j in chosen)
+        return len(chosen)
     for p in sorted(positions[j] for j in chosen):
         if int(x[p]) in end_ids:
             x[p + 1 : hole.end] = int(x[p])
             break
     return len(chosen)
+
+
+def resize_holes(x: torch.Tensor, holes: list[HoleState], mask_id: int, expand_id: int,
+                 end_ids: tuple[int, ...]) -> torch.Tensor:
+    """DreamOn's rules after a step: in each hole, committed end tokens are deleted and each
+    committed expand token becomes two masks (one when the hole is at its budget). Holes
+    after a resized one move with it. Returns the new sequence (x itself when nothing changed)."""
+    ids = x.tolist()
+    changed = False
+    shift = 0
+    for h in holes:
+        h.start += shift
+        h.end += shift
+        old = h.end - h.start
+        hole = [t for t in ids[h.start : h.end] if t not in end_ids]
+        grown: list[int] = []
+        room = h.budget - len(hole)
+        for t in hole:
+            if t == expand_id:
+                grow = 1 if room > 0 else 0
+                room -= grow
+                grown.extend([mask_id] * (1 + grow))
+            else:
+                grown.append(t)
+        if grown != ids[h.start : h.end]:
+            changed = True
+            ids[h.start : h.end] = grown
+            h.end = h.start + len(grown)
+            h.steps_in_block = 0
+        shift += h.end - h.start - old
+    return torch.tensor(ids, dtype=x.dtype) if changed else x
 
 
 def trim(ids: list[int], end_ids: tuple[int, ...]) -> list[int]:
@@ -133,14 +182,18 @@ def trim(ids: list[int], end_ids: tuple[int, ...]) -> list[int]:
 def denoise_reference(full_logits: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor,
                       holes: list[tuple[int, int]], params: FillParams, mask_id: int, end_ids: tuple[int, ...],
                       shift: bool, cancel: Callable[[], bool] | None = None,
-                      banned: tuple[int, ...] = ()) -> tuple[torch.Tensor, int]:
-    """The slow, obviously correct loop: returns (final ids [T], forward passes).
+                      banned: tuple[int, ...] = (), expand_id: int | None = None,
+                      budgets: list[int] | None = None) -> tuple[torch.Tensor, int]:
+    """The slow, obviously correct loop: returns (final ids [T'], forward passes).
 
     full_logits(ids [T]) -> logits [T, V] is one uncached forward over the whole sequence.
+    expand_id and budgets: DreamOn holes that grow and shrink (then T' may differ from T).
     """
     x = ids.clone()
     gen = torch.Generator().manual_seed(params.seed)
-    states = [HoleState(s, e, params.block_size) for s, e in holes]
+    variable = expand_id is not None and budgets is not None
+    states = [HoleState(s, e, params.block_size, budget=b if variable else 0)
+              for (s, e), b in zip(holes, budgets or [0] * len(holes))]
     passes = 0
     while True:
         if cancel is not None and cancel():
@@ -156,6 +209,8 @@ def denoise_reference(full_logits: Callable[[torch.Tensor], torch.Tensor], ids: 
                 continue
             positions = [p for p in range(blk[0], blk[1]) if x[p] == mask_id]
             rows = [p - 1 if shift else p for p in positions]
-            commit_hole(x, h, blk, positions, logits[rows], params, gen, end_ids, banned)
+            commit_hole(x, h, blk, positions, logits[rows], params, gen, end_ids, banned, expand_id)
             if h.current_block(x == mask_id) != blk:
                 h.steps_in_block = 0
+        if variable:
+            x = resize_holes(x, states, mask_id, expand_id, end_ids)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ckpt_fixtures import make_dream, make_llada
 from diffusion_core import infill_formats as fmts
 from diffusion_core.layout import build_natural
 from diffusion_core.loader import load_model
+from diffusion_core.sampler import HoleState, resize_holes
 from diffusion_core.tokenizer import SpecialIds
 
 SP = SpecialIds(mask=9, eos=1, bos=2, pad=1, expand=7)
@@ -44,20 +46,31 @@ def test_dreamon_starts_short_only_when_the_caller_expands():
 
 
 def test_expand_turns_one_position_into_two_masks_within_budget():
-    ids = [2, 10, 5, 7, 6, 7, 12]  # hole is [2, 6): 5 E 6 E
-    out, end = fmts.expand_hole(ids, 2, 6, SP, budget=5)
-    assert out == [2, 10, 5, 9, 9, 6, 9, 12]
-    assert end == 7  # one expansion fitted the budget of 5, the second became one mask
+    x = torch.tensor([2, 10, 5, 7, 6, 7, 12])  # hole is [2, 6): 5 E 6 E
+    holes = [HoleState(2, 6, 32, budget=5)]
+    out = resize_holes(x, holes, SP.mask, SP.expand, SP.end_ids())
+    assert out.tolist() == [2, 10, 5, 9, 9, 6, 9, 12]
+    assert (holes[0].start, holes[0].end) == (2, 7)  # one expansion fitted the budget of 5, the second became one mask
 
 
-def test_expand_then_delete_reference_walk():
-    """A slow walk over the rules: grow twice, then the model deletes two positions."""
-    ids, end = [2, 7, 7, 13], 3
-    ids, end = fmts.expand_hole(ids, 1, end, SP, budget=8)
-    assert ids == [2, 9, 9, 9, 9, 13] and end == 5
-    ids[1:5] = [20, 1, 21, 1]
-    ids, end = fmts.delete_ends(ids, 1, end, SP.end_ids())
-    assert ids == [2, 20, 21, 13] and end == 3
+def test_expand_then_delete_reference_walk_moves_later_holes():
+    """A slow walk over the rules: grow twice, then the model deletes two positions; the
+    second hole follows the first one's length."""
+    holes = [HoleState(1, 3, 32, budget=8), HoleState(4, 5, 32, budget=3)]
+    x = resize_holes(torch.tensor([2, 7, 7, 13, 9, 14]), holes, SP.mask, SP.expand, SP.end_ids())
+    assert x.tolist() == [2, 9, 9, 9, 9, 13, 9, 14] and [(h.start, h.end) for h in holes] == [(1, 5), (6, 7)]
+    x[1:5] = torch.tensor([20, 1, 21, 1])
+    x = resize_holes(x, holes, SP.mask, SP.expand, SP.end_ids())
+    assert x.tolist() == [2, 20, 21, 13, 9, 14] and [(h.start, h.end) for h in holes] == [(1, 3), (4, 5)]
+    same = resize_holes(x, holes, SP.mask, SP.expand, SP.end_ids())
+    assert same is x  # nothing to do: the sequence is returned as it was
+
+
+def test_expansion_stops_at_the_budget_and_after_budget_expansions():
+    h = HoleState(0, 4, 32, budget=4)
+    assert not h.may_expand()  # at its budget
+    h = HoleState(0, 2, 32, budget=4, expansions=4)
+    assert not h.may_expand()  # expand / delete cycles are bounded
 
 
 @pytest.mark.parametrize("variant", ["dream", "dreamon", "diffucoder", "open-dcoder", "llada"])
