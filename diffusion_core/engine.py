@@ -28,6 +28,7 @@ from .loader import LoadedModel, load_model
 from .model import KVCache, Segment
 from .params import MAX_BUDGET, FillParams
 from .sampler import HoleState, commit_hole, resize_holes, trim
+from .static_step import StaticSteps
 
 ENCODE_CHUNK = 1024  # context tokens per forward when encoding (bounds the [T, S] mask)
 CONTEXT_STORE_SIZE = 4  # cached contexts kept for reuse across requests (one per recent document)
@@ -138,10 +139,16 @@ class Job:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, static_steps: bool | None = None):
+        """static_steps: run a lone exact-cache request's steps at bucketed static shapes,
+        compiled into CUDA graphs (None: on CUDA only; True elsewhere runs them eagerly)."""
         self.loaded = loaded
         self.model, self.tokenizer, self.config = loaded.model, loaded.tokenizer, loaded.config
         self.device = next(self.model.parameters()).device
+        if static_steps is None:
+            static_steps = self.device.type == "cuda"
+        self.static = (StaticSteps(self.model, compile=self.device.type == "cuda")
+                       if static_steps and self.config.layout == "diffill" else None)
         self._store: list[_StoredContext] = []
         sp = self.tokenizer.special
         if self.config.layout == "diffill" and None in (sp.suf, sp.pre, sp.mid):
@@ -156,8 +163,9 @@ class Engine:
         self.banned = tuple(sorted(set(banned) | layout_markers))
 
     @classmethod
-    def load(cls, model_dir: str | Path | None = None, device: str = "auto", **kw) -> "Engine":
-        return cls(load_model(model_dir, device, **kw))
+    def load(cls, model_dir: str | Path | None = None, device: str = "auto", static_steps: bool | None = None,
+             **kw) -> "Engine":
+        return cls(load_model(model_dir, device, **kw), static_steps)
 
     def info(self) -> dict:
         cfg = self.config
@@ -292,21 +300,15 @@ class Engine:
         if not live:
             return
         t0 = time.perf_counter()
-        ids, pos, segs, rows, plans = [], [], [], [], []
-        n = 0
-        for job in live:
-            chunk_ids, chunk_pos, seg, src, positions = self._plan_step(job)
-            seg.start, seg.end = n, n + len(chunk_ids)
-            ids.append(chunk_ids)
-            pos.append(chunk_pos)
-            segs.append(seg)
-            rows.append(src + n)
-            plans.append(positions)
-            n += len(chunk_ids)
-        dev = self.device
-        with torch.inference_mode():
-            logits = self.model.forward_packed(torch.cat(ids).to(dev), torch.cat(pos).to(dev), segs,
-                                               torch.cat(rows).to(dev)).float().cpu()
+        if self.static is not None and len(live) == 1 and live[0].mode == "exact":
+            job = live[0]
+            plans = [job.masked_positions()]
+            flat = torch.tensor([p for hp in plans[0] for p in hp], dtype=torch.long)
+            lo = job.layout.n_context
+            rows = logit_source(flat, self.config.logits_shift) - lo
+            logits = self.static.logits(job.cache, job.x[lo:], lo, rows).float().cpu()
+        else:
+            logits, plans = self._packed_logits(live)
         offset = 0
         elapsed = (time.perf_counter() - t0) * 1e3 / len(live)
         for job, positions in zip(live, plans):
@@ -329,6 +331,25 @@ class Engine:
             job._update_blocks()
             if job.on_step is not None:
                 job.on_step(StepInfo(job.steps, committed, int((job.x == job._mask_id).sum())))
+
+    def _packed_logits(self, live: list[Job]) -> tuple[torch.Tensor, list]:
+        """One forward pass over every job's step, packed: logits of all masked positions."""
+        ids, pos, segs, rows, plans = [], [], [], [], []
+        n = 0
+        for job in live:
+            chunk_ids, chunk_pos, seg, src, positions = self._plan_step(job)
+            seg.start, seg.end = n, n + len(chunk_ids)
+            ids.append(chunk_ids)
+            pos.append(chunk_pos)
+            segs.append(seg)
+            rows.append(src + n)
+            plans.append(positions)
+            n += len(chunk_ids)
+        dev = self.device
+        with torch.inference_mode():
+            logits = self.model.forward_packed(torch.cat(ids).to(dev), torch.cat(pos).to(dev), segs,
+                                               torch.cat(rows).to(dev)).float().cpu()
+        return logits, plans
 
     def _plan_step(self, job: Job):
         """What one job contributes to a packed step: (ids, pos, segment, logit rows, masked positions per hole)."""

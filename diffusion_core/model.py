@@ -48,6 +48,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+MIN_CACHE_SLOTS = 256
+
+
+def capacity_bucket(n: int) -> int:
+    """Cache capacities are powers of two (at least MIN_CACHE_SLOTS): growth stays geometric,
+    and a static-shape step sees few distinct cache shapes, so few compiled graphs."""
+    return max(MIN_CACHE_SLOTS, 1 << (max(n, 1) - 1).bit_length())
+
+
 class KVCache:
     """Keys/values of one sequence for every layer, in one preallocated tensor.
 
@@ -58,7 +67,9 @@ class KVCache:
 
     def __init__(self, cfg: ModelConfig, capacity: int, dtype: torch.dtype, device: torch.device):
         self.shape = (cfg.num_hidden_layers, 2, cfg.num_key_value_heads, cfg.head_dim)
-        self.data = torch.empty(self._shape(max(capacity, 16)), dtype=dtype, device=device)
+        # Zeros, not empty: a static-shape step reads every slot under a mask, and a masked
+        # slot holding NaN garbage would still poison the weighted sum (0 * NaN).
+        self.data = torch.zeros(self._shape(capacity_bucket(capacity)), dtype=dtype, device=device)
         self.n = 0
 
     def _shape(self, cap: int) -> tuple[int, ...]:
@@ -72,8 +83,7 @@ class KVCache:
     def reserve(self, total: int) -> None:
         if total <= self.capacity:
             return
-        cap = max(total, int(self.capacity * 1.5) + 64)
-        new = torch.empty(self._shape(cap), dtype=self.data.dtype, device=self.data.device)
+        new = torch.zeros(self._shape(capacity_bucket(total)), dtype=self.data.dtype, device=self.data.device)
         new[:, :, :, : self.n] = self.data[:, :, :, : self.n]
         self.data = new
 
@@ -84,7 +94,8 @@ class KVCache:
     def clone(self, extra: int = 0) -> "KVCache":
         other = KVCache.__new__(KVCache)
         other.shape = self.shape
-        other.data = torch.empty(self._shape(self.n + max(extra, 16)), dtype=self.data.dtype, device=self.data.device)
+        other.data = torch.zeros(self._shape(capacity_bucket(self.n + max(extra, 16))), dtype=self.data.dtype,
+                                 device=self.data.device)
         other.data[:, :, :, : self.n] = self.data[:, :, :, : self.n]
         other.n = self.n
         return other
@@ -173,6 +184,15 @@ class Attention(nn.Module):
         y = torch.cat(outs, dim=1)  # [H, N, D]
         return self.o_proj(y.transpose(0, 1).reshape(x.shape[0], -1))
 
+    def forward_region(self, x, cos, sin, kv: torch.Tensor, mask: torch.Tensor):
+        """A hole region against a whole cache at static shapes: x [R, C], kv [2, Hkv, cap, D]
+        (read, never written), mask [R, cap + R] over cache slots then region keys."""
+        q, k, v = self.project(x, cos, sin)  # q [H, R, D], k/v [Hkv, R, D]
+        keys = torch.cat((kv[0], k), dim=1)
+        values = torch.cat((kv[1], v), dim=1)
+        y = self.attend(q, keys, values, mask)
+        return self.o_proj(y.transpose(0, 1).reshape(x.shape[0], -1))
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -252,6 +272,29 @@ class Transformer(nn.Module):
                 seg.cache.n += seg.end - seg.start
         if out_rows is not None:
             x = x[out_rows]
+        return self.lm_head(self.norm(x))
+
+    def forward_region(self, ids: torch.Tensor, pos: torch.Tensor, cache_data: torch.Tensor, n_ctx: torch.Tensor,
+                       n_real: torch.Tensor) -> torch.Tensor:
+        """One exact-cache denoising step at static shapes -> logits [R, V] for every region row.
+
+        ids/pos [R]: the hole region padded to a bucket; cache_data [L, 2, Hkv, cap, D]: the
+        context's keys/values in slots [0, n_ctx); n_ctx and n_real (the region's real
+        length) are 0-dim tensors. The whole capacity is attended under a mask built from
+        those tensors, and nothing is written: no shape or control flow depends on the
+        data, so one CUDA graph per (R, cap) serves every request of that bucket.
+        Same result as forward_packed with a "scratch" segment (tested).
+        """
+        R, cap = ids.shape[0], cache_data.shape[3]
+        slot = torch.arange(cap, device=ids.device)
+        row = torch.arange(R, device=ids.device)
+        visible = torch.cat((slot < n_ctx, row < n_real))  # [cap + R]
+        mask = visible[None, :].expand(R, cap + R)
+        x = self.embed_tokens(ids)
+        cos, sin = rope_cos_sin(pos, self.inv_freq, x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = x + layer.self_attn.forward_region(layer.input_layernorm(x), cos, sin, cache_data[i], mask)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.lm_head(self.norm(x))
 
     def num_parameters(self) -> int:
