@@ -106,6 +106,25 @@ def make_example(text: str, lang: str, tok, sp: SpecialIds, seq_len: int, rng: r
     return Example(ids, layout.n_context, layout.holes)
 
 
+def make_causal_example(text: str, tok, sp: SpecialIds, seq_len: int, rng: random.Random) -> Example | None:
+    """A plain window of a file as a causal-LM example: [BOS] tokens, all context, no holes.
+
+    The trainer's first phase (`causal_frac`) uses these: the same weights learn the language
+    several times faster from next-token loss on every position than from the mixed
+    objective, and the diffusion phase then adapts them to infilling (the AR-to-diffusion
+    recipe of Dream and DiffuCoder, which start from Qwen2.5 weights).
+    """
+    window = seq_len * 4
+    if len(text) > window:
+        lo = rng.randrange(len(text) - window)
+        lo = text.find("\n", lo) + 1 or lo
+        text = text[lo : lo + window]
+    ids = [sp.bos] + tok.encode(text)[: seq_len - 1]
+    if len(ids) < 16:
+        return None
+    return Example(ids, len(ids), [])
+
+
 def collate(examples: list[Example], sp: SpecialIds, rng: torch.Generator, ar_weight: float):
     """Noised batch: (input ids [B, T], positions [B, T], mask [B, 1, T, T], targets [B, T], weights [B, T]).
 

@@ -24,7 +24,7 @@ from ..errors import CoreError
 from ..loader import read_tensors, resolve_device, save_model, weight_files
 from ..model import Transformer
 from ..tokenizer import Tokenizer
-from .objective import collate, loss_fn, make_example
+from .objective import collate, loss_fn, make_causal_example, make_example
 
 
 @dataclass
@@ -50,6 +50,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop (and decay) by wall time instead, when > 0
     grad_clip: float = 1.0
     ar_weight: float = 0.5
+    causal_frac: float = 0.0  # first this fraction of the steps: plain causal-LM windows, no holes (AR warm-up)
     max_holes: int = 3
     seed: int = 0
     device: str = "auto"
@@ -96,14 +97,21 @@ def load_corpus(folder: str | Path, split: str = "train") -> list[tuple[str, str
     return out
 
 
-def batches(files, tok: Tokenizer, cfg: TrainConfig, rng: random.Random):
-    """Endless stream of example lists, files drawn with replacement, deterministic under the seed."""
+def batches(files, tok: Tokenizer, cfg: TrainConfig, rng: random.Random, causal=lambda: False):
+    """Endless stream of example lists, files drawn with replacement, deterministic under the seed.
+
+    causal(): whether the next batch belongs to the causal warm-up phase.
+    """
     sp = tok.special
     while True:
         batch = []
+        plain = causal()
         while len(batch) < cfg.batch_size:
             text, lang = files[rng.randrange(len(files))]
-            ex = make_example(text, lang, tok, sp, cfg.seq_len, rng, cfg.max_holes)
+            if plain:
+                ex = make_causal_example(text, tok, sp, cfg.seq_len, rng)
+            else:
+                ex = make_example(text, lang, tok, sp, cfg.seq_len, rng, cfg.max_holes)
             if ex is not None:
                 batch.append(ex)
         yield batch
@@ -174,10 +182,10 @@ def train(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr, flush=True))
     files = load_corpus(cfg.corpus)
     rng = random.Random(cfg.seed * 1_000_003 + step)  # a resumed run continues with fresh, reproducible data
     noise = torch.Generator().manual_seed(cfg.seed * 7919 + step)
-    stream = batches(files, tok, cfg, rng)
+    total = cfg.max_steps
+    stream = batches(files, tok, cfg, rng, causal=lambda: step < cfg.causal_frac * total)
     log(f"train: {model.num_parameters() / 1e6:.2f}M parameters, {len(files)} files, device {device}, from step {step}")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    total = cfg.max_steps
     t_start = time.perf_counter()
     ema = None
     while step < total:

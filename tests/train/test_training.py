@@ -11,7 +11,7 @@ from diffusion_core.layout import full_mask
 from diffusion_core.tokenizer import Tokenizer
 from diffusion_core.train import corpus
 from diffusion_core.train.bpe import train_bpe
-from diffusion_core.train.objective import batch_mask, collate, loss_fn, make_example
+from diffusion_core.train.objective import batch_mask, collate, loss_fn, make_causal_example, make_example
 from diffusion_core.train.trainer import TrainConfig, lr_at, train
 
 torch.set_num_threads(1)
@@ -113,6 +113,32 @@ def test_collate_masks_only_hole_tokens_and_weights_them(tok_path):
         assert torch.equal(mask[b, 0, :n, :n], full_mask("diffill", ex.n_context, n))
     assert torch.isfinite(loss_fn(torch.randn(*x.shape, tok.vocab_size), targets, weights))
     assert torch.equal(batch_mask(torch.tensor([3]), torch.tensor([5]), 5)[0, 0], full_mask("diffill", 3, 5))
+
+
+def test_causal_warmup_examples_are_plain_windows_and_train(tmp_path, tok_path):
+    tok = Tokenizer(tok_path, DEFAULT_SPECIAL_TOKENS)
+    sp = tok.special
+    ex = make_causal_example(CODE, tok, sp, 64, random.Random(0))
+    assert ex.ids[0] == sp.bos and ex.n_context == len(ex.ids) <= 64 and ex.holes == []
+    assert tok.decode(ex.ids[1:]) in CODE
+    x, pos, mask, targets, weights = collate([ex], sp, torch.Generator().manual_seed(0), ar_weight=1.0)
+    assert torch.equal(x[0], torch.tensor(ex.ids))  # nothing masked
+    assert weights.sum().item() == pytest.approx(1.0)  # every next token, averaged
+    (tmp_path / "corpus").mkdir()
+    with open(tmp_path / "corpus" / "train.jsonl", "w") as f:
+        f.write(json.dumps({"text": CODE, "lang": "python", "path": "a", "package": "p"}) + "\n")
+    seen = []
+    import diffusion_core.train.trainer as trainer
+    real = trainer.make_causal_example
+    trainer.make_causal_example = lambda *a: seen.append(1) or real(*a)
+    try:
+        train(TrainConfig(corpus=str(tmp_path / "corpus"), tokenizer=str(tok_path), out=str(tmp_path / "run"),
+                          hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                          intermediate_size=64, seq_len=128, batch_size=2, max_steps=4, causal_frac=0.5,
+                          log_every=100, device="cpu"), log=lambda m: None)
+    finally:
+        trainer.make_causal_example = real
+    assert len(seen) == 4  # two steps of two plain windows, then the infill objective
 
 
 def test_lr_schedules():
