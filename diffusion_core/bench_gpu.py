@@ -214,6 +214,8 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--hbm-gbps", type=float, default=None, help="memory bandwidth for the floor (default: by device name)")
     ap.add_argument("--no-bundled", action="store_true", help="skip the bundled model")
+    ap.add_argument("--static-steps", choices=["auto", "on", "off", "both"], default="both",
+                    help="bundled model: static-shape CUDA-graph steps (auto: on CUDA), eager packed steps, or both rows")
     args = ap.parse_args(argv)
     bad = [s for s in args.strategies if s not in ("threshold", "topk")]
     if bad:
@@ -239,7 +241,11 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if not args.no_bundled and (DEFAULT_MODEL_DIR / "config.json").is_file():
-        rows += bench_engine("bundled", Engine.load(None, device=str(device)), args, bw)
+        modes = {"auto": [None], "on": [True], "off": [False], "both": [True, False]}[args.static_steps]
+        for static in modes:
+            engine = Engine.load(None, device=str(device), static_steps=static)
+            label = "bundled" + {True: "+graphs" if device.type == "cuda" else "+static", False: "", None: ""}[static]
+            rows += bench_engine(label, engine, args, bw)
     elif not args.no_bundled:
         print(f"# bundled model: {DEFAULT_MODEL_DIR} not present, skipped", file=sys.stderr)
     print(json.dumps({"bench": "gpu_latency", "device": name, "device_type": device.type,
