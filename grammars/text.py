@@ -7,9 +7,13 @@ bracket scanner that skips strings and comments. Must not know trees or plans.
 
 from __future__ import annotations
 
+import re
+
 OPENERS = "([{"
 CLOSERS = ")]}"
 PAIRS = dict(zip(CLOSERS, OPENERS))
+# A Rust char literal ('(' or '\n' or '\u{1F600}'); a quote that starts none is a lifetime or label.
+RUST_CHAR = re.compile(r"'(?:\\(?:u\{[0-9a-fA-F]{1,6}\}|x[0-9a-fA-F]{2}|.)|[^\\'\n])'")
 
 
 def is_ident_char(ch: str) -> bool:
@@ -59,14 +63,17 @@ def guess_indent_unit(lines: list[str], default: str) -> str:
 class BracketScan:
     """Bracket depth of code, skipping string literals and comments.
 
-    A deliberately simple lexer (quotes, line and block comments, Rust lifetimes not
-    taken for quotes): it is only asked "where does depth change" on a few lines.
+    A deliberately simple lexer (quotes, line and block comments, Rust char literals
+    skipped but lifetimes not taken for quotes): it is only asked "where does depth
+    change" on a few lines.
     """
 
-    def __init__(self, line_comment: str = "//", single_quote_strings: bool = True) -> None:
+    def __init__(self, line_comment: str = "//", single_quote_strings: bool = True,
+                 char_literals: bool = False) -> None:
         self.line_comment = line_comment
         self.block_comment = line_comment == "//"
         self.single_quote_strings = single_quote_strings
+        self.char_literals = char_literals
 
     def events(self, text: str):
         """Yield (index, char) for each bracket outside strings and comments."""
@@ -81,6 +88,10 @@ class BracketScan:
             if self.block_comment and text.startswith("/*", i):
                 j = text.find("*/", i + 2)
                 i = n if j < 0 else j + 2
+                continue
+            if ch == "'" and self.char_literals:
+                m = RUST_CHAR.match(text, i)
+                i = m.end() if m else i + 1
                 continue
             if ch in quotes:
                 j = i + 1
@@ -125,4 +136,5 @@ def scanner_for(lang) -> BracketScan:
     """A BracketScan for a Lang (None: C-like defaults)."""
     if lang is None:
         return BracketScan()
-    return BracketScan(lang.line_comment, single_quote_strings=lang.name != "rust")
+    rust = lang.name == "rust"
+    return BracketScan(lang.line_comment, single_quote_strings=not rust, char_literals=rust)
