@@ -117,7 +117,7 @@ async def test_fill_holes_three_holes(tmp_path, tiny_init):
 
 async def test_cancel_long_request_and_newest_wins_burst(tmp_path, tiny_init):
     # Long fills: a big budget and one token per step (topk with steps = budget).
-    init = dict(tiny_init, fill={"maxTokens": 128, "strategy": "topk"})
+    init = dict(tiny_init, fill={"maxTokens": 128, "strategy": "topk", "steps": 128})
     async with session(REAL_SERVER, init=init, tmp=tmp_path) as client:
         before = _core_counters(await wait_ready(client))
         open_doc(client, PY_URI, PY)
