@@ -301,12 +301,10 @@ class Engine:
             return
         t0 = time.perf_counter()
         if self.static is not None and len(live) == 1 and live[0].mode == "exact":
-            job = live[0]
-            plans = [job.masked_positions()]
-            flat = torch.tensor([p for hp in plans[0] for p in hp], dtype=torch.long)
-            lo = job.layout.n_context
-            rows = logit_source(flat, self.config.logits_shift) - lo
-            logits = self.static.logits(job.cache, job.x[lo:], lo, rows).float().cpu()
+            # The packed plan of an exact step is exactly the static step's input: the region, its rows.
+            region, pos, _, rows, positions = self._plan_step(live[0])
+            logits = self.static.logits(live[0].cache, region, int(pos[0]), rows).float().cpu()
+            plans = [positions]
         else:
             logits, plans = self._packed_logits(live)
         offset = 0

@@ -51,10 +51,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 MIN_CACHE_SLOTS = 256
 
 
+def pow2_bucket(n: int, minimum: int) -> int:
+    """The smallest power of two >= n, and at least `minimum`."""
+    return max(minimum, 1 << (max(n, 1) - 1).bit_length())
+
+
 def capacity_bucket(n: int) -> int:
     """Cache capacities are powers of two (at least MIN_CACHE_SLOTS): growth stays geometric,
     and a static-shape step sees few distinct cache shapes, so few compiled graphs."""
-    return max(MIN_CACHE_SLOTS, 1 << (max(n, 1) - 1).bit_length())
+    return pow2_bucket(n, MIN_CACHE_SLOTS)
 
 
 class KVCache:

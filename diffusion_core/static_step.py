@@ -14,16 +14,14 @@ import sys
 
 import torch
 
-from .model import KVCache, Transformer
+from .model import KVCache, Transformer, pow2_bucket
 
 MIN_REGION_ROWS = 16
+MAX_COMPILED_BUCKETS = 8  # more distinct shapes than this run eagerly rather than recompile without end
 
 
 def region_bucket(n: int) -> int:
-    return max(MIN_REGION_ROWS, 1 << (max(n, 1) - 1).bit_length())
-
-
-MAX_COMPILED_BUCKETS = 8  # more distinct shapes than this run eagerly rather than recompile without end
+    return pow2_bucket(n, MIN_REGION_ROWS)
 
 
 class StaticSteps:
