@@ -77,7 +77,9 @@ async def test_completion_fallback(tmp_path):
 
 
 async def test_newest_wins_under_a_burst(tmp_path):
-    async with session(fake={"text": "a + b", "steps": 20, "step_s": 0.01}, tmp=tmp_path,
+    # Each fill takes 2 s, far longer than sending the burst even on a loaded machine:
+    # with 0.2 s fills a slow client let early requests finish before later ones arrived.
+    async with session(fake={"text": "a + b", "steps": 200, "step_s": 0.01}, tmp=tmp_path,
                        init={"debounce": {"maxMs": 0}}) as client:
         await wait_ready(client)
         open_doc(client, URI, PY)
