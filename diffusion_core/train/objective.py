@@ -3,8 +3,9 @@
 Owns how a source file becomes a training example (window, holes, budgets, noise) and the
 loss. Holes come from the `grammars` span sampler (statements, blocks, expressions,
 argument lists, conditions) mixed with editor-like spans (rest of the line from a random
-cursor). Each hole is padded with end tokens to a budget drawn around its true length, so
-the model learns to end a hole early.
+cursor). Each hole is padded with end tokens, half the time to a budget drawn around its
+true length and half the time to the budget an editor would ask for it, so the model learns
+to end a hole early even when the hole is many times longer than its text.
 
 Loss (LLaDA, Nie et al. 2025, Eq. 3; MDLM, Sahoo et al. 2024): t ~ U(0, 1), each hole
 token masked with probability t, cross-entropy on the masked tokens weighted by 1/t,
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from ..layout import build_diffill, fit_context
 from ..tokenizer import SpecialIds
 
+from grammars.budgets import BLOCK_BUDGET, BODY_BUDGET, LINE_BUDGET
+
 try:  # grammars is part of the distribution; the fallback keeps training alive on junk input
     from grammars.spans import sample_spans
 except ImportError:  # pragma: no cover
@@ -30,6 +33,12 @@ except ImportError:  # pragma: no cover
 
 MIN_T = 1e-3  # t is drawn from [MIN_T, 1): 1/t stays bounded
 MAX_HOLE_TOKENS = 128
+# Hole sizes an editor asks for: the planner's line, block and body budgets, and the LSP's
+# default cap of 64 tokens on a block. At inference a 3-token rest of line still gets a
+# 32-token hole; a model that only ever saw holes of at most about twice their text reads
+# such a hole's size as evidence of a long fill and fills it to the end.
+EDITOR_BUDGETS = (LINE_BUDGET, 2 * LINE_BUDGET, BLOCK_BUDGET, BODY_BUDGET)
+EDITOR_BUDGET_SHARE = 0.5  # holes padded to an editor budget; the rest to one near their length
 
 
 @dataclass
@@ -69,6 +78,17 @@ def choose_spans(text: str, lang: str, rng: random.Random, max_holes: int) -> li
     return out
 
 
+def hole_budget(n: int, rng: random.Random) -> int:
+    """Mask tokens for a hole of n text tokens: never fewer than n, at most MAX_HOLE_TOKENS
+    (unless n itself is more). Half the time the smallest editor budget that holds it, else
+    a budget drawn between n and about 2n + 8."""
+    if n >= MAX_HOLE_TOKENS:
+        return n
+    if rng.random() < EDITOR_BUDGET_SHARE:
+        return min(MAX_HOLE_TOKENS, next((b for b in EDITOR_BUDGETS if b >= n), MAX_HOLE_TOKENS))
+    return min(MAX_HOLE_TOKENS, n + int(rng.random() * (n + 8)))
+
+
 def make_example(text: str, lang: str, tok, sp: SpecialIds, seq_len: int, rng: random.Random,
                  max_holes: int = 3) -> Example | None:
     """One example from a file, or None when the file gives nothing usable."""
@@ -89,11 +109,7 @@ def make_example(text: str, lang: str, tok, sp: SpecialIds, seq_len: int, rng: r
     enc = tok.encode_batch(segments + holes_text)
     seg_ids, hole_ids = enc[: len(segments)], enc[len(segments):]
     hole_ids = [h[:MAX_HOLE_TOKENS] for h in hole_ids]
-    budgets = []
-    for h in hole_ids:
-        n = len(h)
-        # Budget drawn around the true length: never shorter, up to ~2x + 8 longer.
-        budgets.append(min(MAX_HOLE_TOKENS, n + int(rng.random() * (n + 8))) if n < MAX_HOLE_TOKENS else n)
+    budgets = [hole_budget(len(h), rng) for h in hole_ids]
     region = sum(budgets) + len(budgets)
     room = seq_len - region - 3
     if room < 16:

@@ -11,7 +11,8 @@ from diffusion_core.layout import full_mask
 from diffusion_core.tokenizer import Tokenizer
 from diffusion_core.train import corpus
 from diffusion_core.train.bpe import train_bpe
-from diffusion_core.train.objective import batch_mask, collate, loss_fn, make_causal_example, make_example
+from diffusion_core.train.objective import (EDITOR_BUDGETS, MAX_HOLE_TOKENS, batch_mask, collate, hole_budget, loss_fn,
+                                            make_causal_example, make_example)
 from diffusion_core.train.trainer import TrainConfig, lr_at, train
 
 torch.set_num_threads(1)
@@ -96,6 +97,20 @@ def test_example_layout_puts_targets_in_holes(tok_path):
             n_text = next((i for i, t in enumerate(hole) if t == sp.eos), len(hole))
             assert all(t == sp.eos for t in hole[n_text:])  # padded with end tokens
     assert seen > 20
+
+
+def test_hole_budgets_cover_editor_sizes_and_near_lengths():
+    rng = random.Random(0)
+    for n in (1, 3, 20, 33, 70, 127, 128, 200):
+        got = [hole_budget(n, rng) for _ in range(400)]
+        assert all(b >= n for b in got) and all(b <= max(n, MAX_HOLE_TOKENS) for b in got)
+        if n < MAX_HOLE_TOKENS and 2 * n + 8 < min(b for b in EDITOR_BUDGETS if b >= n):  # regimes apart
+            editor = min(b for b in EDITOR_BUDGETS if b >= n)
+            near = [b for b in got if b <= 2 * n + 8]
+            # Both regimes: the editor's size for such a hole, and sizes near its length.
+            assert 120 < got.count(editor) < 280 and len(near) > 120
+    # A 3-token rest of line is trained with the 32-token hole the line planner asks for.
+    assert EDITOR_BUDGETS[0] == 32 and 32 in {hole_budget(3, rng) for _ in range(50)}
 
 
 def test_collate_masks_only_hole_tokens_and_weights_them(tok_path):
