@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from grammars.budgets import BLOCK_BUDGET, BODY_BUDGET, LINE_BUDGET
+
 from ..layout import build_diffill, fit_context
 from ..tokenizer import SpecialIds
-
-from grammars.budgets import BLOCK_BUDGET, BODY_BUDGET, LINE_BUDGET
 
 try:  # grammars is part of the distribution; the fallback keeps training alive on junk input
     from grammars.spans import sample_spans
