@@ -15,8 +15,8 @@ MAX_BUDGET = 1024  # tokens in one hole; beyond this a request is rejected, not 
 class FillParams:
     strategy: str = "threshold"  # "threshold": Fast-dLLM parallel decoding; "topk": LLaDA low-confidence remasking
     # topk: total steps per hole (0: one per token); threshold: a cap (0: none). Capped by
-    # default: with the bundled model, threshold 0.9 uncapped took 58 forwards per hole for
-    # edit similarity 0.112; a cap of 8 took 7.6 forwards for 0.140 (docs/benchmarks.md).
+    # default: with bundled model v1, threshold 0.9 uncapped took 58 forwards per hole for
+    # edit similarity 0.112; a cap of 8 took 7.6 forwards for 0.138 (docs/benchmarks.md).
     steps: int = 8
     threshold: float = 0.9  # Fast-dLLM tau: commit every masked position with confidence >= tau
     block_size: int = 32  # semi-autoregressive blocks inside a hole
