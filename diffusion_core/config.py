@@ -34,6 +34,9 @@ def read_json(path: Path, required: bool = True) -> dict:
     return d
 
 
+LAYOUTS = ("diffill", "natural", "causal")
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int
@@ -48,7 +51,9 @@ class ModelConfig:
     tie_word_embeddings: bool = True
     attention_bias: bool = False  # q/k/v biases (Qwen2-shaped checkpoints)
     logits_shift: bool = True  # output i predicts token i+1 (Dream style); False: output i predicts token i (LLaDA)
-    layout: str = "diffill"  # "diffill": causal context + bidirectional hole region (exact cache); "natural": bidirectional
+    # "diffill": causal context + bidirectional hole region (exact cache); "natural": bidirectional;
+    # "causal": a pretrained autoregressive FIM coder (Qwen2.5-Coder), holes decoded block-causally
+    layout: str = "diffill"
     model_type: str = "diffill"
     max_context: int = 2048  # context tokens kept around the holes (see engine truncation policy)
     special_tokens: dict = field(default_factory=lambda: dict(DEFAULT_SPECIAL_TOKENS))
@@ -60,8 +65,8 @@ class ModelConfig:
             raise CoreError(f"config.json: hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise CoreError("config.json: num_attention_heads must be a multiple of num_key_value_heads")
-        if self.layout not in ("diffill", "natural"):
-            raise CoreError(f"config.json: layout {self.layout!r} is not 'diffill' or 'natural'")
+        if self.layout not in LAYOUTS:
+            raise CoreError(f"config.json: layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
 
     @property
     def head_dim(self) -> int:
