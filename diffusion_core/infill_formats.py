@@ -27,6 +27,12 @@ from .tokenizer import SpecialIds, Tokenizer
 # (its README starts from 4 masks; more masks at the start cost steps without helping).
 DREAMON_INITIAL_MASKS = 4
 
+# The mask placeholder of the "causal" layout (a pretrained AR FIM coder such as Qwen2.5-Coder):
+# a real token that is never text, so it can sit in a hole's unfilled positions. Under causal
+# attention no earlier position ever attends to it, so its embedding never changes an output;
+# it only has to be an id that can never be committed (it is banned).
+CAUSAL_MASK_TOKEN = "<|vision_pad|>"
+
 
 @dataclass(frozen=True)
 class InfillFormat:
