@@ -28,6 +28,8 @@ __all__ = ["FillPlan", "StopRules", "KINDS", "MODES", "plan", "split_segments", 
 _INDENT_WINDOW = 64
 _PY_BODY_HEADER = re.compile(r"^\s*(async\s+def|def|class)\b")
 _STRING_ESCAPES = {"interpolation", "template_substitution", "format_expression"}
+# Ancestors of the cursor's leaf that in_string_or_comment inspects (see there).
+_ANCESTORS_LOOKED_AT = 6
 
 
 def plan(doc: Document, line: int, character: int, encoding: str = "utf-16",
@@ -156,7 +158,13 @@ def in_string_or_comment(doc: Document, off: int) -> bool:
     root = doc.tree.root_node
     for probe in {max(off - 1, 0), off}:
         node = root.descendant_for_byte_range(probe, probe)
-        while node is not None:
+        # A string or comment is a leaf or sits a few levels above the leaf at the cursor,
+        # so only the nearest ancestors are looked at. Walking to the root made this
+        # quadratic in nesting depth (Node.parent itself descends from the root): 112 s on
+        # 50k nested brackets, with the LSP event loop frozen (issue 17).
+        for _ in range(_ANCESTORS_LOOKED_AT):
+            if node is None:
+                break
             kind = node.type
             inside = node.start_byte < off < node.end_byte
             if kind in _STRING_ESCAPES and inside:
