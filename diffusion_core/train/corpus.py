@@ -119,13 +119,14 @@ def licenses(site: Path) -> dict[str, str]:
     return out
 
 
-def split_of(package: str, text: str) -> str:
+def split_of(package: str, text: str, valid_percent: int = VALID_PERCENT) -> str:
     if stable_hash("pkg:" + package) % HOLDOUT_MOD == 0:
         return "holdout"
-    return "valid" if stable_hash(text) % 100 < VALID_PERCENT else "train"
+    return "valid" if stable_hash(text) % 100 < valid_percent else "train"
 
 
-def build(out: Path, roots: list[tuple[str, Path]], max_files: int = 0, log=print) -> dict:
+def build(out: Path, roots: list[tuple[str, Path]], max_files: int = 0, log=print,
+          valid_percent: int = VALID_PERCENT) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     exact: set[int] = set()
     near = NearDuplicates()
@@ -162,7 +163,7 @@ def build(out: Path, roots: list[tuple[str, Path]], max_files: int = 0, log=prin
                 if near.seen(text):
                     counts["near_dup"] += 1
                     continue
-                split = split_of(pkg, text)
+                split = split_of(pkg, text, valid_percent)
                 files[split].write(json.dumps({"path": str(path), "package": pkg, "lang": lang, "text": text}) + "\n")
                 counts[split] += 1
                 by_split_bytes[split] += len(text)
@@ -193,9 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--root", action="append", default=[], help="extra source roots (kind 'other')")
     ap.add_argument("--max-files", type=int, default=0)
+    ap.add_argument("--valid-percent", type=int, default=VALID_PERCENT,
+                    help="share of files (by content hash) in the validation split (default %(default)s); "
+                         "a larger split gives more evaluation problems (python -m evaluation.exec_problems)")
     args = ap.parse_args(argv)
+    if not 0 <= args.valid_percent <= 50:
+        ap.error(f"--valid-percent: {args.valid_percent} is outside [0, 50]")
     roots = default_roots() + [("other", Path(r)) for r in args.root]
-    build(args.out, roots, args.max_files, log=lambda m: print(m, file=sys.stderr))
+    build(args.out, roots, args.max_files, log=lambda m: print(m, file=sys.stderr), valid_percent=args.valid_percent)
     return 0
 
 
