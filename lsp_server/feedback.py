@@ -1,9 +1,10 @@
-"""Counters, latency percentiles and the local accept/reject log.
+"""Counters, latency percentiles and the local accept/dismiss log.
 
 Owns: what ``diffill/status`` reports about this server (requests, answers,
-cancellations, cache hits, p50/p95 latency) and the JSON-lines log of shown fills that
-were accepted or rejected. The log is a local file only: nothing leaves the machine,
-and it records sizes and timings, never the code itself.
+cancellations, cache hits, fills shown and accepts reported, p50/p95 latency) and the
+JSON-lines log of shown fills that were accepted or dismissed. The log is a local
+file only: nothing leaves the machine, and it records sizes and timings, never the
+code itself.
 
 Must not know: LSP types, the core, grammars.
 """
@@ -14,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # Latencies kept for the percentiles: recent behaviour matters, memory stays flat.
 _LATENCY_WINDOW = 1000
+# Retired items an accept may still name; bounded so a long session stays flat.
+_RECENT_ITEMS = 256
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -36,19 +39,6 @@ def percentile(values: list[float], q: float) -> float | None:
 def default_log_path() -> Path:
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(state) / "diffill" / "feedback.jsonl"
-
-
-@dataclass
-class Shown:
-    """A fill shown to the user, waiting for accept or reject."""
-
-    id: str
-    uri: str
-    language: str
-    chars: int
-    lines: int
-    latency_ms: float
-    shown_at: float
 
 
 class Stats:
@@ -76,50 +66,92 @@ class Stats:
         }
 
 
+@dataclass
+class Shown:
+    """One item of a fill shown to the user, waiting for the client to report an accept."""
+
+    id: str
+    uri: str
+    language: str
+    chars: int
+    lines: int
+    latency_ms: float
+    shown_at: float
+
+
 class FeedbackLog:
-    """Shown fills by id; accept/reject lines appended to a local JSON-lines file."""
+    """Shown items by id; accept and dismiss lines appended to a local JSON-lines file.
+
+    Counters (in ``Stats``): ``shown`` counts fills shown, ``accepted`` the accepts the
+    client reported (the ``diffill.accepted`` command of an item). LSP has no way for a
+    client to report a rejection, so none is counted; a fill replaced by the next one
+    or closed without an accept is logged as ``dismiss`` (inferred, and named so)."""
 
     def __init__(self, path: Path | None, stats: Stats) -> None:
         self.path = path
         self._stats = stats
-        self._pending: dict[str, Shown] = {}  # by uri: the last shown fill
+        self._pending: dict[str, list[Shown]] = {}  # by uri: the items of the last shown fill
+        # Items no longer pending whose accept may still arrive (the client runs an
+        # item's command after it sent the next request): id -> item, oldest first.
+        self._recent: OrderedDict[str, Shown] = OrderedDict()
         self._next = 0
 
-    def shown(self, uri: str, language: str, text: str, latency_ms: float) -> str:
-        """Register a shown fill; rejects the previous one of this document if still open."""
-        self._next += 1
-        sid = f"s{self._next}"
-        prev = self._pending.get(uri)
+    def shown(self, uri: str, language: str, texts: list[str], latency_ms: float, *, continues: bool = False) -> list[str]:
+        """Register a shown fill, one new id per item. The fill shown before for this
+        document is dismissed, unless ``continues`` (the user typed into it and this
+        is its rest, from the cache)."""
+        self._stats.count("shown")
+        prev = self._pending.pop(uri, None)
         if prev is not None:
-            self._write(prev, accepted=False)
-        self._pending[uri] = Shown(sid, uri, language, len(text), text.count("\n") + 1, latency_ms, time.time())
-        return sid
+            self._retire(prev, dismissed=not continues)
+        items = []
+        for text in texts:
+            self._next += 1
+            items.append(Shown(f"s{self._next}", uri, language, len(text), text.count("\n") + 1, latency_ms, time.time()))
+        if items:
+            self._pending[uri] = items
+        return [item.id for item in items]
 
     def accepted(self, sid: str) -> bool:
-        for uri, shown in list(self._pending.items()):
-            if shown.id == sid:
-                del self._pending[uri]
-                self._write(shown, accepted=True)
-                return True
-        return False
-
-    def current(self, uri: str) -> str | None:
-        """Id of the fill still shown for ``uri`` (the user may be typing it)."""
-        shown = self._pending.get(uri)
-        return shown.id if shown else None
+        """The client reported the item ``sid`` accepted; False for an unknown or
+        already accepted id."""
+        for uri, items in list(self._pending.items()):
+            for item in items:
+                if item.id == sid:
+                    del self._pending[uri]
+                    self._retire([i for i in items if i is not item], dismissed=False)
+                    self._accept(item)
+                    return True
+        item = self._recent.pop(sid, None)
+        if item is None:
+            return False
+        self._accept(item)
+        return True
 
     def closed(self, uri: str) -> None:
         prev = self._pending.pop(uri, None)
         if prev is not None:
-            self._write(prev, accepted=False)
+            self._retire(prev, dismissed=True)
 
-    def _write(self, shown: Shown, accepted: bool) -> None:
-        self._stats.count("accepted" if accepted else "rejected")
+    def _accept(self, item: Shown) -> None:
+        self._stats.count("accepted")
+        self._write(item, "accept")
+
+    def _retire(self, items: list[Shown], dismissed: bool) -> None:
+        if dismissed and items:
+            self._write(items[0], "dismiss")
+        for item in items:
+            self._recent[item.id] = item
+        while len(self._recent) > _RECENT_ITEMS:
+            self._recent.popitem(last=False)
+
+    def _write(self, shown: Shown, event: str) -> None:
         if self.path is None:
             return
         record = {
             "time": round(time.time(), 3),
-            "event": "accept" if accepted else "reject",
+            "event": event,
+            "id": shown.id,
             "language": shown.language,
             "chars": shown.chars,
             "lines": shown.lines,

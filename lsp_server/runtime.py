@@ -13,7 +13,7 @@ torch. Handlers live in server.py.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 _ENCODINGS = {"utf-8": "utf-8", "utf-16": "utf-16", "utf-32": "utf-32"}
 _PROGRESS_TOKEN = "diffill/loading"
+# A future the server cancelled and something later tried to resolve.
+_CANCELLED_FUTURE_ERRORS = (asyncio.CancelledError, asyncio.InvalidStateError, concurrent.futures.InvalidStateError)
 
 
 class DiffillProtocol(LanguageServerProtocol):
@@ -65,6 +67,18 @@ class DiffillProtocol(LanguageServerProtocol):
         if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CLOSE)) is not None:
             yield handler, (params,), None
 
+    def _handle_response(self, msg_id: Any, result: Any = None, error: Any = None) -> None:
+        """A client's answer to a request the server stopped waiting for (a timed-out
+        workspace/configuration, a progress create of a start cut short by shutdown)
+        is dropped: pygls would set the result on the cancelled future and report the
+        InvalidStateError to the user as an internal error."""
+        future = self._request_futures.get(msg_id)
+        if future is not None and future.cancelled():
+            self._request_futures.pop(msg_id, None)
+            log.debug("dropped the answer to request %s: no longer awaited", msg_id)
+            return
+        super()._handle_response(msg_id, result, error)
+
 
 @dataclass
 class Answer:
@@ -75,7 +89,7 @@ class Answer:
     outcome: Outcome
     cursor: int
     latency_ms: float
-    accept_id: str
+    accept_ids: list[str]  # one per candidate, for the items' diffill.accepted command
 
 
 class DiffillServer(LanguageServer):
@@ -93,6 +107,7 @@ class DiffillServer(LanguageServer):
         self.filler = Filler(self.link, self.cache)
         self._told: set[str] = set()
         self._core_task: asyncio.Task | None = None
+        self._may_start_core = False  # set by allow_core_start once `initialized` ran
         self._apply_feedback_path()
 
     # -- small helpers -------------------------------------------------------------
@@ -120,6 +135,9 @@ class DiffillServer(LanguageServer):
         from pygls.exceptions import FeatureRequestError
 
         if source is FeatureRequestError:  # a request already answers with the error
+            return
+        if isinstance(error, _CANCELLED_FUTURE_ERRORS):  # internal bookkeeping, nothing the user can act on
+            log.warning("ignored: %s", error)
             return
         self.tell_once(f"server-error:{type(error).__name__}", f"diffill: internal error: {error}", types.MessageType.Error)
 
@@ -167,14 +185,36 @@ class DiffillServer(LanguageServer):
 
     # -- core -------------------------------------------------------------------------
 
+    def allow_core_start(self) -> None:
+        """Called once ``initialized`` has read the configuration: from now on
+        ``ensure_core`` starts the core. A didChangeConfiguration that editors send
+        right after ``initialized`` only updates the settings until then, so the first
+        start sees every setting and happens once."""
+        self._may_start_core = True
+        self.ensure_core()
+
     def ensure_core(self) -> None:
-        """Start the core in the background (or restart it after a settings change)."""
+        """Start the core in the background (or restart it after a settings change).
+
+        Never cancels a start under way: a cancelled start left a progress bar open, a
+        request future the client's late answer then failed on, and waiting requests
+        answered empty. The running start checks the settings again when it ends."""
+        if not self._may_start_core:
+            return
+        if self._core_task is not None and not self._core_task.done():
+            return
         if self.link.state in (LinkState.IDLE, LinkState.FAILED) or self.link.needs_restart(self.settings):
-            if self._core_task is not None and not self._core_task.done():
-                self._core_task.cancel()
-            self._core_task = asyncio.ensure_future(self._start_core())
+            self._core_task = asyncio.ensure_future(self._start_core_until_current())
+
+    async def _start_core_until_current(self) -> None:
+        """One start, then another only if the model/device/address settings changed
+        while it ran (the editor changed them mid-load)."""
+        await self._start_core()
+        while self.link.state is not LinkState.CLOSED and self.link.needs_restart(self.settings):
+            await self._start_core()
 
     async def _start_core(self) -> None:
+        self.stats.count("coreStarts")
         token = None
         caps = self.client_capabilities
         if caps and caps.window and caps.window.work_done_progress:
@@ -272,12 +312,20 @@ class DiffillServer(LanguageServer):
         cursor = doc.offset_at(line, character, encoding=enc) or 0
         if outcome.cached:
             self.stats.count("cacheHits")
-            accept_id = self.feedback.current(uri) or self.feedback.shown(uri, entry.language_id, outcome.candidates[0].text, latency)
-        else:
-            accept_id = self.feedback.shown(uri, entry.language_id, outcome.candidates[0].text, latency)
+        # Every item gets its own id, cached ones too; a cached fill is the rest of the
+        # one the user is typing into, so it does not dismiss that one.
+        accept_ids = self.feedback.shown(uri, entry.language_id, [c.text for c in outcome.candidates], latency,
+                                         continues=outcome.cached)
         log.info("fill uri=%s cached=%s latency_ms=%.1f %s", uri, outcome.cached, latency,
                  " ".join(f"{k}={v:.1f}" for k, v in outcome.timings.items()))
-        return Answer(entry, doc, outcome, cursor, latency, accept_id)
+        return Answer(entry, doc, outcome, cursor, latency, accept_ids)
+
+    def _settings_shown(self) -> dict:
+        """The effective settings as the user writes them, the shared-core token hidden."""
+        shown = settings_mod.to_editor_json(self.settings)
+        if shown["core"]["token"]:
+            shown["core"]["token"] = "<set>"
+        return shown
 
     async def status(self) -> dict:
         core: dict = {"state": self.link.state.value}
@@ -301,5 +349,5 @@ class DiffillServer(LanguageServer):
             "queue": {"inFlight": self.latest.in_flight(), "core": sched.get("waiting"), "active": sched.get("active")},
             **summary,
             "cache": {"hits": self.cache.hits, "misses": self.cache.misses},
-            "settings": dataclasses.asdict(self.settings),
+            "settings": self._settings_shown(),
         }

@@ -40,7 +40,7 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
     @ls.feature(types.INITIALIZED)
     async def initialized(ls: DiffillServer, params: types.InitializedParams) -> None:
         await ls.pull_configuration()
-        ls.ensure_core()
+        ls.allow_core_start()
 
     @ls.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(ls: DiffillServer, params: types.DidChangeConfigurationParams) -> None:
@@ -96,7 +96,7 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
             return types.InlineCompletionList(items=[])
         n = ls.settings.inline.max_items if invoked else 1
         cands = answer.outcome.candidates
-        return results.inline_list(answer.doc, cands, ls.encoding, n, [answer.accept_id] * len(cands))
+        return results.inline_list(answer.doc, cands, ls.encoding, n, answer.accept_ids)
 
     @ls.feature(
         types.TEXT_DOCUMENT_COMPLETION,
@@ -187,7 +187,7 @@ async def _inline_with_selected(
         return types.InlineCompletionList(items=[])
     n = ls.settings.inline.max_items if invoked else 1
     cands = answer.outcome.candidates
-    return results.inline_list(answer.doc, cands, ls.encoding, n, [answer.accept_id] * len(cands), selected=selected)
+    return results.inline_list(answer.doc, cands, ls.encoding, n, answer.accept_ids, selected=selected)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,6 +136,16 @@ def to_snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+def to_editor_json(obj: Any) -> Any:
+    """Settings as the user writes them: camelCase keys, lists for tuples (the inverse
+    of ``parse``; ``diffill/status`` shows this)."""
+    if dataclasses.is_dataclass(obj):
+        return {to_camel(f.name): to_editor_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return list(obj)
+    return obj
+
+
 def parse(data: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
     """Settings from editor JSON over ``base`` (defaults when None).
 

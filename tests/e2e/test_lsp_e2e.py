@@ -153,13 +153,13 @@ async def test_settings_change_reaches_the_core(tmp_path, tiny_init):
     async with session(REAL_SERVER, init=tiny_init, tmp=tmp_path, configuration={"fill": {"maxTokens": 4}}) as client:
         await wait_ready(client)
         st = await status(client)
-        assert st["settings"]["fill"]["max_tokens"] == 4  # workspace/configuration over initializationOptions
+        assert st["settings"]["fill"]["maxTokens"] == 4  # workspace/configuration over initializationOptions
         client.workspace_did_change_configuration(
             types.DidChangeConfigurationParams(settings={"diffill": {"fill": {"maxTokens": 2, "bogus": 1}}})
         )
         await asyncio.sleep(0.2)
         st = await status(client)
-        assert st["settings"]["fill"]["max_tokens"] == 2
+        assert st["settings"]["fill"]["maxTokens"] == 2
         assert sum("fill.bogus" in m.message for m in client.messages) == 1
         open_doc(client, PY_URI, PY)
         res = await inline(client, PY_URI, 8, 4, invoked=True)

@@ -195,7 +195,7 @@ async def test_bad_settings_one_message_and_defaults(tmp_path):
         bad = [m for m in client.messages if "bad setting" in m.message]
         assert len(bad) == 1 and "fill.maxTokens" in bad[0].message and "bogus" in bad[0].message
         st = await status(client)
-        assert st["settings"]["fill"]["max_tokens"] == 64 and st["settings"]["debounce"]["max_ms"] == 0
+        assert st["settings"]["fill"]["maxTokens"] == 64 and st["settings"]["debounce"]["maxMs"] == 0
         client.workspace_did_change_configuration(
             types.DidChangeConfigurationParams(settings={"diffill": {"fill": {"maxTokens": 5}}})
         )
@@ -203,7 +203,7 @@ async def test_bad_settings_one_message_and_defaults(tmp_path):
         open_doc(client, "file:///tmp/diffill_test/b.py", "def f():\n    \n")
         await inline(client, "file:///tmp/diffill_test/b.py", 1, 4)
         st = await status(client)
-        assert st["settings"]["fill"]["max_tokens"] == 5
+        assert st["settings"]["fill"]["maxTokens"] == 5
 
 
 async def test_accept_is_logged_locally(tmp_path):
