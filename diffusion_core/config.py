@@ -36,6 +36,51 @@ def read_json(path: Path, required: bool = True) -> dict:
 
 LAYOUTS = ("diffill", "natural", "causal")
 
+# Inclusive ranges of the numeric fields. A config.json comes from the internet: a zero
+# divides, a negative epsilon turns every norm into NaN, and an absurd size asks torch
+# for terabytes, so every value is checked here, one line naming the key (issue 17).
+_INT_RANGES = {
+    "vocab_size": (1, 1 << 22),
+    "hidden_size": (1, 1 << 16),
+    "num_hidden_layers": (1, 1024),
+    "num_attention_heads": (1, 1024),
+    "intermediate_size": (1, 1 << 18),
+    "num_key_value_heads": (0, 1024),
+    "max_position_embeddings": (1, 1 << 24),
+    "max_context": (1, 1 << 20),
+}
+_FLOAT_RANGES = {  # exclusive of 0: both divide or scale
+    "rope_theta": (0.0, 1e12),
+    "rms_norm_eps": (0.0, 1.0),
+}
+_BOOLS = ("tie_word_embeddings", "attention_bias", "logits_shift")
+_STRINGS = ("layout", "model_type")
+
+
+def _check_fields(cfg: "ModelConfig") -> None:
+    """Type and range of every field; CoreError "config.json: key: ..." at the first bad one."""
+    for key, (lo, hi) in _INT_RANGES.items():
+        v = getattr(cfg, key)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise CoreError(f"config.json: {key}: expected an integer, got {type(v).__name__} {v!r}")
+        if not lo <= v <= hi:
+            raise CoreError(f"config.json: {key}: {v} is outside [{lo}, {hi}]")
+    for key, (lo, hi) in _FLOAT_RANGES.items():
+        v = getattr(cfg, key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise CoreError(f"config.json: {key}: expected a number, got {type(v).__name__} {v!r}")
+        if not (lo < v <= hi):  # also false for NaN
+            raise CoreError(f"config.json: {key}: {v} is outside ({lo}, {hi}]")
+    for key in _BOOLS:
+        if not isinstance(getattr(cfg, key), bool):
+            raise CoreError(f"config.json: {key}: expected true or false, got {getattr(cfg, key)!r}")
+    for key in _STRINGS:
+        if not isinstance(getattr(cfg, key), str):
+            raise CoreError(f"config.json: {key}: expected a string, got {getattr(cfg, key)!r}")
+    sp = cfg.special_tokens
+    if not isinstance(sp, dict) or not all(isinstance(k, str) and isinstance(v, (str, type(None))) for k, v in sp.items()):
+        raise CoreError("config.json: special_tokens: expected an object of name -> token string")
+
 
 @dataclass
 class ModelConfig:
@@ -59,6 +104,7 @@ class ModelConfig:
     special_tokens: dict = field(default_factory=lambda: dict(DEFAULT_SPECIAL_TOKENS))
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         if not self.num_key_value_heads:
             self.num_key_value_heads = self.num_attention_heads
         if self.hidden_size % self.num_attention_heads:
@@ -84,6 +130,8 @@ class ModelConfig:
             return cls(**kwargs)
         except TypeError as e:
             raise CoreError(f"{source}: {e}") from None
+        except CoreError as e:  # __post_init__ names "config.json"; say which file
+            raise CoreError(f"{source}: {str(e).removeprefix('config.json: ')}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":

@@ -5,15 +5,24 @@ from dataclasses import asdict, dataclass, fields
 
 from .errors import CoreError
 
-STRATEGIES = ("threshold", "topk")
+# "ar" and "lossless" are for the causal layout (a pretrained AR coder, see `causal`):
+# "ar" commits the model's greedy next token once per forward (AR-exact); "lossless"
+# verifies drafts (context n-grams, the previous forward's own predictions) against it
+# in the same forward and keeps the longest agreeing prefix: the same tokens, fewer forwards.
+STRATEGIES = ("threshold", "topk", "ar", "lossless")
+CAUSAL_ONLY = ("ar", "lossless")
 CONFIDENCES = ("prob", "margin", "entropy")
 CACHE_MODES = ("auto", "exact", "dual", "none")
 MAX_BUDGET = 1024  # tokens in one hole; beyond this a request is rejected, not truncated
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 100.0  # besides 0 (greedy)
+MIN_TOP_P = 1e-6
 
 
 @dataclass(frozen=True)
 class FillParams:
-    strategy: str = "threshold"  # "threshold": Fast-dLLM parallel decoding; "topk": LLaDA low-confidence remasking
+    # "threshold": Fast-dLLM parallel decoding; "topk": LLaDA low-confidence remasking;
+    # "ar", "lossless": the causal layout's AR-exact modes (see STRATEGIES)
+    strategy: str = "threshold"
     # topk: total steps per hole (0: one per token); threshold: a cap (0: none). Capped by
     # default: with bundled model v1, threshold 0.9 uncapped took 58 forwards per hole for
     # edit similarity 0.112; a cap of 8 took 7.6 forwards for 0.138 (docs/benchmarks.md).
@@ -39,10 +48,14 @@ class FillParams:
             raise CoreError(f"params.block_size: {self.block_size} must be at least 1")
         if self.steps < 0:
             raise CoreError(f"params.steps: {self.steps} must not be negative")
-        if self.temperature < 0:
-            raise CoreError(f"params.temperature: {self.temperature} must not be negative")
-        if not 0.0 < self.top_p <= 1.0:
-            raise CoreError(f"params.top_p: {self.top_p} is outside (0, 1]")
+        # Finite, float32-sane ranges: temperature 1e-320 or inf turns logits into inf/NaN and
+        # top_p 1e-300 rounds to 0 in float32 and drops every token (issue 17).
+        if not (self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
+            raise CoreError(f"params.temperature: {self.temperature} is neither 0 nor in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]")
+        if not MIN_TOP_P <= self.top_p <= 1.0:
+            raise CoreError(f"params.top_p: {self.top_p} is outside [{MIN_TOP_P}, 1]")
+        if not 0 <= self.seed < 2**63:
+            raise CoreError(f"params.seed: {self.seed} is outside [0, 2^63)")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "FillParams":

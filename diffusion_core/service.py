@@ -389,7 +389,11 @@ def _clear_stale_socket(path: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="diffill core", description="Run the shared denoising core.")
+    p = argparse.ArgumentParser(
+        prog="diffill core", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the shared denoising core: one loaded model that several editors' servers use.",
+        epilog="example:\n  diffill core --socket /tmp/diffill.sock --model ~/models/coder\n"
+               "  (then set the editor's diffill.core.address to unix:/tmp/diffill.sock)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--socket", metavar="PATH", help="Unix socket path (default: under $XDG_RUNTIME_DIR)")
     where.add_argument("--listen", metavar="HOST:PORT", help="TCP address (needs a token)")
@@ -495,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
         backend = EngineBackend(Engine.load(model_dir=args.model, device=args.device))
     except ValueError as exc:  # CoreError: one line naming the file or value at fault
         print(f"diffill core: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a model folder from the internet can break a loader in any way
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"diffill core: cannot load the model {args.model or '(bundled)'}: {type(exc).__name__}: {first}",
+              file=sys.stderr)
         return 1
     try:
         asyncio.run(serve(backend, address, config, token_out=generate, exit_with_parent=args.exit_with_parent))
