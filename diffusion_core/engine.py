@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from .errors import CoreError, FillCancelled
-from . import infill_formats
+from . import infill_formats, textcut
 from .layout import Layout, attention_mask, build_diffill, fit_context, full_mask, logit_source
 from .loader import LoadedModel, load_model
 from .model import KVCache, Segment
@@ -191,7 +191,7 @@ class Engine:
         budgets = self._check(segments, holes)
         stats = FillStats()
         t0 = time.perf_counter()
-        seg_ids = self.tokenizer.encode_batch(segments)
+        seg_ids = self.tokenizer.encode_batch(textcut.cut_segments(segments, self.config.max_context))
         # Room for the hole region and the layout's marker tokens inside the model's window.
         room = min(self.config.max_context, self.config.max_position_embeddings - sum(budgets) - 2 * len(budgets) - 4)
         if room < 0:
