@@ -1,5 +1,7 @@
 """Model folders: config.json + tokenizer.json + safetensors weights (sharded with an index past 15 MiB).
 
+A .gguf file is accepted too: `model_cache` converts it once into a cached folder.
+
 Owns reading and writing model folders. Builds the network on the meta device and loads
 memory-mapped tensors with assign, so a model is never materialised twice. Never executes
 code from a model folder (no trust_remote_code, no pickle) and never downloads.
@@ -24,6 +26,7 @@ SHARD_BYTES = 15 * 1024 * 1024  # one safetensors file at most; larger models ge
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+GGUF_SUFFIX = ".gguf"
 
 
 @dataclass
@@ -110,19 +113,38 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load_model(folder: str | Path | None = None, device: str = "auto", dtype: torch.dtype | None = None,
-               convert: Callable[[Path], tuple[ModelConfig, dict, dict]] | None = None) -> LoadedModel:
-    """Load a model folder (None: the bundled default model).
+def written_by_diffill(folder: Path) -> bool:
+    """A config.json that diffill wrote (ModelConfig.to_dict) has a "layout" key; HF configs never do.
 
+    Such a folder is our own format even when its model_type names a foreign family (a GGUF
+    converted into the cache keeps model_type "qwen2" or "llama" for the infill format).
+    """
+    try:
+        return "layout" in json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError):
+        return False  # ModelConfig.load reports what is wrong with it
+
+
+def load_model(folder: str | Path | None = None, device: str = "auto", dtype: torch.dtype | None = None,
+               convert: Callable[[Path], tuple[ModelConfig, dict, dict]] | None = None,
+               progress: Callable[[int, int, str], None] | None = None) -> LoadedModel:
+    """Load a model folder or a .gguf file (None: the bundled default model).
+
+    A .gguf file is converted once into the user cache (`model_cache`) and then loads from
+    there as a folder; progress(done, total, what) reports the hashing and conversion.
     convert: for foreign checkpoint layouts, a function folder -> (config, special token
     names, renamed tensors); our own folders need none.
     """
     folder = Path(folder) if folder else DEFAULT_MODEL_DIR
+    if folder.suffix.lower() == GGUF_SUFFIX and not folder.is_dir():
+        from .model_cache import gguf_folder  # imports gguf_model, which needs none of this module
+
+        folder = gguf_folder(folder, progress)
     if not folder.is_dir():
         raise CoreError(f"{folder}: model folder not found")
     dev = resolve_device(device)
     dtype = dtype or default_dtype(dev)
-    if convert is None:
+    if convert is None and not written_by_diffill(folder):
         from .checkpoints import converter_for  # imports this module: resolved at call time
         convert = converter_for(folder)  # None for our own format
     if convert is not None:

@@ -1,0 +1,229 @@
+"""The user cache: GGUF files converted once into model folders, and file hashes already checked.
+
+Owns `$XDG_CACHE_HOME/diffill` (default ~/.cache/diffill):
+  hashes.json       sha256 of files hashed before, keyed by each part's (path, size, mtime_ns)
+  models/<sha256>/  one GGUF file converted: config.json, tokenizer.json, bf16 safetensors
+                    (sharded, with an index) and provenance.json; a plain model folder that
+                    `loader` memory-maps like any other.
+A folder appears in models/ only complete: it is written under a temporary name and renamed.
+
+Must not know where GGUF files come from (`base_model`) or what is inside one (`gguf_model`
+reads it); never downloads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .errors import CoreError
+from .gguf_model import Progress, read_gguf
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR_NAME = "diffill"
+HASHES_NAME = "hashes.json"
+MODELS_DIR_NAME = "models"
+PROVENANCE_NAME = "provenance.json"
+CACHE_DTYPE = torch.bfloat16  # half the bytes of fp32; the loader casts to the run dtype
+# Tensors are dequantized and written one shard at a time, so a conversion holds at most one
+# shard (plus the tensor being dequantized) in memory, not the whole model.
+CACHE_SHARD_BYTES = 256 * 1024 * 1024
+HASH_CHUNK = 16 * 1024 * 1024
+INDEX_NAME = "model.safetensors.index.json"  # the loader's sharded-folder index (loader.INDEX_NAME)
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / CACHE_DIR_NAME
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# -- hashes ----------------------------------------------------------------------------------
+
+def _stat_key(parts: list[Path]) -> str:
+    """Identity of the parts as the file system sees them: (resolved path, size, mtime_ns) each.
+
+    Hashing the 491 MB base costs seconds of CPU at every start; a changed file (pip
+    reinstalling it, an edit, a truncation) changes its size or mtime, so a matching key
+    means the bytes hashed before. This guards against accidents, not against someone who
+    rewrites a file and then resets its mtime: they could edit the cache just as well.
+    """
+    rows = []
+    for p in parts:
+        st = p.stat()
+        rows.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+    return json.dumps(rows)
+
+
+def _read_hashes() -> dict:
+    path = cache_root() / HASHES_NAME
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        return d if isinstance(d, dict) else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}  # no cache yet, or a damaged one: hash again and rewrite it
+
+
+def sha256_of(parts: list[Path], progress: Progress | None = None, use_cache: bool = True) -> str:
+    """The sha256 of the parts joined in order (cached by `_stat_key`)."""
+    parts = [Path(p) for p in parts]
+    key = _stat_key(parts)
+    if use_cache:
+        known = _read_hashes().get(key)
+        if isinstance(known, str):
+            return known
+    h = hashlib.sha256()
+    total = sum(p.stat().st_size for p in parts)
+    done = 0
+    for p in parts:
+        with open(p, "rb") as f:
+            while chunk := f.read(HASH_CHUNK):
+                h.update(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total, "checking sha256")
+    digest = h.hexdigest()
+    remember_hash(parts, digest, key)
+    return digest
+
+
+def remember_hash(parts: list[Path], digest: str, key: str | None = None) -> None:
+    hashes = _read_hashes()
+    hashes[key or _stat_key(parts)] = digest
+    try:
+        _write_atomic(cache_root() / HASHES_NAME, json.dumps(hashes, indent=1) + "\n")
+    except OSError as e:  # a read-only cache only costs the next start a re-hash
+        log.warning("%s: cannot record the hash (%s)", cache_root() / HASHES_NAME, e.strerror)
+
+
+def forget_hash(parts: list[Path]) -> None:
+    """Drop the cached hash of these parts (after they turned out not to match)."""
+    hashes = _read_hashes()
+    if hashes.pop(_stat_key(parts), None) is not None:
+        try:
+            _write_atomic(cache_root() / HASHES_NAME, json.dumps(hashes, indent=1) + "\n")
+        except OSError:
+            pass
+
+
+# -- converted models ----------------------------------------------------------------------------
+
+def model_dir(digest: str) -> Path:
+    return cache_root() / MODELS_DIR_NAME / digest
+
+
+def _shard_plan(shapes: dict[str, tuple[int, ...]], order: list[str]) -> list[list[str]]:
+    item = torch.finfo(CACHE_DTYPE).bits // 8
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name in order:
+        n = item
+        for d in shapes[name]:
+            n *= d
+        if shards[-1] and size + n > CACHE_SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += n
+    return shards
+
+
+def _write_converted(parts: list[Path], folder: Path, provenance: dict, progress: Progress | None) -> None:
+    """Convert the GGUF into `folder` (a fresh temporary directory)."""
+    from .gguf_model import our_name
+
+    model = read_gguf(parts)
+    cfg, tensors = model.config, model.tensors
+    src = str(parts[0])
+    order = [our_name(t.name, cfg.num_hidden_layers, src) for t in tensors.reader.tensors]
+    plan = _shard_plan(tensors.shapes, order)
+    file_of = {name: f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i, shard in enumerate(plan) for name in shard}
+    pending: dict[str, torch.Tensor] = {}
+    done = 0
+    stream = tensors.dequantized(cfg, CACHE_DTYPE)
+    for i, shard in enumerate(plan):
+        for _ in shard:
+            name, w, nbytes = next(stream)
+            assert file_of[name] == file_of[shard[0]], "the reader yields tensors in file order"
+            pending[name] = w
+            done += nbytes
+            if progress:
+                progress(done, tensors.total_bytes, f"converting {name}")
+        save_file(pending, str(folder / file_of[shard[0]]), metadata={"format": "pt"})
+        pending.clear()
+    item = torch.finfo(CACHE_DTYPE).bits // 8
+    total = sum(item * int(torch.Size(s).numel()) for s in tensors.shapes.values())
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(file_of.items()))}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+    model.tokenizer.save(str(folder / "tokenizer.json"))
+    record = {**provenance, "gguf_metadata": model.metadata, "cache_dtype": str(CACHE_DTYPE).removeprefix("torch.")}
+    (folder / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def converted(parts: list[Path], digest: str, provenance: dict | None = None,
+              progress: Progress | None = None) -> Path:
+    """The cached model folder of the GGUF whose joined parts hash to `digest`; converted on first use.
+
+    The caller has checked `digest` (the cache is keyed by it). Written under a temporary
+    name and renamed, so an interrupted conversion never leaves a folder that looks done;
+    when two processes convert at once, the first rename wins and the other's copy is dropped.
+    """
+    target = model_dir(digest)
+    if (target / "config.json").is_file():
+        return target
+    root = target.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}.", dir=root))
+    except OSError as e:
+        raise CoreError(f"{root}: cannot create the model cache ({e.strerror}); set XDG_CACHE_HOME to a writable "
+                        "directory") from None
+    try:
+        record = {"gguf_sha256": digest, "gguf_files": [str(p) for p in parts], **(provenance or {})}
+        log.info("converting %s into %s (once)", parts[0], target)
+        try:
+            _write_converted([Path(p) for p in parts], tmp, record, progress)
+        except OSError as e:
+            raise CoreError(f"{tmp}: cannot write the converted model ({e.strerror})") from None
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise CoreError(f"{target}: cannot move the converted model into place") from None
+            # another process finished the same conversion first: keep its copy
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def read_provenance(folder: Path) -> dict:
+    try:
+        d = json.loads((Path(folder) / PROVENANCE_NAME).read_text(encoding="utf-8"))
+        return d if isinstance(d, dict) else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+
+
+def gguf_folder(path: str | Path, progress: Progress | None = None) -> Path:
+    """A user's .gguf file -> its cached model folder (hashed, converted on first use)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CoreError(f"{path}: GGUF file not found")
+    digest = sha256_of([path], progress)
+    return converted([path], digest, {"source": str(path)}, progress)
