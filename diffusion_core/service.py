@@ -49,7 +49,18 @@ class ServiceConfig:
     # Replies buffered for one connection beyond what the socket takes. A client that
     # stops reading hits this and is disconnected; it never holds up anyone else.
     write_queue: int = 256
-    hello_timeout: float = 10.0  # seconds a new connection has to authenticate
+    # Seconds from accept to a successful hello, in all: the deadline does not restart
+    # with each frame, so a stranger cannot hold a socket open by trickling frames.
+    hello_timeout: float = 10.0
+    # Connections that have not said hello yet. Past this the OLDEST is dropped: strangers
+    # cannot run the core out of file descriptors, and a client that says hello at once
+    # still gets in while a flood of idle connections is open (issue 17).
+    max_unauthenticated: int = 64
+    # Wrong tokens: a bucket of auth_fail_burst guesses refilled at auth_fail_rate per
+    # second. When it is empty a hello is refused without its token being compared, so
+    # guesses cannot be tested faster than that.
+    auth_fail_burst: int = 20
+    auth_fail_rate: float = 5.0
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -134,6 +145,8 @@ class Connection:
     # ------------------------------------------------------------ reading
 
     async def read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.server.config.hello_timeout
         try:
             while not self.closing:
                 try:
@@ -141,7 +154,7 @@ class Connection:
                         message = await protocol.read_message(self.reader, self.server.config.max_frame_bytes)
                     else:
                         message = await asyncio.wait_for(
-                            protocol.read_message(self.reader, protocol.MAX_HELLO_BYTES), self.server.config.hello_timeout)
+                            protocol.read_message(self.reader, protocol.MAX_HELLO_BYTES), max(deadline - loop.time(), 0))
                 except asyncio.TimeoutError:
                     log.warning("client %d sent no hello within %.0f s; closing", self.cid, self.server.config.hello_timeout)
                     self.send(protocol.error(None, protocol.E_HANDSHAKE, "no hello in time"))
@@ -163,6 +176,8 @@ class Connection:
         except protocol.ProtocolError as exc:
             msg_id = message.get("id")
             self.send(protocol.error(msg_id if isinstance(msg_id, (int, str)) else None, exc.code, str(exc)))
+            if not self.authed:  # a stranger gets one answer, not a conversation
+                self.close_after_flush()
             return
         if not self.authed and req.method != protocol.HELLO:
             self.send(protocol.error(req.id, protocol.E_HANDSHAKE, "send hello first"))
@@ -188,14 +203,20 @@ class Connection:
             return
         expected = self.server.config.token
         token = req.params.get("token")
+        if expected is not None and not self.server.auth_limiter.allow():
+            self.send(protocol.error(req.id, protocol.E_UNAUTHORIZED, "too many failed handshakes; retry in a second"))
+            self.close_after_flush()
+            return
         if expected is not None and not (
             isinstance(token, str) and hmac.compare_digest(token.encode(), expected.encode())
         ):
             log.warning("client %d: wrong or missing token", self.cid)
+            self.server.auth_limiter.spend()
             self.send(protocol.error(req.id, protocol.E_UNAUTHORIZED, "wrong or missing token"))
             self.close_after_flush()
             return
         self.authed = True
+        self.server.unauthenticated.pop(self.cid, None)
         self.send(protocol.reply(req.id, {
             "version": protocol.PROTOCOL_VERSION,
             "server": SERVER_NAME,
@@ -271,6 +292,9 @@ class CoreServer:
         self.info = backend.info()
         self.scheduler = Scheduler(backend, self.config.scheduler)
         self.connections: dict[int, Connection] = {}
+        # Not yet authenticated, oldest first (see ServiceConfig.max_unauthenticated).
+        self.unauthenticated: collections.OrderedDict[int, Connection] = collections.OrderedDict()
+        self.auth_limiter = AuthLimiter(self.config.auth_fail_burst, self.config.auth_fail_rate)
         self.latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.address: protocol.Address | None = None
         self.started = time.monotonic()
@@ -301,6 +325,12 @@ class CoreServer:
         self._next_cid += 1
         conn = Connection(self, reader, writer, self._next_cid)
         self.connections[conn.cid] = conn
+        self.unauthenticated[conn.cid] = conn
+        if len(self.unauthenticated) > self.config.max_unauthenticated:
+            _, oldest = self.unauthenticated.popitem(last=False)
+            log.debug("client %d: dropped, %d connections are waiting to say hello", oldest.cid,
+                      self.config.max_unauthenticated)
+            oldest.abort()
         writer_task = asyncio.create_task(conn.write_loop())
         self._tasks.add(writer_task)
         try:
@@ -308,6 +338,7 @@ class CoreServer:
         finally:
             conn.drop()
             self.connections.pop(conn.cid, None)
+            self.unauthenticated.pop(conn.cid, None)
             if not writer_task.done():
                 conn.queue.put_nowait(None)
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
@@ -362,6 +393,29 @@ class CoreServer:
         if self.address is not None and self.address.kind == "unix":
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.address.path)
+
+
+class AuthLimiter:
+    """A token bucket of failed handshakes: `allow()` before comparing a token, `spend()`
+    after a wrong one. Global, not per peer: on loopback every peer looks the same."""
+
+    def __init__(self, burst: int, rate: float, clock=time.monotonic):
+        self.burst, self.rate, self.clock = burst, rate, clock
+        self.level = float(burst)
+        self.stamp = clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.level = min(float(self.burst), self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def allow(self) -> bool:
+        self._refill()
+        return self.level >= 1.0
+
+    def spend(self) -> None:
+        self._refill()
+        self.level = max(self.level - 1.0, 0.0)
 
 
 def _clear_stale_socket(path: str) -> None:
@@ -426,6 +480,10 @@ def resolve_listen(args: argparse.Namespace) -> tuple[protocol.Address, str | No
             raise ValueError(f"--token-file {args.token_file}: {exc.strerror}") from None
         if not token:
             raise ValueError(f"--token-file {args.token_file}: the file is empty")
+        mode = stat.S_IMODE(os.stat(args.token_file).st_mode)
+        if mode & 0o077:
+            raise ValueError(f"--token-file {args.token_file}: mode {mode:04o} lets other users read the token; "
+                             "chmod 600 it")
     elif os.environ.get(protocol.TOKEN_ENV):
         token = os.environ[protocol.TOKEN_ENV].strip()
     if args.listen:
@@ -437,7 +495,23 @@ def resolve_listen(args: argparse.Namespace) -> tuple[protocol.Address, str | No
         if generate:
             token = secrets.token_urlsafe(32)
         return protocol.Address("tcp", host=host, port=port), token, generate
+    if args.socket:
+        check_socket_dir(args.socket)
     return protocol.Address("unix", path=args.socket or protocol.default_socket_path()), token, False
+
+
+def check_socket_dir(path: str) -> None:
+    """A --socket folder must be ours and not writable by others: whoever can write
+    there can replace the socket with their own and read every request (ValueError)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.stat(folder)
+    except FileNotFoundError:
+        return  # created 0700 when the core binds
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.getuid() or mode & 0o022:
+        raise ValueError(f"--socket {path}: folder {folder} (mode {mode:04o}) is writable by other users or not "
+                         "ours; use a private folder (mode 0700)")
 
 
 def write_token(address: protocol.Address, token: str) -> str:
@@ -474,6 +548,11 @@ async def serve(backend: Any, address: protocol.Address, config: ServiceConfig, 
     await server.wait_closed()
     if watcher is not None:
         watcher.cancel()
+    if exit_with_parent and bound.kind == "unix":
+        # A private core's folder (core_client makes one per core) goes with it, also when
+        # the server died without shutting it down; rmdir removes only an empty folder.
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(bound.path))
     log.info("diffill core stopped")
 
 

@@ -23,8 +23,11 @@ import inspect
 import logging
 import os
 import shutil
+import socket
+import stat
 import sys
 import tempfile
+import time
 from typing import Any, Callable
 
 from diffusion_core import protocol
@@ -36,6 +39,12 @@ CLIENT_NAME = "diffill-lsp"
 # Events passed to on_event(kind, message): once per death, once per recovery.
 EVENT_DIED = "died"
 EVENT_RESTARTED = "restarted"
+
+# Private cores live in <runtime dir>/core-XXXX/core.sock. A folder older than this whose
+# socket is dead is a leftover of a server killed with its core, and is swept.
+PRIVATE_DIR_PREFIX = "core-"
+PRIVATE_SOCKET = "core.sock"
+STALE_DIR_AGE_S = 600.0
 
 
 class CoreUnavailable(Exception):
@@ -55,6 +64,9 @@ class CoreState(enum.Enum):
     IDLE = "idle"  # not started
     STARTING = "starting"
     READY = "ready"
+    # Connected, but a fill or status passed its deadline (a stopped or wedged core); the
+    # next answer in time makes it READY again.
+    UNRESPONSIVE = "unresponsive"
     RESTARTING = "restarting"  # lost; a private core is being restarted / an external one reconnected on demand
     CLOSED = "closed"
 
@@ -150,6 +162,8 @@ class CoreClient:
         start_timeout: float = 120.0,
         connect_timeout: float = 5.0,
         backoff: tuple[float, float] = (0.5, 10.0),
+        fill_timeout: float = 60.0,
+        status_timeout: float = 5.0,
     ):
         self.address = protocol.parse_address(address) if address else None
         self.model_dir = model_dir
@@ -160,6 +174,8 @@ class CoreClient:
         self.start_timeout = start_timeout
         self.connect_timeout = connect_timeout
         self.backoff = backoff
+        self.fill_timeout = fill_timeout
+        self.status_timeout = status_timeout
         self.state = CoreState.IDLE
         self.server_info: dict = {}
         self.restarts = 0
@@ -186,7 +202,7 @@ class CoreClient:
 
     async def start(self) -> None:
         """Connect (starting a private core first if no address) and shake hands."""
-        if self.state is CoreState.READY:
+        if self.state in (CoreState.READY, CoreState.UNRESPONSIVE):
             return
         if self.state is CoreState.CLOSED:
             raise CoreUnavailable("the core client is closed")
@@ -224,11 +240,26 @@ class CoreClient:
         if request_id is not None:
             body["request_id"] = request_id
         conn = await self._ready_connection()
-        return await conn.call(protocol.FILL, body)
+        return await self._call_by(conn, protocol.FILL, body, self.fill_timeout)
 
     async def status(self) -> dict:
         conn = await self._ready_connection()
-        return await conn.call(protocol.STATUS, {})
+        return await self._call_by(conn, protocol.STATUS, {}, self.status_timeout)
+
+    async def _call_by(self, conn: _Connection, method: str, params: dict, timeout: float) -> dict:
+        """A call with a deadline: past it the request is cancelled in the core, the caller
+        gets CoreUnavailable (an empty answer) and the core is reported UNRESPONSIVE."""
+        try:
+            result = await asyncio.wait_for(conn.call(method, params), timeout)
+        except asyncio.TimeoutError:
+            if self.state is CoreState.READY and self._conn is conn:
+                self.state = CoreState.UNRESPONSIVE
+                log.warning("the core did not answer %s within %.0f s; reporting it unresponsive", method, timeout)
+            raise CoreUnavailable(f"the core did not answer {method} within {timeout:.0f} s "
+                                  "(stopped or overloaded)") from None
+        if self.state is CoreState.UNRESPONSIVE and self._conn is conn:
+            self.state = CoreState.READY
+        return result
 
     async def close(self) -> None:
         """Stop using the core; a private core is shut down and its directory removed."""
@@ -375,8 +406,10 @@ class CoreClient:
 
     def _socket_path(self) -> str:
         if self._private_dir is None:
-            self._private_dir = tempfile.mkdtemp(prefix="core-", dir=protocol.runtime_dir())  # mode 0700
-        return os.path.join(self._private_dir, "core.sock")
+            runtime = protocol.runtime_dir()
+            sweep_stale_private_dirs(runtime)
+            self._private_dir = tempfile.mkdtemp(prefix=PRIVATE_DIR_PREFIX, dir=runtime)  # mode 0700
+        return os.path.join(self._private_dir, PRIVATE_SOCKET)
 
     async def _spawn(self) -> None:
         cmd = [sys.executable, "-m", "diffusion_core.service", "--socket", self._socket_path(), "--device", self.device,
@@ -446,6 +479,50 @@ class CoreClient:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def sweep_stale_private_dirs(runtime: str, min_age: float = STALE_DIR_AGE_S) -> list[str]:
+    """Remove private core folders left by servers that died with their core (kill -9 of
+    both): older than min_age, holding nothing but a socket nobody listens on. A folder
+    whose core still runs, or one just made by a server that is starting, is kept."""
+    removed = []
+    now = time.time()
+    try:
+        names = os.listdir(runtime)
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(runtime, name)
+        try:
+            st = os.lstat(path)
+            if (not name.startswith(PRIVATE_DIR_PREFIX) or not stat.S_ISDIR(st.st_mode)
+                    or st.st_uid != os.getuid() or now - st.st_mtime < min_age):
+                continue
+            entries = os.listdir(path)
+            if set(entries) - {PRIVATE_SOCKET}:
+                continue
+            sock = os.path.join(path, PRIVATE_SOCKET)
+            if entries and _listening(sock):
+                continue
+            if entries:
+                os.unlink(sock)
+            os.rmdir(path)
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
+def _listening(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 def _package_root() -> str | None:

@@ -364,6 +364,7 @@ def test_loopback_tcp_without_token_generates_one(tmp_path, monkeypatch):
     assert resolve_listen(build_parser().parse_args(["--listen", "0.0.0.0:1"]))[1:] == ("from-env", False)
     token_file = tmp_path / "tok"
     token_file.write_text("from-file\n")
+    token_file.chmod(0o600)  # a token other users can read is refused (tests/hostile)
     args = build_parser().parse_args(["--socket", str(tmp_path / "s.sock"), "--token-file", str(token_file)])
     assert resolve_listen(args) == (protocol.Address("unix", path=str(tmp_path / "s.sock")), "from-file", False)
 

@@ -1,0 +1,110 @@
+"""Faults around the core (issue 17 item 10): fills have a deadline after which they are
+answered (CoreUnavailable: an empty completion) and the core is reported unresponsive,
+not "ready"; private core folders do not pile up when servers die; a token file or
+--socket folder other users can touch is refused."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from diffusion_core import service
+from lsp_server.core_client import CoreClient, CoreState, CoreUnavailable, sweep_stale_private_dirs
+from tests.service.service_fakes import FakeBackend
+from tests.service.test_service_server import FILL, start_server
+
+
+async def test_a_fill_past_its_deadline_is_answered_and_the_core_reported_unresponsive(tmp_path):
+    server, address = await start_server(tmp_path, FakeBackend())
+    client = CoreClient(address=str(address), fill_timeout=0.5, status_timeout=0.5)
+    try:
+        await client.start()
+        with pytest.raises(CoreUnavailable, match="did not answer fill"):
+            await client.fill(FILL["segments"], FILL["budgets"], {"steps": 1, "delay": 3.0})
+        assert client.state is CoreState.UNRESPONSIVE
+        await client.start()  # still connected: start() does not open a second connection
+        for _ in range(20):  # the wedged step ends; the next answer in time makes it ready again
+            try:
+                assert (await client.fill(FILL["segments"], FILL["budgets"], {"steps": 1}))["texts"]
+                break
+            except CoreUnavailable:
+                continue
+        assert client.state is CoreState.READY
+    finally:
+        await client.close()
+        await server.close()
+
+
+def test_token_file_other_users_can_read_is_refused(tmp_path, capsys):
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(0o644)
+    assert service.main(["--listen", "127.0.0.1:0", "--token-file", str(token)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "0644" in err[0] and str(token) in err[0]
+
+
+def test_socket_in_a_folder_others_can_write_is_refused(tmp_path, capsys):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert service.main(["--socket", str(shared / "core.sock")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "writable by other users" in err[0]
+
+
+def _dead_socket(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.close()  # the file stays, nobody listens
+
+
+def test_stale_private_folders_are_swept_live_and_young_ones_kept(tmp_path):
+    old = time.time() - 3600
+    for name in ("core-empty", "core-dead", "core-live", "core-young", "core-other"):
+        (tmp_path / name).mkdir()
+    _dead_socket(tmp_path / "core-dead" / "core.sock")
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(str(tmp_path / "core-live" / "core.sock"))
+    live.listen(1)
+    (tmp_path / "core-other" / "notes.txt").write_text("not ours to delete")
+    for name in ("core-empty", "core-dead", "core-live", "core-other"):
+        os.utime(tmp_path / name, (old, old))
+    try:
+        removed = sweep_stale_private_dirs(str(tmp_path))
+    finally:
+        live.close()
+    assert sorted(os.path.basename(p) for p in removed) == ["core-dead", "core-empty"]
+    assert sorted(os.listdir(tmp_path)) == ["core-live", "core-other", "core-young"]
+
+
+@pytest.mark.slow
+def test_private_core_folder_goes_when_its_server_is_killed(tiny_dir, tmp_path):
+    folder = tmp_path / "core-x"
+    folder.mkdir(mode=0o700)
+    sock = folder / "core.sock"
+    # A stand-in for the LSP server: starts a private core, then dies by kill -9.
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-m', 'diffusion_core.service', '--socket', {str(sock)!r}, "
+        f"'--model', {str(tiny_dir)!r}, '--device', 'cpu', '--exit-with-parent', '--log-level', 'WARNING'])\n"
+        "time.sleep(120)\n")])
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sock.exists()
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 20
+        while folder.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not folder.exists()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
