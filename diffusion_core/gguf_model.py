@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import gguf
 import numpy as np
 import torch
 
@@ -109,39 +110,43 @@ class PartsBuffer:
         return np.concatenate(pieces)
 
 
-def open_gguf(parts: list[Path] | Path):
-    """A `gguf.GGUFReader` over one file or the ordered parts of one; bad files are one CoreError line."""
-    import gguf
+class PartsReader(gguf.GGUFReader):
+    """ggml's own GGUF parser over a PartsBuffer.
 
-    class _PartsReader(gguf.GGUFReader):
-        # GGUFReader.__init__ memory-maps the one path it is given into self.data and then
-        # reads every field and tensor through self.data[a:b]. Making `data` a property
-        # that always answers our PartsBuffer (and ignores that first map) reuses all of
-        # ggml's parsing over the joined parts, with no second copy of the file.
-        data = property(lambda self: self._buffer, lambda self, _unused: None)
+    GGUFReader.__init__ memory-maps the one path it is given into self.data and then reads
+    every field and tensor through self.data[a:b]. Making `data` a property that always
+    answers our PartsBuffer (and drops that first map) reuses all of its parsing over the
+    joined parts, with no second copy of the file.
+    """
 
-        def __init__(self, buffer: PartsBuffer):
-            self._buffer = buffer
-            super().__init__(buffer.parts[0])
+    data = property(lambda self: self._buffer, lambda self, _unused: None)
 
-        def _build_tensors(self, start_offs, fields) -> None:
-            # GGUFReader would fail on GGMLQuantizationType(raw) without naming the tensor.
-            known = {int(t) for t in gguf.GGMLQuantizationType}
-            for f in fields:  # parts: name length, name, n_dims, dims, type, offset
-                if int(f.parts[4][0]) not in known:
-                    raise CoreError(f"{self._buffer.name}: tensor {bytes(f.parts[1]).decode(errors='replace')!r} "
-                                    f"has unknown ggml type {int(f.parts[4][0])}")
-            super()._build_tensors(start_offs, fields)
+    def __init__(self, buffer: PartsBuffer):
+        self._buffer = buffer
+        super().__init__(buffer.parts[0])
 
+    def _build_tensors(self, start_offs, fields) -> None:
+        # GGUFReader would fail on GGMLQuantizationType(raw) without naming the tensor.
+        known = {int(t) for t in gguf.GGMLQuantizationType}
+        for f in fields:  # parts: name length, name, n_dims, dims, type, offset
+            if int(f.parts[4][0]) not in known:
+                raise CoreError(f"{self._buffer.name}: tensor {bytes(f.parts[1]).decode(errors='replace')!r} "
+                                f"has unknown ggml type {int(f.parts[4][0])}")
+        super()._build_tensors(start_offs, fields)
+
+
+def open_gguf(parts: list[Path] | Path) -> PartsReader:
+    """A GGUF reader over one file or the ordered parts of one; bad files are one CoreError line."""
     parts = [Path(parts)] if isinstance(parts, (str, Path)) else [Path(p) for p in parts]
     for p in parts:
         if not p.is_file():
             raise CoreError(f"{p}: GGUF file not found")
     buffer = PartsBuffer(parts)
-    if len(buffer) < 24 or bytes(buffer[0:4]) != b"GGUF":
-        raise CoreError(f"{buffer.name}: not a GGUF file (bad magic {bytes(buffer[0:4])!r}, expected b'GGUF')")
+    magic = bytes(buffer[0: min(4, len(buffer))])
+    if magic != b"GGUF":
+        raise CoreError(f"{buffer.name}: not a GGUF file (bad magic {magic!r}, expected b'GGUF')")
     try:
-        return _PartsReader(buffer)
+        return PartsReader(buffer)
     except CoreError:
         raise
     except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError, OverflowError, MemoryError) as e:
@@ -261,7 +266,6 @@ def special_names(reader, tokens: list[str]) -> dict[str, str]:
 
 def build_tokenizer(reader):
     """A `tokenizers.Tokenizer` from the tokenizer.ggml.* keys (byte-level BPE; pre-tokenizer qwen2 or llama-bpe)."""
-    import gguf
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     from .checkpoints import QWEN2_SPLIT
@@ -361,8 +365,6 @@ class GGUFTensors:
         Dequantized in float32 by the gguf package, DEQUANT_ROWS rows at a time into the
         output dtype: a whole 151,936-row head in float32 would be 544 MB of temporaries.
         """
-        import gguf
-
         src = source_name(self.reader)
         for t in self.reader.tensors:
             name = our_name(t.name, cfg.num_hidden_layers, src)
@@ -386,8 +388,6 @@ class GGUFTensors:
 
 def read_tensors_info(reader) -> GGUFTensors:
     """Check the tensor table (names, types, shapes) before anything is dequantized."""
-    import gguf
-
     src = source_name(reader)
     n_layers = _int(reader, f"{architecture(reader)}.block_count")
     shapes: dict[str, tuple[int, ...]] = {}
