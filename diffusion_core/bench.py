@@ -110,7 +110,9 @@ def run_case(engine: Engine, pre: str, suf: str, budget: int, params: FillParams
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m diffusion_core.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="diffill bench latency", description=__doc__.split("\n")[0],
+                                 epilog="example:\n  diffill bench latency --device cpu --contexts 256 1024 --holes 16 --json",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", type=Path, help="a model folder (default: a ~20M random model)")
     ap.add_argument("--contexts", type=int, nargs="+", default=list(CONTEXTS))

@@ -200,7 +200,9 @@ def print_row(r: dict) -> None:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m diffusion_core.bench_gpu", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="diffill bench gpu", description=__doc__.splitlines()[0],
+                                 epilog="example:\n  diffill bench gpu --shape small --device cpu --contexts 256 --budgets 16 --repeats 3",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="7b")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: bf16 on CUDA, fp32 on CPU")
@@ -250,7 +252,7 @@ def main(argv=None) -> int:
         print(f"# bundled model: {DEFAULT_MODEL_DIR} not present, skipped", file=sys.stderr)
     print(json.dumps({"bench": "gpu_latency", "device": name, "device_type": device.type,
                       "dtype": str(dtype).replace("torch.", ""), "hbm_gbps": bw, "torch": torch.__version__,
-                      "command": "python -m diffusion_core.bench_gpu " + " ".join(sys.argv[1:] if argv is None else argv),
+                      "command": "diffill bench gpu " + " ".join(sys.argv[1:] if argv is None else argv),
                       "rows": rows}))
     return 0
 

@@ -1,21 +1,21 @@
 """`diffill bench quality`: how well a model fills holes, and at what latency.
 
-Owns the benchmark's orchestration: the command line, filling held-out holes and
-HumanEval-Infilling problems through the real product path (grammars plan ->
-Engine.fill -> finalize), the baselines, the budget and sampler sweeps, and the report
-(a table per section on stdout, then one JSON line; with --json only the JSON line).
-`diffill bench latency|service|gpu` are routed on to their own modules.
+Owns the benchmark's orchestration: the command line, filling held-out holes through
+the shipped fill path (``lsp_server.pipeline.fill_at`` over an in-process
+``diffusion_core.local_core.LocalCore``: the plan, context window, budget cap,
+finalize and ranking an editor gets; the top candidate is scored), HumanEval-Infilling
+problems, the baselines, the budget and sampler sweeps, and the report (a table per
+section on stdout, then one JSON line; with --json only the JSON line).
 
-Delegates: hole choice to eval_holes, one timed fill and its score to eval_fill,
-the sweeps to eval_sweeps, metrics to eval_metrics, the problem format and its
-post-processing to eval_infilling, running candidates to eval_exec (always a
-subprocess), tables and the plot to eval_report. Must not know LSP types (eval_holes
-mirrors the server's context window instead of importing lsp_server).
+Delegates: hole choice to heldout, one timed engine fill and its score to scoring,
+the sweeps to sweeps, metrics to metrics, the problem format and its post-processing
+to infilling, running candidates to sandbox (always a subprocess), tables and the plot
+to report.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
+import asyncio
 import json
 import os
 import platform
@@ -24,9 +24,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from . import eval_metrics as M
-from .errors import CoreError
-from .eval_fill import Outcome, errors_with, fill, score
+from . import metrics as M
+from diffusion_core.errors import CoreError
+from .scoring import Outcome, errors_with, fill, score
 
 DEFAULT_N = 100  # held-out holes; sized so a default run stays within minutes on 2 CPU cores
 SWEEP_HOLES = 10  # holes per sweep point (a prefix of the held-out holes)
@@ -36,18 +36,22 @@ TOPK_STEPS = (4, 8, 16, 32)
 DEFAULT_CORPUS = "corpus"
 HELDOUT_FILES = ("holdout.jsonl", "valid.jsonl")
 SYSTEMS = ("model", "empty", "prev_line")
-OTHER_BENCHES = {"latency": "diffusion_core.bench", "service": "diffusion_core.bench_service",
-                 "gpu": "diffusion_core.bench_gpu"}
-_PROGRESS_S = 10.0  # seconds between progress lines on stderr
+
+
+EXAMPLES = """examples:
+  diffill bench quality --corpus corpus --limit 20 --no-sweeps     a quick held-out run
+  diffill bench quality --dataset humaneval_infilling.jsonl --no-heldout --json"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .eval_exec import MEMORY_MB, TIMEOUT_S
-    from .eval_holes import PREFIX_BYTES, SUFFIX_BYTES
-    from .params import FillParams
+    from diffusion_core.params import FillParams
+    from lsp_server.settings import ContextSettings
 
-    d = FillParams()
-    ap = argparse.ArgumentParser(prog="diffill bench quality", description=__doc__.split("\n")[0])
+    from .sandbox import MEMORY_MB, TIMEOUT_S
+
+    d, c = FillParams(), ContextSettings()
+    ap = argparse.ArgumentParser(prog="diffill bench quality", description=__doc__.split("\n")[0], epilog=EXAMPLES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", metavar="DIR", help="model folder (default: the bundled model)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     ap.add_argument("--threads", type=int, default=0,
@@ -73,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=d.steps)
     ap.add_argument("--threshold", type=float, default=d.threshold)
     ap.add_argument("--block-size", type=int, default=d.block_size)
-    ap.add_argument("--prefix-bytes", type=int, default=PREFIX_BYTES)
-    ap.add_argument("--suffix-bytes", type=int, default=SUFFIX_BYTES)
+    ap.add_argument("--prefix-bytes", type=int, default=c.prefix_bytes, help="context window before the hole (the editor setting)")
+    ap.add_argument("--suffix-bytes", type=int, default=c.suffix_bytes, help="context window after the hole (the editor setting)")
     ap.add_argument("--plot", metavar="FILE", help="write a PNG of quality against latency (sweeps)")
     ap.add_argument("--json", action="store_true", help="print only the JSON line on stdout (tables go to stderr)")
     return ap
@@ -82,18 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in OTHER_BENCHES:
-        try:
-            module = importlib.import_module(OTHER_BENCHES[argv[0]])
-        except ImportError as exc:
-            print(f"diffill bench {argv[0]}: not available ({exc})", file=sys.stderr)
-            return 1
-        return int(module.main(argv[1:]) or 0)
-    if argv and argv[0] == "quality":  # `diffill bench quality ...` passes "quality" on
-        argv = argv[1:]
-    elif argv and not argv[0].startswith("-"):
-        print(f"diffill bench: unknown benchmark {argv[0]!r} (quality, {', '.join(OTHER_BENCHES)})", file=sys.stderr)
-        return 2
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
@@ -127,8 +119,8 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     """Every asked-for section; returns (JSON-safe report, human tables)."""
     import torch
 
-    from .engine import Engine
-    from .params import FillParams
+    from diffusion_core.engine import Engine
+    from diffusion_core.params import FillParams
 
     t_start = time.perf_counter()
     threads = args.threads or _auto_threads()
@@ -147,7 +139,7 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     sweep_params += [(f"topk {s}", "topk", replace(params, strategy="topk", steps=s)) for s in steps]
     engine = Engine.load(args.model, args.device)
     limit = args.limit or None
-    from .eval_sweeps import Sweeps
+    from .sweeps import Sweeps
 
     report: dict = {"bench": "quality", "model": engine.info(), "params": params.as_dict(), "machine": _machine(torch),
                     "command": " ".join(["diffill bench quality", *getattr(args, "argv", [])]),
@@ -156,7 +148,7 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     if not args.no_heldout:
         holes = _holes(args, limit)
         if holes:
-            _warm_up(engine, holes[0], args)
+            _warm_up(engine, holes[0])
             k = min(args.sweep_holes, limit or args.sweep_holes)
             ctx = Sweeps(budgets, params, sweep_params, k) if not args.no_sweeps else None
             report["heldout"], t = heldout_section(engine, holes, params, args, ctx)
@@ -165,7 +157,7 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
                 report["sweeps"], t = ctx.summary()
                 text += t
                 if args.plot:
-                    from .eval_report import plot
+                    from .report import plot
 
                     plot(args.plot, {"threshold": report["sweeps"]["threshold"], "topk": report["sweeps"]["topk"],
                                      "budget (single-line)": report["sweeps"]["budget"]},
@@ -193,7 +185,7 @@ def _machine(torch) -> dict:
 
 
 def _holes(args, limit):
-    from .eval_holes import load_files, sample_holes
+    from .heldout import load_files, sample_holes
 
     paths = args.heldout
     if paths is None:
@@ -213,35 +205,68 @@ def _holes(args, limit):
     return holes
 
 
-def _warm_up(engine, hole, args) -> None:
+def _warm_up(engine, hole) -> None:
     """One excluded fill, so one-off costs (allocator, kernels) stay out of the figures."""
-    from .eval_holes import window
-    from .params import FillParams
+    from diffusion_core.params import FillParams
+    from lsp_server.pipeline import segments_at
+    from lsp_server.settings import ContextSettings, Settings
 
-    fill(engine, window(hole.doc, hole.plan, 256, 64), 4, FillParams())
+    small = Settings(context=ContextSettings(prefix_bytes=256, suffix_bytes=64))
+    fill(engine, segments_at(hole.doc, hole.plan, small), 4, FillParams())
+
+
+def bench_settings(args) -> "Settings":
+    """The editor settings the benchmark fills with: the defaults, and its window flags."""
+    from lsp_server.settings import ContextSettings, Settings
+
+    return Settings(context=ContextSettings(prefix_bytes=args.prefix_bytes, suffix_bytes=args.suffix_bytes))
+
+
+async def shipped_fill(core, hole, settings) -> tuple[str, Outcome]:
+    """The hole filled as an editor would get it at the hole's cursor: the pipeline's
+    top candidate ("" when it offers none), and the timing and forward passes."""
+    from lsp_server import pipeline
+
+    t0 = time.perf_counter()
+    try:
+        got = await pipeline.fill_at(core, hole.doc, hole.plan.start_byte, settings)
+    except CoreError as exc:
+        return "", Outcome("", (time.perf_counter() - t0) * 1e3, 0, 0.0, str(exc))
+    ms = (time.perf_counter() - t0) * 1e3
+    stats = got.core_stats if got is not None else {}
+    text = got.candidates[0].text if got is not None and got.candidates else ""
+    return text, Outcome(text, ms, int(stats.get("forward_passes", 0)), float(stats.get("encode_ms", 0.0)))
 
 
 # -- held-out FIM ----------------------------------------------------------------------
 
 def heldout_section(engine, holes, params, args, sweeps) -> tuple[dict, str]:
+    return asyncio.run(_heldout(engine, holes, params, args, sweeps))
+
+
+async def _heldout(engine, holes, params, args, sweeps) -> tuple[dict, str]:
+    from diffusion_core.local_core import LocalCore
+    from diffusion_core.progress import Progress
     from grammars.postprocess import finalize
+    from lsp_server.pipeline import segments_at
 
-    from .eval_holes import prev_line_fill, window
+    from .heldout import prev_line_fill
 
+    settings = bench_settings(args)
+    core = LocalCore(engine, base=params)
     records = []
-    progress = _Progress("held-out", len(holes))
-    for i, hole in enumerate(holes):
-        segs = window(hole.doc, hole.plan, args.prefix_bytes, args.suffix_bytes)
-        out = fill(engine, segs, hole.plan.budget, params)
-        truth_err = errors_with(hole, hole.truth)
-        rec = {"kind": hole.kind, "lang": hole.lang, "ms": out.ms, "fwd": out.forward_passes, "encode_ms": out.encode_ms,
-               "model": score(hole, finalize(hole.doc, hole.plan, out.raw), truth_err),
-               "empty": score(hole, "", truth_err),
-               "prev_line": score(hole, finalize(hole.doc, hole.plan, prev_line_fill(hole)), truth_err)}
-        records.append(rec)
-        if sweeps is not None:  # right after the cold fill: the context is still cached
-            sweeps.run(engine, i, hole, segs, truth_err)
-        progress.tick(i + 1)
+    with Progress("held-out", len(holes)) as progress:
+        for i, hole in enumerate(holes):
+            text, out = await shipped_fill(core, hole, settings)
+            truth_err = errors_with(hole, hole.truth)
+            rec = {"kind": hole.kind, "lang": hole.lang, "ms": out.ms, "fwd": out.forward_passes,
+                   "encode_ms": out.encode_ms, "model": score(hole, text, truth_err),
+                   "empty": score(hole, "", truth_err),
+                   "prev_line": score(hole, finalize(hole.doc, hole.plan, prev_line_fill(hole)), truth_err)}
+            records.append(rec)
+            if sweeps is not None:  # right after the cold fill: the context is still cached
+                sweeps.run(engine, i, hole, segments_at(hole.doc, hole.plan, settings), truth_err)
+            progress.update(i + 1)
     return _summarize_heldout(records)
 
 
@@ -266,7 +291,7 @@ def _summarize_heldout(records: list[dict]) -> tuple[dict, str]:
     out["by_lang"] = {lang: {"holes": len(sel), **{s: {m: M.rate(r[s][m] for r in sel) for m in ("exact", "edit_sim", "valid")}
                                                   for s in SYSTEMS}}
                       for lang in sorted({r["lang"] for r in records}) for sel in [[r for r in records if r["lang"] == lang]]}
-    from .eval_report import table
+    from .report import table
 
     headers = ["kind", "system", "holes", "exact", "edit_sim", "valid", "ms", "p50_ms", "fwd"]
     return out, table("held-out FIM (model vs baselines; ms = cold fill incl. context encode)", headers, rows) + "\n"
@@ -279,7 +304,7 @@ def infill_problem(engine, prob, params, budget: int, post: str) -> tuple[str, O
     eval_infilling.finalize_fill post-processes) and its outcome."""
     from grammars import budgets as gb
 
-    from .eval_infilling import finalize_fill
+    from .infilling import finalize_fill
 
     b = budget or (gb.LINE_BUDGET if prob.single_line else gb.BLOCK_BUDGET)
     out = fill(engine, [prob.prompt, prob.suffix], b, params)
@@ -292,22 +317,14 @@ def infill_problem(engine, prob, params, budget: int, post: str) -> tuple[str, O
 
 
 def infilling_section(engine, params, args, limit) -> tuple[dict, str]:
-    from .eval_exec import run_program
-    from .eval_infilling import load_problems, program
-    from .eval_report import table
+    from diffusion_core.progress import Progress
+
+    from .infilling import load_problems
+    from .report import table
 
     problems = load_problems(args.dataset, limit)
-    recs = []
-    progress = _Progress("infilling", len(problems))
-    for i, prob in enumerate(problems):
-        if args.canonical:
-            text, out = prob.canonical_solution, Outcome(prob.canonical_solution, 0.0, 0, 0.0)
-        else:
-            text, out = infill_problem(engine, prob, params, args.budget, args.post)
-        res = run_program(program(prob, text), args.timeout, args.memory_mb)
-        recs.append({"task_id": prob.task_id, "single_line": prob.single_line, "passed": res.passed,
-                     "status": res.status, "ms": out.ms, "fwd": out.forward_passes})
-        progress.tick(i + 1)
+    with Progress("infilling", len(problems)) as progress:
+        recs = _run_problems(engine, problems, params, args, progress)
     out: dict = {"dataset": str(args.dataset), "problems": len(recs), "canonical": bool(args.canonical), "post": args.post,
                  "budget": args.budget, "pass@1": M.rate(r["passed"] for r in recs),
                  "timeouts": sum(r["status"] == "timeout" for r in recs),
@@ -322,17 +339,21 @@ def infilling_section(engine, params, args, limit) -> tuple[dict, str]:
     return out, table(title, ["variant", "problems", "pass@1", "ms", "fwd"], rows) + "\n"
 
 
-class _Progress:
-    """Progress lines on stderr, at most one every _PROGRESS_S seconds, and at the end."""
+def _run_problems(engine, problems, params, args, progress) -> list[dict]:
+    from .infilling import program
+    from .sandbox import run_program
 
-    def __init__(self, name: str, total: int):
-        self.name, self.total, self.t0, self.last = name, total, time.perf_counter(), time.perf_counter()
-
-    def tick(self, done: int) -> None:
-        now = time.perf_counter()
-        if now - self.last >= _PROGRESS_S or done == self.total:
-            self.last = now
-            print(f"{self.name}: {done}/{self.total} ({now - self.t0:.0f} s)", file=sys.stderr, flush=True)
+    recs = []
+    for i, prob in enumerate(problems):
+        if args.canonical:
+            text, out = prob.canonical_solution, Outcome(prob.canonical_solution, 0.0, 0, 0.0)
+        else:
+            text, out = infill_problem(engine, prob, params, args.budget, args.post)
+        res = run_program(program(prob, text), args.timeout, args.memory_mb)
+        recs.append({"task_id": prob.task_id, "single_line": prob.single_line, "passed": res.passed,
+                     "status": res.status, "ms": out.ms, "fwd": out.forward_passes})
+        progress.update(i + 1)
+    return recs
 
 
 if __name__ == "__main__":

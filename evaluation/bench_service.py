@@ -7,7 +7,7 @@ through its own CoreClient connection to one shared core subprocess) and the rep
 Must not know: the engine's internals; it talks to the core only over the protocol,
 as the LSP server does.
 
-    python -m diffusion_core.bench_service [--model DIR] [--device cpu] [--clients 1,4,16]
+    diffill bench service [--model DIR] [--device cpu] [--clients 1,4,16]
 
 Prints a table, then one JSON line last. Without --model it builds a random model of
 --size (``tiny`` | ``bench``) in a temporary folder: the figures measure scheduling
@@ -118,7 +118,9 @@ async def run_mode(batched: bool, model_dir: str, args: argparse.Namespace) -> t
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m diffusion_core.bench_service", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="diffill bench service", description=__doc__.split("\n\n")[0],
+                                epilog="example:\n  diffill bench service --size tiny --clients 1,4 --requests 16",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder (default: a random model of --size)")
     p.add_argument("--size", choices=sorted(SIZES), default="tiny")
     p.add_argument("--device", default="cpu")
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "bench": "service", "machine": platform.machine(), "cpus": os.cpu_count(), "model": info,
         "budget": args.budget, "steps": args.steps, "context_words": args.context_words,
-        "command": " ".join(["python -m diffusion_core.bench_service"] + (argv if argv is not None else sys.argv[1:])),
+        "command": " ".join(["diffill bench service"] + (argv if argv is not None else sys.argv[1:])),
         "rows": rows, "throughput_speedup": speedup,
     }))
     return 0

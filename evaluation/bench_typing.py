@@ -1,6 +1,6 @@
-"""Latency benchmark through LSP: replay typing a Python file into ``diffill lsp``.
+"""Latency benchmark through LSP: replay typing a Python file into `diffill lsp`.
 
-    python -m lsp_server.bench_typing [--file F] [--model DIR | --tiny] [--lines 300]
+    diffill bench typing [--file F] [--model DIR | --tiny] [--lines 300]
                                       [--typed-lines 30] [--key-ms 60] [--pause-ms 600]
 
 Owns: driving the real server over stdio as an editor would while typing: for each
@@ -41,7 +41,9 @@ URI = "file:///bench/typed.py"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m lsp_server.bench_typing", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="diffill bench typing", description=__doc__.split("\n")[0],
+                                epilog="example:\n  diffill bench typing --tiny --typed-lines 5",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--file", type=Path, default=Path(textwrap.__file__), help="Python file to replay")
     p.add_argument("--lines", type=int, default=300, help="lines of the file to use")
     p.add_argument("--typed-lines", type=int, default=30, help="lines retyped character by character")
@@ -140,7 +142,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.debounce_max_ms is not None:
         init["debounce"] = {"maxMs": args.debounce_max_ms}
     client = LanguageClient("diffill-bench", "0.1")
-    await client.start_io(sys.executable, "-m", "lsp_server.cli", "lsp", env=dict(os.environ))
+    await client.start_io(sys.executable, "-m", "diffill", "lsp", env=dict(os.environ))
     stderr_tail: list[bytes] = []
 
     async def drain() -> None:  # the server's stderr must not fill its pipe
@@ -217,7 +219,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "core_completed": core_counters.get("completed"),
         "core_load_s": round(load_s, 2), "wall_s": round(wall_s, 1),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, python {platform.python_version()}",
-        "command": "python -m lsp_server.bench_typing " + " ".join(sys.argv[1:]),
+        "command": "diffill bench typing " + " ".join(sys.argv[1:]),
     }
 
 

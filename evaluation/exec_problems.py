@@ -33,7 +33,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffusion_core.eval_exec import run_program
+from evaluation.sandbox import run_program
 
 # Names a candidate may use besides its own: pure builtins only (no open, exec, input,
 # __import__, globals, getattr-style reflection that reaches modules).

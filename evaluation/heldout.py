@@ -29,11 +29,10 @@ from grammars import budgets, queries
 from grammars.document import Document, decode
 from grammars.fillplan import FillPlan
 from grammars.planner import in_string_or_comment, plan as plan_at
-from grammars.planner import with_plan_context
 from grammars.postprocess import finalize
 from grammars.text import is_ident_char, leading_ws
 
-from .eval_metrics import normalize
+from .metrics import normalize
 
 KINDS = ("single-line", "multi-line", "block")
 # Share of the holes of each kind (single-line completions are what editors ask most).
@@ -46,10 +45,6 @@ MULTI_LINES = (2, 4)  # lines removed for a multi-line hole (inclusive range)
 ATTEMPTS = 6  # random cursors tried per file and kind before moving to the next file
 PASSES = 8  # rounds over the files before giving up on reaching the wanted counts
 MAX_FILE_BYTES = 200_000  # larger files are skipped (parsing them per hole costs too much)
-# Context the editor sends around a hole: mirrors lsp_server's ContextSettings
-# defaults (prefix_bytes, suffix_bytes), which this package may not import.
-PREFIX_BYTES = 6000
-SUFFIX_BYTES = 2000
 
 
 @dataclass(frozen=True)
@@ -267,22 +262,6 @@ def _block(f: SourceFile, doc: Document, rng: random.Random) -> Hole | None:
     raw = decode(src[node.start_byte:node.end_byte])
     return _make("block", f, doc, len(head), node.end_byte, len(head), raw,
                  lambda p: p.kind == "block" and p.leading.startswith("\n"))
-
-
-def window(doc: Document, plan: FillPlan, prefix_bytes: int = PREFIX_BYTES,
-           suffix_bytes: int = SUFFIX_BYTES) -> list[str]:
-    """The two segments sent to the engine: the text before and after the hole, cut to
-    the editor's window at line boundaries (as the server does)."""
-    src = doc.source
-    lo = max(0, plan.start_byte - prefix_bytes)
-    if lo > 0:
-        nl = src.find(b"\n", lo, plan.start_byte)
-        lo = nl + 1 if nl >= 0 else lo
-    hi = min(len(src), plan.end_byte + suffix_bytes)
-    if hi < len(src):
-        nl = src.rfind(b"\n", plan.end_byte, hi)
-        hi = nl + 1 if nl >= 0 else hi
-    return with_plan_context([decode(src[lo:plan.start_byte]), decode(src[plan.end_byte:hi])], [plan])
 
 
 def prev_line_fill(hole: Hole) -> str:

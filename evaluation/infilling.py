@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import CoreError
+from diffusion_core.errors import CoreError
 
 FIELDS = ("task_id", "prompt", "suffix", "canonical_solution", "test", "entry_point")
 

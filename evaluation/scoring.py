@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from . import eval_metrics as M
-from .errors import CoreError
+from . import metrics as M
+from diffusion_core.errors import CoreError
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Outcome:
 
 def fill(engine, segments: list[str], budget: int, params) -> Outcome:
     """One timed Engine.fill of a single hole between segments[0] and segments[1]."""
-    from .engine import HoleSpec
+    from diffusion_core.engine import HoleSpec
 
     t0 = time.perf_counter()
     try:

@@ -7,8 +7,8 @@ know the command line or how holes are chosen.
 """
 from __future__ import annotations
 
-from . import eval_metrics as M
-from .eval_fill import fill, score
+from . import metrics as M
+from .scoring import fill, score
 
 
 class Sweeps:
@@ -40,7 +40,7 @@ class Sweeps:
                 self.param_recs[label].append(point(hole.plan.budget, p))
 
     def summary(self) -> tuple[dict, str]:
-        from .eval_report import table
+        from .report import table
 
         def agg(label, recs):
             return {"label": label, "holes": len(recs), "exact": M.rate(r["exact"] for r in recs),

@@ -108,7 +108,9 @@ def _pct(values: list[float], q: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m grammars.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="diffill bench grammars", description=__doc__.split("\n")[0],
+                                 epilog="example:\n  diffill bench grammars --lines 2000 --keys 100 --langs python,rust",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=5000)
     ap.add_argument("--keys", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     worst = max(r["total_p50_ms"] for r in rows if r["autoclose"])
     summary = {"bench": "grammars.plan_at_cursor", "target_p50_ms": 2.0, "worst_total_p50_ms": worst,
                "machine": platform.machine(), "python": platform.python_version(),
-               "command": "python -m grammars.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "command": "diffill bench grammars " + " ".join(argv if argv is not None else sys.argv[1:]),
                "rows": rows}
     print(json.dumps(summary))
     return 0

@@ -23,7 +23,7 @@ from grammars.text import guess_indent_unit, indent_width, is_ident_char, leadin
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FillPlan", "StopRules", "KINDS", "MODES", "plan", "split_segments", "with_plan_context", "assemble"]
+__all__ = ["FillPlan", "StopRules", "KINDS", "MODES", "plan", "plan_at", "split_segments", "with_plan_context", "assemble"]
 # Lines looked at around the cursor to guess the indentation unit.
 _INDENT_WINDOW = 64
 _PY_BODY_HEADER = re.compile(r"^\s*(async\s+def|def|class)\b")
@@ -33,24 +33,37 @@ _ANCESTORS_LOOKED_AT = 6
 
 
 def plan(doc: Document, line: int, character: int, encoding: str = "utf-16",
-         selection: tuple[tuple[int, int], tuple[int, int]] | None = None) -> FillPlan | None:
+         selection: tuple[tuple[int, int], tuple[int, int]] | None = None,
+         marker: str | None = DEFAULT_MARKER) -> FillPlan | None:
     """The plan at the cursor, or None where completing makes no sense.
 
     Raises ValueError only for an unknown `encoding` (a programmer error); anything the
     document's content can cause ends as None and a log line.
     """
     check_encoding(encoding)
-    try:
-        return _plan(doc, line, character, encoding, selection)
-    except Exception:  # keep the editor alive on any surprise in a broken tree
-        log.exception("planner failed at %s:%s", line, character)
-        return None
-
-
-def _plan(doc: Document, line: int, character: int, encoding: str, selection) -> FillPlan | None:
     off = doc.offset_at(line, character, encoding)
     if off is None:
         return None
+    return plan_at(doc, off, marker=marker, selection=selection, encoding=encoding)
+
+
+def plan_at(doc: Document, off: int, marker: str | None = DEFAULT_MARKER,
+            selection: tuple[tuple[int, int], tuple[int, int]] | None = None,
+            encoding: str = "utf-16") -> FillPlan | None:
+    """`plan` for a cursor already converted to a byte offset of doc.source (the server
+    converts an editor position once per request). `marker` is the user's hole marker;
+    `selection` is in editor positions of `encoding`."""
+    check_encoding(encoding)
+    if not 0 <= off <= len(doc.source):
+        return None
+    try:
+        return _plan(doc, off, encoding, selection, marker)
+    except Exception:  # keep the editor alive on any surprise in a broken tree
+        log.exception("planner failed at byte %s", off)
+        return None
+
+
+def _plan(doc: Document, off: int, encoding: str, selection, marker: str | None) -> FillPlan | None:
     if selection is not None:
         sel = _selection_plan(doc, selection, encoding)
         if sel is not None:
@@ -58,7 +71,7 @@ def _plan(doc: Document, line: int, character: int, encoding: str, selection) ->
     _, ls, le = doc.line_of(off)
     before, after = line_context(doc, ls, off, off, le)
 
-    hole = hole_at(doc, off, DEFAULT_MARKER)
+    hole = hole_at(doc, off, marker)
     if hole is not None:
         return hole
     if before and after and is_ident_char(before[-1]) and is_ident_char(after[0]):

@@ -155,6 +155,13 @@ class CoreLink:
             raise CoreUnready(self.error or "diffill core not running")
         return self._conn
 
+    async def fill(self, segments: list[str], budgets: list[int], params: dict,
+                   request_id: str | None = None) -> dict:
+        """``CoreConnection.fill`` on the ready connection (waits while it starts), so
+        the pipeline is handed the link and a request with nothing to fill never waits."""
+        conn = await self.connection()
+        return await conn.fill(segments, budgets, params, request_id=request_id)
+
     @staticmethod
     def _fail(ready: asyncio.Future[None], message: str) -> None:
         if not ready.done():

@@ -20,7 +20,7 @@ from typing import Any
 
 from lsprotocol import types
 
-from lsp_server import results
+from lsp_server import pipeline, results
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def choose_plans(ls: Any, doc: Any, args: list) -> list:
     if len(args) > 2 and args[2] == "regenerate":
         if rng is None:
             return []
-        p = plan(doc, rng[1][0], rng[1][1], encoding=ls.encoding, selection=rng)
+        p = plan(doc, rng[1][0], rng[1][1], encoding=ls.encoding, selection=rng, marker=ls.settings.hole_marker)
         return [p] if p is not None else []
     holes = find_holes(doc, marker=ls.settings.hole_marker)
     if rng is None:
@@ -70,7 +70,7 @@ async def run_fill_holes(ls: Any, args: list) -> dict:
     if not plans:
         return {"filled": 0}
     ls.stats.count("fillHoles")
-    candidates = await ls.filler.holes(doc, plans, ls.settings, request_id=f"lsp-{ls.protocol.msg_id}")
+    candidates = await pipeline.fill_plans(ls.link, doc, plans, ls.settings, request_id=f"lsp-{ls.protocol.msg_id}")
     if entry.version != version or ls.docs.get(uri) is not entry:
         reason = "the document changed while filling; nothing was applied"
         ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=f"diffill: {reason}"))

@@ -1,10 +1,15 @@
-"""From a document and a cursor to ranked fills: plan, cache, core, post-process.
+"""One fill, from a document and a request to the final text: the pipeline every caller runs.
 
-Owns: the orchestration of one completion (grammars plan -> typed-ahead cache ->
-context window -> core fill -> grammars finalize -> ranked candidates), the context
-window cut around the hole, and the joint fill of every hole of a document.
+Owns: plan (grammars) -> context window -> segments and budgets -> ``core.fill``
+through a ``CoreConnection`` -> grammars ``finalize`` -> variants and ranking, for a
+cursor (``fill_at``) and for every hole of a document jointly (``fill_plans``), and
+the context window cut around the hole. Three callers use it and nothing else: the
+LSP server (a socket client to the core), ``diffill fill`` and ``diffill bench
+quality`` (both an in-process engine, ``diffusion_core.local_core.LocalCore``), so the
+benchmark measures what users get.
 
-Must not know: LSP types (results.py converts), pygls, torch.
+Must not know: LSP types (results.py converts), pygls, torch, how the core is reached.
+The cursor arrives as a byte offset: callers convert an editor position once.
 
 The context window: the core's exact cache (docs/architecture.md) reuses the encoded
 context when a request only appends to the text before the hole, so the start of the
@@ -20,8 +25,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from lsp_server.cache import FillCache
-from lsp_server.core_link import CoreLink
+from grammars.document import Document, decode
+from grammars.fillplan import FillPlan
+from grammars.planner import assemble, plan_at, split_segments, with_plan_context
+from grammars.postprocess import finalize, score
+from lsp_server.core_link import CoreConnection
 from lsp_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +49,8 @@ class Candidate:
 
 @dataclass
 class Outcome:
-    candidates: list[Candidate]
+    candidates: list[Candidate]  # best first
+    plan: FillPlan | None = None
     cached: bool = False
     timings: dict[str, float] = field(default_factory=dict)  # plan_ms, core_ms, post_ms
     core_stats: dict = field(default_factory=dict)
@@ -116,90 +125,88 @@ def variants(text: str) -> list[str]:
     return out
 
 
-class Filler:
-    def __init__(self, link: CoreLink, cache: FillCache) -> None:
-        self.link = link
-        self.cache = cache
+def budget_for(plan: FillPlan, settings: Settings) -> int:
+    """The hole's token budget: the planner's, under the user's cap."""
+    return max(1, min(int(plan.budget), settings.fill.max_tokens))
 
-    def from_cache(self, uri: str, doc: Any, line: int, character: int, encoding: str) -> Outcome | None:
-        """Fills answered by the typed-ahead cache, without the model; None on a miss."""
-        t0 = time.perf_counter()
-        cursor = doc.offset_at(line, character, encoding=encoding)
-        if cursor is None:
-            return None
-        hit = self.cache.get(uri, doc.source, cursor)
-        if hit is None:
-            return None
-        cands = [Candidate(t, hit.start, hit.end) for t in hit.texts]
-        return Outcome(cands, cached=True, timings={"cache_ms": _ms(t0)})
 
-    async def at_cursor(
-        self,
-        uri: str,
-        doc: Any,
-        line: int,
-        character: int,
-        encoding: str,
-        settings: Settings,
-        selection: tuple[tuple[int, int], tuple[int, int]] | None = None,
-        request_id: str | None = None,
-    ) -> Outcome | None:
-        """Ranked fills at a cursor from the core; None when there is nothing worth
-        completing (no plan, position out of range)."""
-        from grammars.planner import plan as make_plan, with_plan_context
-        from grammars.postprocess import finalize, score
+def rank(doc: Document, plan: FillPlan, raw: str) -> list[Candidate]:
+    """Finalized variants of one raw fill, best first, empty ones and repeats dropped."""
+    tab_size, spaces = tab_settings(plan.indent)
+    scored: list[Candidate] = []
+    seen: set[str] = set()
+    for v in variants(raw):
+        text = finalize(doc, plan, v, tab_size=tab_size, insert_spaces=spaces)
+        if not text or text in seen:
+            continue
+        seen.add(text)
+        scored.append(Candidate(text, plan.start_byte, plan.end_byte, float(score(doc, plan, text))))
+    # Stable sort: equal scores keep the whole fill before its first line.
+    scored.sort(key=lambda c: -c.score)
+    return scored
 
-        t0 = time.perf_counter()
-        cursor = doc.offset_at(line, character, encoding=encoding)
-        if cursor is None:
-            return None
-        source: bytes = doc.source
-        p = make_plan(doc, line, character, encoding=encoding, selection=selection)
-        if p is None:
-            return None
-        t1 = time.perf_counter()
-        budget = max(1, min(int(p.budget), settings.fill.max_tokens))
-        # The model sees the hole where finalize puts the fill (after the plan's leading text).
-        segments = with_plan_context(window_segments(source, p.start_byte, p.end_byte, settings), [p])
-        conn = await self.link.connection()
-        reply = await conn.fill(segments, [budget], settings.fill_params(), request_id=request_id or _rid())
-        t2 = time.perf_counter()
-        raw = reply["texts"][0] if reply.get("texts") else ""
+
+def segments_at(doc: Document, plan: FillPlan, settings: Settings) -> list[str]:
+    """What the model sees around one hole: the context window, and the hole where
+    finalize puts the fill (after the plan's leading text)."""
+    return with_plan_context(window_segments(doc.source, plan.start_byte, plan.end_byte, settings), [plan])
+
+
+async def core_fill(core: CoreConnection, segments: list[str], plans: list[FillPlan], settings: Settings,
+                    request_id: str | None) -> dict:
+    """The one call into the core: segments, each plan's budget, the user's sampler settings.
+
+    Stop rules: the planner's ``plan.stop`` is applied by ``finalize`` after the fill.
+    The engine contract is gaining a per-hole stop argument (H2, ``stops=``); once it is
+    in docs/architecture.md this is the one place that passes ``[p.stop for p in plans]``."""
+    budgets = [budget_for(p, settings) for p in plans]
+    return await core.fill(segments, budgets, settings.fill_params(), request_id=request_id or _rid())
+
+
+async def fill_at(core: CoreConnection, doc: Document, cursor: int, settings: Settings,
+                  selection: tuple[tuple[int, int], tuple[int, int]] | None = None, encoding: str = "utf-16",
+                  request_id: str | None = None) -> Outcome | None:
+    """Ranked fills at a cursor (a byte offset into ``doc.source``); None when there is
+    nothing worth completing. ``selection`` (editor positions in ``encoding``) regenerates
+    the selected text instead."""
+    t0 = time.perf_counter()
+    p = plan_at(doc, cursor, marker=settings.hole_marker, selection=selection, encoding=encoding)
+    if p is None:
+        return None
+    t1 = time.perf_counter()
+    segments = segments_at(doc, p, settings)
+    reply = await core_fill(core, segments, [p], settings, request_id)
+    t2 = time.perf_counter()
+    raw = reply["texts"][0] if reply.get("texts") else ""
+    scored = rank(doc, p, raw)
+    timings = {"plan_ms": (t1 - t0) * 1000, "core_ms": (t2 - t1) * 1000, "post_ms": _ms(t2)}
+    return Outcome(scored, plan=p, timings=timings, core_stats=dict(reply.get("stats") or {}))
+
+
+async def fill_plans(core: CoreConnection, doc: Document, plans: list[FillPlan], settings: Settings,
+                     request_id: str | None = None) -> list[Candidate]:
+    """Fill every planned hole jointly in one core call; one candidate per plan, in order
+    (its text is empty where the fill post-processed to nothing)."""
+    if not plans:
+        return []
+    segments = with_plan_context(clip_segments(split_segments(doc, plans), settings), plans)
+    reply = await core_fill(core, segments, plans, settings, request_id)
+    texts = list(reply.get("texts") or [])
+    if len(texts) != len(plans):
+        raise ValueError(f"core answered {len(texts)} fills for {len(plans)} holes")
+    out = []
+    for p, raw in zip(plans, texts):
         tab_size, spaces = tab_settings(p.indent)
-        scored: list[Candidate] = []
-        seen: set[str] = set()
-        for v in variants(raw):
-            text = finalize(doc, p, v, tab_size=tab_size, insert_spaces=spaces)
-            if not text or text in seen:
-                continue
-            seen.add(text)
-            scored.append(Candidate(text, p.start_byte, p.end_byte, float(score(doc, p, text))))
-        # Stable sort: equal scores keep the whole fill before its first line.
-        scored.sort(key=lambda c: -c.score)
-        if selection is None and scored and p.start_byte == cursor:
-            self.cache.put(uri, source, cursor, p.end_byte, [c.text for c in scored])
-        timings = {"plan_ms": (t1 - t0) * 1000, "core_ms": (t2 - t1) * 1000, "post_ms": _ms(t2)}
-        return Outcome(scored, timings=timings, core_stats=dict(reply.get("stats") or {}))
+        out.append(Candidate(finalize(doc, p, raw, tab_size=tab_size, insert_spaces=spaces), p.start_byte, p.end_byte))
+    return out
 
-    async def holes(self, doc: Any, plans: list[Any], settings: Settings, request_id: str | None = None) -> list[Candidate]:
-        """Fill every planned hole jointly in one core call; one candidate per plan."""
-        from grammars.planner import split_segments, with_plan_context
-        from grammars.postprocess import finalize
 
-        if not plans:
-            return []
-        segments = with_plan_context(clip_segments(split_segments(doc, plans), settings), plans)
-        budgets = [max(1, min(int(p.budget), settings.fill.max_tokens)) for p in plans]
-        conn = await self.link.connection()
-        reply = await conn.fill(segments, budgets, settings.fill_params(), request_id=request_id or _rid())
-        texts = list(reply.get("texts") or [])
-        if len(texts) != len(plans):
-            raise ValueError(f"core answered {len(texts)} fills for {len(plans)} holes")
-        out = []
-        for p, raw in zip(plans, texts):
-            tab_size, spaces = tab_settings(p.indent)
-            out.append(Candidate(finalize(doc, p, raw, tab_size=tab_size, insert_spaces=spaces), p.start_byte, p.end_byte))
-        return out
+def apply(doc: Document, plans: list[FillPlan], candidates: list[Candidate]) -> str:
+    """The document's text with each plan's candidate in place; a blank candidate leaves
+    its hole as it was, so it can be retried."""
+    fills = [c.text if c.text.strip() else decode(doc.source[p.start_byte:p.end_byte])
+             for p, c in zip(plans, candidates, strict=True)]
+    return assemble(doc, plans, fills)
 
 
 def _ms(t0: float) -> float:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from lsprotocol import types
 
-from lsp_server.filling import Candidate
+from lsp_server.pipeline import Candidate
 
 COMMAND_FILL_HOLES = "diffill.fillHoles"
 COMMAND_ACCEPTED = "diffill.accepted"  # run by the editor when an inline item is accepted

@@ -31,7 +31,8 @@ from lsp_server.cache import FillCache
 from lsp_server.core_link import CoreFactory, CoreLink, CoreUnready, LinkState, core_errors, real_core_factory
 from lsp_server.documents import DocumentStore, OpenDoc
 from lsp_server.feedback import FeedbackLog, Stats, default_log_path
-from lsp_server.filling import Filler, Outcome
+from lsp_server import pipeline
+from lsp_server.pipeline import Candidate, Outcome
 from lsp_server.scheduler import Debouncer, Latest
 from lsp_server.settings import Settings
 
@@ -104,7 +105,6 @@ class DiffillServer(LanguageServer):
         self.stats = Stats()
         self.feedback = FeedbackLog(None, self.stats)
         self.link = CoreLink(core_factory, self._on_core_event)
-        self.filler = Filler(self.link, self.cache)
         self._told: set[str] = set()
         self._core_task: asyncio.Task | None = None
         self._may_start_core = False  # set by allow_core_start once `initialized` ran
@@ -275,15 +275,16 @@ class DiffillServer(LanguageServer):
         version = entry.version
         doc = doc if doc is not None else entry.doc
         enc = self.encoding
+        cursor = doc.offset_at(line, character, encoding=enc)  # the one conversion of this request
         try:
-            outcome = self.filler.from_cache(uri, doc, line, character, enc)
+            outcome = self.from_cache(uri, doc, cursor)
             if outcome is None:
                 if debounce:
                     s = self.settings.debounce
                     await self.debouncer.wait(uri, s.min_ms, s.max_ms)
                 # The LSP request id travels to the core, so both logs name the request.
                 rid = f"lsp-{self.protocol.msg_id}"
-                outcome = await self.filler.at_cursor(uri, doc, line, character, enc, self.settings, request_id=rid)
+                outcome = await self.fill_at(uri, doc, cursor, rid)
         except asyncio.CancelledError:
             self.stats.count("cancelled")
             raise
@@ -309,7 +310,6 @@ class DiffillServer(LanguageServer):
         self.stats.latency(latency)
         for name, ms in outcome.timings.items():
             self.stats.timing(name, ms)
-        cursor = doc.offset_at(line, character, encoding=enc) or 0
         if outcome.cached:
             self.stats.count("cacheHits")
         # Every item gets its own id, cached ones too; a cached fill is the rest of the
@@ -319,6 +319,25 @@ class DiffillServer(LanguageServer):
         log.info("fill uri=%s cached=%s latency_ms=%.1f %s", uri, outcome.cached, latency,
                  " ".join(f"{k}={v:.1f}" for k, v in outcome.timings.items()))
         return Answer(entry, doc, outcome, cursor, latency, accept_ids)
+
+    def from_cache(self, uri: str, doc: Any, cursor: int | None) -> Outcome | None:
+        """Fills the typed-ahead cache answers without the model; None on a miss."""
+        t0 = time.perf_counter()
+        hit = self.cache.get(uri, doc.source, cursor) if cursor is not None else None
+        if hit is None:
+            return None
+        cands = [Candidate(t, hit.start, hit.end) for t in hit.texts]
+        return Outcome(cands, cached=True, timings={"cache_ms": (time.perf_counter() - t0) * 1000})
+
+    async def fill_at(self, uri: str, doc: Any, cursor: int | None, request_id: str) -> Outcome | None:
+        """The pipeline's fill at the cursor; what it answers at the cursor is cached for
+        the keystrokes that type it."""
+        if cursor is None:
+            return None
+        outcome = await pipeline.fill_at(self.link, doc, cursor, self.settings, request_id=request_id)
+        if outcome is not None and outcome.candidates and outcome.plan.start_byte == cursor:
+            self.cache.put(uri, doc.source, cursor, outcome.plan.end_byte, [c.text for c in outcome.candidates])
+        return outcome
 
     def _settings_shown(self) -> dict:
         """The effective settings as the user writes them, the shared-core token hidden."""
@@ -335,8 +354,8 @@ class DiffillServer(LanguageServer):
             try:
                 conn = await asyncio.wait_for(self.link.connection(), timeout=1)
                 core.update(await asyncio.wait_for(conn.status(), timeout=5))
-            except Exception as exc:
-                core["error"] = str(exc)
+            except Exception as exc:  # e.g. a SIGSTOPped core: connected, never "ready"
+                core["state"], core["error"] = "unresponsive", str(exc) or type(exc).__name__
         info = core.get("info") if isinstance(core.get("info"), dict) else {}
         sched = core.get("scheduler") if isinstance(core.get("scheduler"), dict) else {}
         summary = self.stats.summary()

@@ -192,7 +192,12 @@ async def _inline_with_selected(
 
 def main(argv: list[str] | None = None) -> int:
     """``diffill lsp [--tcp HOST:PORT]``: serve LSP over stdio (or TCP to debug)."""
-    parser = argparse.ArgumentParser(prog="diffill lsp", description="diffill language server")
+    parser = argparse.ArgumentParser(
+        prog="diffill lsp", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The diffill language server: inline completions, completion items and hole filling for an "
+                    "editor,\nover LSP on stdio. Editors start it themselves (see editors/).",
+        epilog="examples:\n  diffill lsp                         what an editor runs\n"
+               "  diffill lsp --tcp 127.0.0.1:2087    listen on TCP to debug a client")
     parser.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio (debugging)")
     parser.add_argument("--log-level", default="WARNING", help="stderr log level (default WARNING)")
     args = parser.parse_args(argv)

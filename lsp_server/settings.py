@@ -5,7 +5,9 @@ from the editor's camelCase JSON (``initializationOptions``, ``workspace/configu
 section ``diffill``, ``workspace/didChangeConfiguration``), and the fallback to the
 default of a field whose value is bad (the bad key is reported, never raised).
 
-Must not know: LSP transport, pygls, the core, grammars. Pure data in, data out.
+Must not know: LSP transport, pygls, the core, grammars (but for the one hole-marker
+constant, ``grammars.holes.DEFAULT_MARKER``, the planner's default too). Pure data in,
+data out.
 
 Example editor JSON (every key optional)::
 
@@ -29,6 +31,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from grammars.holes import DEFAULT_MARKER
 
 SECTION = "diffill"  # the workspace/configuration section holding these settings
 
@@ -99,7 +103,7 @@ class Settings:
     languages: tuple[str, ...] = ()  # LSP languageIds to serve; empty = all
     inline: InlineSettings = field(default_factory=InlineSettings)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
-    hole_marker: str = "<|fill|>"
+    hole_marker: str = DEFAULT_MARKER
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
 
     def serves(self, language_id: str) -> bool:

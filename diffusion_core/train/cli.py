@@ -13,7 +13,9 @@ from ..errors import CoreError
 def _tokenizer(argv: list[str]) -> int:
     from .bpe import train_bpe
 
-    ap = argparse.ArgumentParser(prog="diffill train tokenizer", description="Train the byte-level BPE on a corpus.")
+    ap = argparse.ArgumentParser(prog="diffill train tokenizer", description="Train the byte-level BPE on a corpus.",
+                                 epilog="example:\n  diffill train tokenizer --corpus corpus --out runs/tok/tokenizer.json",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path, help="tokenizer.json to write")
     ap.add_argument("--vocab-size", type=int, default=8192)
@@ -38,7 +40,9 @@ def _tokenizer(argv: list[str]) -> int:
 def _run(argv: list[str]) -> int:
     from .trainer import TrainConfig, train
 
-    ap = argparse.ArgumentParser(prog="diffill train run", description="Train (or resume) a model from a config file.")
+    ap = argparse.ArgumentParser(prog="diffill train run", description="Train (or resume) a model from a config file.",
+                                 epilog="example:\n  diffill train run --config runs/stage1.json",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, type=Path)
     args = ap.parse_args(argv)
     out = train(TrainConfig.load(args.config))
@@ -46,11 +50,31 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
+# The recipe's steps in the order they run.
+SUBCOMMANDS = {
+    "corpus": "gather source files from this machine's installations into train/valid/holdout",
+    "tokenizer": "train the byte-level BPE tokenizer on a corpus",
+    "run": "train (or resume) a model from a config file",
+    "ship": "copy a trained run into the package as the default model",
+}
+
+
+def usage() -> str:
+    lines = ["usage: diffill train {corpus,tokenizer,run,ship} [args...]", "", "commands:"]
+    lines += [f"  {name:<9}  {text}" for name, text in SUBCOMMANDS.items()]
+    lines += ["", "example:", "  diffill train corpus --out corpus", "",
+              "`diffill train NAME --help` lists a command's options."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"tokenizer": _tokenizer, "run": _run}
-    if not argv or argv[0] not in ("corpus", "ship", *commands):
-        print("usage: diffill train {corpus,tokenizer,run,ship} ...", file=sys.stderr)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] not in SUBCOMMANDS:
+        print(f"diffill train: unknown command {argv[0]!r}\n{usage()}", file=sys.stderr)
         return 2
     try:
         if argv[0] == "corpus":

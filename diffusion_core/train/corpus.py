@@ -190,7 +190,9 @@ def build(out: Path, roots: list[tuple[str, Path]], max_files: int = 0, log=prin
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="diffill train corpus", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="diffill train corpus", description=__doc__.split("\n")[0],
+                                 epilog="example:\n  diffill train corpus --out corpus --max-files 20000",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--root", action="append", default=[], help="extra source roots (kind 'other')")
     ap.add_argument("--max-files", type=int, default=0)

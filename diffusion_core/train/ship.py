@@ -34,7 +34,9 @@ def ship(run: Path, dest: Path = DEFAULT_MODEL_DIR) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="diffill train ship", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="diffill train ship", description=__doc__.split("\n")[0],
+                                 epilog="example:\n  diffill train ship --run runs/stage4",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, type=Path, help="a run folder of `diffill train run`")
     ap.add_argument("--dest", type=Path, default=DEFAULT_MODEL_DIR)
     args = ap.parse_args(argv)

@@ -126,12 +126,13 @@ def test_dream_features_we_lack_name_the_key(tmp_path, key, value):
     one_line_error(folder, key)
 
 
-def test_qwen2_without_mask_token_is_not_a_diffusion_checkpoint(tmp_path):
+def test_qwen2_without_mask_token_is_a_causal_lm_and_needs_fim_tokens(tmp_path):
+    # No mask token: a plain Qwen2ForCausalLM, loaded as a FIM coder; this one has no FIM tokens.
     folder = make_dream(tmp_path / "q", variant="open-dcoder")
     tc = json.loads((folder / "tokenizer_config.json").read_text())
     del tc["mask_token"]
     (folder / "tokenizer_config.json").write_text(json.dumps(tc))
-    one_line_error(folder, "mask_token", "qwen2")
+    one_line_error(folder, "<|fim_prefix|>", "FIM")
 
 
 def test_bad_ids_and_bad_json_are_one_line(tmp_path):
@@ -185,7 +186,7 @@ def test_cli_fill_with_a_converted_dream_folder(tmp_path):
     src = tmp_path / "a.py"
     src.write_text("def add(a, b):\n    return <|fill|>\n\nprint(add(1, 2))\n")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "lsp_server.cli", "fill", str(src), "--model", str(folder),
+    proc = subprocess.run([sys.executable, "-m", "diffill", "fill", str(src), "--model", str(folder),
                            "--device", "cpu"], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("def add(a, b):\n    return ")

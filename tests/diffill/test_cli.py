@@ -1,5 +1,7 @@
 """The ``diffill`` dispatcher and ``diffill fill``."""
 
+import asyncio
+
 import os
 import subprocess
 import sys
@@ -7,20 +9,64 @@ from pathlib import Path
 
 import pytest
 
-from lsp_server import cli, oneshot
+from diffill import cli
+from diffill import fill as oneshot
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(*args, timeout=120):
+def _run(*args, timeout=120, stdin=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "lsp_server.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "diffill", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=ROOT, input=stdin)
 
 
-def test_server_modules_do_not_import_torch():
-    code = "import sys, lsp_server.cli, lsp_server.server, lsp_server.oneshot; sys.exit('torch' in sys.modules)"
+def test_dispatcher_and_server_modules_do_not_import_torch():
+    code = "import sys, diffill.cli, diffill.fill, lsp_server.server; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60).returncode == 0
+
+
+def test_version(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("diffill ")
+
+
+def test_bench_lists_every_benchmark(capsys):
+    assert cli.main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in cli.BENCHES) and "diffill bench NAME" in out
+    assert cli.main(["bench"]) == 2  # bare: the list, not a benchmark run
+    out = capsys.readouterr().out
+    assert all(name in out for name in cli.BENCHES)
+    assert cli.main(["bench", "nope"]) == 2
+    assert "unknown command 'nope'" in capsys.readouterr().err
+
+
+def test_train_help_lists_every_subcommand():
+    out = _run("train", "--help")
+    assert out.returncode == 0, out.stderr
+    assert all(name in out.stdout for name in ("corpus", "tokenizer", "run", "ship"))
+
+
+@pytest.mark.parametrize("argv", [["lsp"], ["fill"], ["core"], ["train", "corpus"], ["train", "tokenizer"],
+                                  ["train", "run"], ["train", "ship"]]
+                         + [["bench", name] for name in cli.BENCHES if name not in ("gpu", "decoding")])
+def test_every_help_is_plain_text_with_an_example(argv):
+    out = _run(*argv, "--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"usage: diffill {' '.join(argv)}"), out.stdout[:200]
+    assert "example" in out.stdout.lower() and "``" not in out.stdout and ":class:" not in out.stdout
+
+
+def test_fill_help_says_how_holes_are_marked():
+    out = _run("fill", "--help").stdout
+    for marker in ("<|fill|>", "pass", "...", "todo!()", 'panic("TODO")', "throw new Error"):
+        assert marker in out, marker
+
+
+def test_fill_stdin_without_holes_echoes_it():
+    out = _run("fill", "-", stdin="x = 1\n")
+    assert out.returncode == 0 and out.stdout == "x = 1\n" and "no holes" in out.stderr
 
 
 def test_usage_and_unknown_command(capsys):
@@ -31,7 +77,7 @@ def test_usage_and_unknown_command(capsys):
 
 
 def test_failed_import_is_one_line(monkeypatch, capsys):
-    monkeypatch.setitem(cli.SUBCOMMANDS, "bench", ("diffusion_core.no_such_module", "main", "x"))
+    monkeypatch.setitem(cli.SUBCOMMANDS, "bench", cli.Command("diffusion_core.no_such_module", "main", "x"))
     assert cli.main(["bench"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("diffill bench: not available") and "\n" not in err
@@ -41,7 +87,7 @@ def test_dispatch_passes_argv(monkeypatch):
     seen = []
     monkeypatch.setattr(cli, "_load", lambda name: (lambda argv: seen.append((name, argv)) or 3))
     assert cli.main(["train", "run", "--config", "x"]) == 3
-    assert seen == [("train", ["run", "--config", "x"])]
+    assert seen == [(cli.SUBCOMMANDS["train"], ["run", "--config", "x"])]
 
 
 @pytest.mark.parametrize("value", ["3", "0:1", "a:b", "1:-2", ""])
@@ -108,7 +154,7 @@ def test_lsp_over_tcp(tmp_path):
 
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_STATE_HOME=str(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-m", "lsp_server.cli", "lsp", "--tcp", f"127.0.0.1:{port}"],
+    proc = subprocess.Popen([sys.executable, "-m", "diffill", "lsp", "--tcp", f"127.0.0.1:{port}"],
                             env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -139,17 +185,18 @@ def test_lsp_bad_tcp_argument():
     assert out.returncode == 2 and "HOST:PORT" in out.stderr
 
 
-def test_fill_file_keeps_holes_without_a_usable_fill(tmp_path, monkeypatch, capsys):
-    src = tmp_path / "a.py"
-    src.write_text("a = <|fill|>\nb = <|fill|>\nc = 3\n")
-    seen = {}
+def test_fill_keeps_holes_without_a_usable_fill():
+    from grammars.document import Document
+    from lsp_server.settings import Settings
+    from tests.lsp_server.fakes import FakeCore
 
-    def fake_engine(segments, budgets, model, device):
-        seen["segments"], seen["budgets"] = segments, budgets
-        return ["   ", "42"]
+    class Answers(FakeCore):
+        async def fill(self, segments, budgets, params, request_id=None):
+            await super().fill(segments, budgets, params, request_id)
+            return {"texts": ["   ", "42"], "stats": {}}
 
-    monkeypatch.setattr(oneshot, "_run_engine", fake_engine)
-    out = oneshot.fill_file(src, None, None, "cpu", "<|fill|>", max_tokens=5)
-    assert out == "a = <|fill|>\nb = 42\nc = 3\n"
-    assert seen["segments"] == ["a = ", "\nb = ", "\nc = 3\n"] and seen["budgets"] == [5, 5]
-    assert "1 of 2 hole(s) left as they were" in capsys.readouterr().err
+    core = Answers()
+    doc = Document("a = <|fill|>\nb = <|fill|>\nc = 3\n", path="a.py")
+    out, filled, found = asyncio.run(oneshot.fill_document(doc, None, core, Settings()))
+    assert out == "a = <|fill|>\nb = 42\nc = 3\n" and (filled, found) == (1, 2)
+    assert core.last_segments == ["a = ", "\nb = ", "\nc = 3\n"] and core.last_budgets == [32, 32]

@@ -29,7 +29,7 @@ def shared_core(tmp_path_factory, tiny_model):
     sock = tmp_path_factory.mktemp("core") / "core.sock"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lsp_server.cli", "core", "--socket", str(sock), "--model", str(tiny_model),
+        [sys.executable, "-m", "diffill", "core", "--socket", str(sock), "--model", str(tiny_model),
          "--device", "cpu", "--log-level", "WARNING"],
         env=env, stdout=subprocess.DEVNULL,
     )

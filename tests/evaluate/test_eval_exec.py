@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_core.eval_exec import FAILED, PASSED, TIMEOUT, run_program
-from diffusion_core.eval_infilling import load_problems, program
+from evaluation.sandbox import FAILED, PASSED, TIMEOUT, run_program
+from evaluation.infilling import load_problems, program
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mini_infilling.jsonl"
 

@@ -3,9 +3,8 @@ import re
 
 import pytest
 
-from diffusion_core.eval_holes import (KINDS, load_files, prev_line_fill, sample_holes, wanted_counts, window)
-from diffusion_core.eval_fill import errors_with, score
-from grammars.planner import split_segments, with_plan_context
+from evaluation.heldout import (KINDS, load_files, prev_line_fill, sample_holes, wanted_counts)
+from evaluation.scoring import errors_with, score
 
 from .corpus_fixture import write_corpus
 
@@ -72,19 +71,6 @@ def test_truth_scores_perfectly_and_empty_does_not(holes):
         s = score(h, h.truth, errs)
         assert s == {"exact": True, "edit_sim": 1.0, "valid": True}
         assert score(h, "", errs)["exact"] is False
-
-
-def test_window_is_split_segments_cut_at_lines(holes):
-    for h in holes:
-        full = with_plan_context(split_segments(h.doc, [h.plan]), [h.plan])
-        assert window(h.doc, h.plan, 10**9, 10**9) == full
-        pre, suf = window(h.doc, h.plan, 80 - len(h.plan.leading), 40 - len(h.plan.trailing))
-        assert full[0].endswith(pre) and full[1].startswith(suf)
-        assert len(pre.encode()) <= 80 and len(suf.encode()) <= 40
-        if pre != full[0]:
-            assert full[0][: len(full[0]) - len(pre)].endswith("\n")  # starts at a line start
-        if suf != full[1]:
-            assert suf == "" or suf.endswith("\n")
 
 
 def test_prev_line_baseline(holes):

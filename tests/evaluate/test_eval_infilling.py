@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from diffusion_core.errors import CoreError
-from diffusion_core.eval_exec import run_program
-from diffusion_core.eval_infilling import FIELDS, load_problems, program
-from diffusion_core.eval_infilling import finalize_fill
+from evaluation.sandbox import run_program
+from evaluation.infilling import FIELDS, load_problems, program
+from evaluation.infilling import finalize_fill
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mini_infilling.jsonl"
 

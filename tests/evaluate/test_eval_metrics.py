@@ -4,7 +4,7 @@ from functools import lru_cache
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diffusion_core.eval_metrics import edit_similarity, exact_match, levenshtein, median, normalize
+from evaluation.metrics import edit_similarity, exact_match, levenshtein, median, normalize
 
 
 def reference_levenshtein(a: str, b: str) -> int:

@@ -5,12 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_core import evaluate
+from evaluation import bench_quality
 from diffusion_core.engine import FillResult, FillStats
-from diffusion_core.eval_holes import load_files, sample_holes, window
-from diffusion_core.eval_infilling import load_problems
+from evaluation.heldout import load_files, sample_holes
+from evaluation.infilling import load_problems
 from diffusion_core.params import FillParams
 from diffusion_core.testing import make_tiny_model
+from lsp_server.pipeline import segments_at
+from lsp_server.settings import Settings
 
 from .corpus_fixture import write_corpus
 
@@ -35,7 +37,7 @@ class OracleEngine:
     def __init__(self, answers: dict):
         self.answers = answers
 
-    def fill(self, segments, holes, params=None):
+    def fill(self, segments, holes, params=None, on_step=None):
         text = self.answers[tuple(segments)]
         return FillResult([text], FillStats(forward_passes=1))
 
@@ -50,8 +52,8 @@ def _args(**kw):
 def test_oracle_engine_scores_one_and_beats_baselines(corpus):
     holes = sample_holes(load_files([corpus / "holdout.jsonl", corpus / "valid.jsonl"]), 16, seed=0)
     args = _args()
-    oracle = OracleEngine({tuple(window(h.doc, h.plan, 6000, 2000)): h.truth for h in holes})
-    out, text = evaluate.heldout_section(oracle, holes, FillParams(), args, None)
+    oracle = OracleEngine({tuple(segments_at(h.doc, h.plan, Settings())): h.truth for h in holes})
+    out, text = bench_quality.heldout_section(oracle, holes, FillParams(), args, None)
     assert out["holes"] == len(holes)
     for kind, entry in list(out["by_kind"].items()) + [("all", out["all"])]:
         assert entry["model"] == {"exact": 1.0, "edit_sim": 1.0, "valid": 1.0}, kind
@@ -66,7 +68,7 @@ def test_oracle_engine_scores_one_and_beats_baselines(corpus):
 def test_oracle_engine_passes_every_problem(post):
     problems = load_problems(FIXTURE)
     oracle = OracleEngine({(p.prompt, p.suffix): p.canonical_solution for p in problems})
-    out, text = evaluate.infilling_section(oracle, FillParams(), _args(post=post), None)
+    out, text = bench_quality.infilling_section(oracle, FillParams(), _args(post=post), None)
     assert out["problems"] == 5 and out["pass@1"] == 1.0 and out["timeouts"] == 0
     assert out["by_variant"]["single-line"]["problems"] == 2
 
@@ -74,13 +76,13 @@ def test_oracle_engine_passes_every_problem(post):
 def test_wrong_answers_fail():
     problems = load_problems(FIXTURE)
     oracle = OracleEngine({(p.prompt, p.suffix): "    pass\n" for p in problems})
-    out, _ = evaluate.infilling_section(oracle, FillParams(), _args(), None)
+    out, _ = bench_quality.infilling_section(oracle, FillParams(), _args(), None)
     assert out["pass@1"] == 0.0
 
 
 def test_full_run_json_line_and_plot(tiny, corpus, tmp_path, capsys):
     png = tmp_path / "q.png"
-    code = evaluate.main(["quality", "--model", str(tiny), "--corpus", str(corpus), "--dataset", str(FIXTURE),
+    code = bench_quality.main(["--model", str(tiny), "--corpus", str(corpus), "--dataset", str(FIXTURE),
                           "--plot", str(png), "--json", *QUICK])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -98,7 +100,7 @@ def test_full_run_json_line_and_plot(tiny, corpus, tmp_path, capsys):
 
 
 def test_tables_then_json_last_without_quality_word(tiny, corpus, capsys):
-    code = evaluate.main(["--model", str(tiny), "--corpus", str(corpus), "--no-sweeps", *QUICK])
+    code = bench_quality.main(["--model", str(tiny), "--corpus", str(corpus), "--no-sweeps", *QUICK])
     out, _ = capsys.readouterr()
     assert code == 0
     lines = out.rstrip("\n").split("\n")
@@ -108,21 +110,21 @@ def test_tables_then_json_last_without_quality_word(tiny, corpus, capsys):
 
 
 def test_canonical_harness_check(tiny, capsys):
-    code = evaluate.main(["quality", "--model", str(tiny), "--no-heldout", "--dataset", str(FIXTURE), "--canonical", "--json"])
+    code = bench_quality.main(["--model", str(tiny), "--no-heldout", "--dataset", str(FIXTURE), "--canonical", "--json"])
     out, _ = capsys.readouterr()
     assert code == 0
     assert json.loads(out)["infilling"]["pass@1"] == 1.0
 
 
 def test_missing_corpus_skips_heldout(tiny, tmp_path, capsys):
-    code = evaluate.main(["quality", "--model", str(tiny), "--corpus", str(tmp_path / "none"), "--json"])
+    code = bench_quality.main(["--model", str(tiny), "--corpus", str(tmp_path / "none"), "--json"])
     out, err = capsys.readouterr()
     assert code == 0 and json.loads(out)["heldout"] is None
     assert "held-out section skipped" in err
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["speed"], "unknown benchmark 'speed'"),
+    (["speed"], "unknown command 'speed'"),
     (["quality", "--model", "/nonexistent/model"], "model folder not found"),
     (["quality", "--dataset", "/nonexistent.jsonl", "--no-heldout"], "no such dataset file"),
     (["quality", "--budgets", "4,x", "--no-heldout"], "--budgets"),
@@ -134,14 +136,16 @@ def test_missing_corpus_skips_heldout(tiny, tmp_path, capsys):
 def test_bad_input_is_one_line(tiny, argv, needle, capsys):
     if "--model" not in argv and argv != ["speed"]:
         argv = argv + ["--model", str(tiny)]
-    code = evaluate.main(argv)
+    from diffill.cli import main as cli_main
+
+    code = cli_main(["bench", *argv])
     _, err = capsys.readouterr()
     assert code in (1, 2)
     assert needle in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_dispatcher_routes_bench(tiny, capsys):
-    from lsp_server.cli import main as cli_main
+    from diffill.cli import main as cli_main
 
     code = cli_main(["bench", "quality", "--model", str(tiny), "--no-heldout", "--dataset", str(FIXTURE), "--canonical",
                      "--limit", "1", "--json"])

@@ -2,7 +2,7 @@
 import json
 import random
 
-from diffusion_core.eval_exec import run_program
+from evaluation.sandbox import run_program
 from evaluation import exec_problems as E
 
 GOOD = '''import math

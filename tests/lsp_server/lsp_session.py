@@ -19,7 +19,7 @@ from pytest_lsp import ClientServerConfig, LanguageClient
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_SERVER = [sys.executable, str(ROOT / "tests" / "lsp_server" / "fakes.py")]
-REAL_SERVER = [sys.executable, "-m", "lsp_server.cli", "lsp"]
+REAL_SERVER = [sys.executable, "-m", "diffill", "lsp"]
 
 
 def capabilities(encodings: list[str] | None = None, progress: bool = True, configuration: bool = True) -> types.ClientCapabilities:

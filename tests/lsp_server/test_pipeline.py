@@ -6,10 +6,8 @@ from hypothesis import given, settings as hsettings, strategies as st
 
 from grammars.document import Document
 from grammars.planner import FillPlan, split_segments
-from lsp_server.cache import FillCache
-from lsp_server.core_link import CoreLink
-from lsp_server.filling import (
-    Filler,
+from lsp_server import pipeline
+from lsp_server.pipeline import (
     clip_segments,
     prefix_window_start,
     suffix_window_end,
@@ -76,49 +74,46 @@ def test_variants():
 
 
 @pytest.fixture
-async def filler():
-    core = FakeCore(text="a + b", steps=2, step_s=0.005)
-    link = CoreLink(lambda s, e: core, lambda k, m: None)
-    await link.start(Settings())
-    yield Filler(link, FillCache()), core
-    await link.close()
+def core():
+    return FakeCore(text="a + b", steps=2, step_s=0.005)
 
 
-async def test_at_cursor_plans_fills_and_caches(filler):
-    f, core = filler
+async def test_fill_at_plans_fills_and_ranks(core):
     doc = Document("def add(a, b):\n    return \n", language_id="python")
-    out = await f.at_cursor("u", doc, 1, 11, "utf-16", Settings())
+    out = await pipeline.fill_at(core, doc, doc.offset_at(1, 11), Settings())
     assert out is not None and not out.cached and out.candidates
     best = out.candidates[0]
-    assert "a + b" in best.text and best.start == doc.offset_at(1, 11)
+    assert "a + b" in best.text and best.start == doc.offset_at(1, 11) and out.plan.start_byte == best.start
     assert core.last_segments[0].endswith("return ") and core.last_budgets[0] <= Settings().fill.max_tokens
-    # the same state again comes from the cache, without the core
-    again = f.from_cache("u", doc, 1, 11, "utf-16")
-    assert again is not None and again.cached and again.candidates[0].text == best.text
     assert core.fills == 1
 
 
-async def test_at_cursor_nothing_to_do(filler):
-    f, core = filler
+async def test_fill_at_nothing_to_do(core):
     doc = Document("abc\n", language_id="python")
-    assert await f.at_cursor("u", doc, 7, 0, "utf-16", Settings()) is None  # past the end
-    assert await f.at_cursor("u", doc, 0, 1, "utf-16", Settings()) is None  # mid-identifier
+    assert await pipeline.fill_at(core, doc, 99, Settings()) is None  # past the end
+    assert await pipeline.fill_at(core, doc, 1, Settings()) is None  # mid-identifier
     assert core.fills == 0
 
 
-async def test_budget_capped_and_params_sent(filler):
-    f, core = filler
+async def test_the_marker_setting_reaches_the_planner(core):
+    doc = Document("x = 1\ny = ??\n", language_id="python")
+    marked = dataclasses.replace(Settings(), hole_marker="??")
+    out = await pipeline.fill_at(core, doc, doc.offset_at(1, 5), marked)
+    assert out is not None and out.plan.target == "hole" and out.plan.mode == "replace"
+    assert core.last_segments == ["x = 1\ny = ", "\n"]  # the marker itself is not context
+
+
+async def test_budget_capped_and_params_sent(core):
     s = dataclasses.replace(Settings(), fill=dataclasses.replace(Settings().fill, max_tokens=3, steps=4))
     doc = Document("def f():\n    \n", language_id="python")
-    await f.at_cursor("u", doc, 1, 4, "utf-16", s)
+    await pipeline.fill_at(core, doc, doc.offset_at(1, 4), s)
     assert core.last_budgets == [3] and core.last_params == {"steps": 4}
 
 
-async def test_cancelling_the_request_cancels_the_core(filler):
-    f, core = filler
+async def test_cancelling_the_request_cancels_the_core(core):
     core.steps, core.step_s = 100, 0.01
     doc = Document("x = \n", language_id="python")
-    task = asyncio.create_task(f.at_cursor("u", doc, 0, 4, "utf-16", Settings()))
+    task = asyncio.create_task(pipeline.fill_at(core, doc, 4, Settings()))
     await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -126,20 +121,19 @@ async def test_cancelling_the_request_cancels_the_core(filler):
     assert core.cancelled == 1 and core.completed == 0
 
 
-async def test_holes_fill_jointly(filler):
-    f, core = filler
+async def test_holes_fill_jointly_and_apply(core):
     doc = Document("a = <|fill|>\nb = <|fill|>\n", language_id="python")
     from grammars.holes import find_holes
 
     plans = find_holes(doc)
-    cands = await f.holes(doc, plans, Settings())
+    cands = await pipeline.fill_plans(core, doc, plans, Settings())
     assert len(cands) == 2 and core.fills == 1 and len(core.last_segments) == 3
     assert [c.start for c in cands] == [p.start_byte for p in plans]
+    assert pipeline.apply(doc, plans, cands) == "a = a + b\nb = a + b\n"
 
 
-async def test_model_sees_the_plan_leading_text(filler):
-    f, core = filler
+async def test_model_sees_the_plan_leading_text(core):
     doc = Document("def f():\n\nx = 1\n", language_id="python")
-    out = await f.at_cursor("u", doc, 0, 8, "utf-16", Settings())
+    out = await pipeline.fill_at(core, doc, 8, Settings())
     assert core.last_segments[0] == "def f():\n    "  # the hole starts where the body goes
     assert out is not None and out.candidates[0].text.startswith("\n    ")

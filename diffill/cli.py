@@ -1,0 +1,108 @@
+"""The ``diffill`` command: the table of subcommands and their lazy dispatch.
+
+Owns: which module answers ``diffill NAME`` and ``diffill bench NAME``, the usage
+lists, ``--version``. Modules are imported only when their command is asked for, so
+``diffill lsp`` loads the language server and nothing of torch.
+
+Must not know: what any subcommand does beyond its one-line help.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from importlib import metadata
+from typing import Callable, NamedTuple
+
+
+class Command(NamedTuple):
+    module: str
+    func: str
+    help: str
+
+
+SUBCOMMANDS: dict[str, Command] = {
+    "lsp": Command("lsp_server.server", "main", "run the language server for an editor (stdio, or --tcp HOST:PORT)"),
+    "fill": Command("diffill.fill", "main", "fill the holes of a file (or stdin) and print the whole result"),
+    "core": Command("diffusion_core.service", "main", "run a denoising core that several editors share"),
+    "train": Command("diffusion_core.train.cli", "main", "build a corpus, train a tokenizer or a model, ship it"),
+    "bench": Command("diffill.cli", "bench_main", "benchmark fill quality and latency (diffill bench NAME)"),
+}
+
+# `diffill bench NAME`: every benchmark prints a table, then one JSON line last.
+BENCHES: dict[str, Command] = {
+    "quality": Command("evaluation.bench_quality", "main", "held-out fill quality and latency through the shipped fill path"),
+    "latency": Command("diffusion_core.bench", "main", "core latency over context sizes and hole budgets"),
+    "service": Command("evaluation.bench_service", "main", "completions/s of one shared core at several concurrent editors"),
+    "typing": Command("evaluation.bench_typing", "main", "latency while typing a file into the real `diffill lsp`"),
+    "grammars": Command("grammars.bench", "main", "reparse and plan time per keystroke"),
+    "gpu": Command("diffusion_core.bench_gpu", "main", "GPU latency of a 7B-shaped model and the bundled one"),
+    "decoding": Command("evaluation.decoding", "main", "decoding strategies of a pretrained coder, side by side"),
+}
+
+EXAMPLES = """examples:
+  diffill fill app.py > filled.py      fill every <|fill|>, `pass`, `...`, `todo!()` hole
+  diffill lsp                          what an editor starts
+  diffill bench quality --limit 5      a quick quality run
+  diffill <command> --help             what a command does, with an example"""
+
+
+def version() -> str:
+    try:
+        return metadata.version("diffill")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _listing(title: str, table: dict[str, Command], usage: str) -> str:
+    width = max(map(len, table))
+    lines = [f"usage: {usage}", "", f"{title}:"]
+    lines += [f"  {name:<{width}}  {cmd.help}" for name, cmd in table.items()]
+    return "\n".join(lines)
+
+
+def usage() -> str:
+    return _listing("commands", SUBCOMMANDS, "diffill [--version] <command> [args...]") + "\n\n" + EXAMPLES
+
+
+def bench_usage() -> str:
+    return (_listing("benchmarks", BENCHES, "diffill bench NAME [args...]")
+            + "\n\n`diffill bench NAME --help` lists a benchmark's options.")
+
+
+def _load(cmd: Command) -> Callable[[list[str]], int | None]:
+    return getattr(importlib.import_module(cmd.module), cmd.func)
+
+
+def _dispatch(prefix: str, table: dict[str, Command], argv: list[str], listing: Callable[[], str]) -> int:
+    """Run ``table[argv[0]]`` with the rest; the list for no name (2) or --help (0)."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(listing())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in table:
+        print(f"{prefix}: unknown command {name!r} (one of {', '.join(table)}; --help lists them)", file=sys.stderr)
+        return 2
+    try:
+        entry = _load(table[name])
+    except (ImportError, AttributeError) as exc:
+        print(f"{prefix} {name}: not available ({table[name].module}: {exc})", file=sys.stderr)
+        return 1
+    return int(entry(rest) or 0)
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return _dispatch("diffill bench", BENCHES, argv, bench_usage)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"diffill {version()}")
+        return 0
+    return _dispatch("diffill", SUBCOMMANDS, argv, usage)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

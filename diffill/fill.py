@@ -1,0 +1,197 @@
+"""``diffill fill``: fill the holes of a file (or of stdin) and print the whole result.
+
+Owns: the command line of a one-shot fill (reading the file or stdin, the position,
+the model flags, progress and ``--verbose`` on stderr) on top of the one fill pipeline
+(``lsp_server.pipeline``) with an in-process engine (``diffusion_core.local_core``), so
+it fills exactly as the language server does. Any failure is one line on stderr and a
+non-zero exit: 2 for bad arguments (missing file, bad position), 1 for nothing to fill
+at the position or a core failure.
+
+Must not know: LSP, tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from pathlib import Path
+
+from grammars.holes import DEFAULT_MARKER
+
+DESCRIPTION = f"""\
+Fill the holes of a source file with the model and print the whole file, filled,
+on stdout (FILE "-" reads stdin). The file itself is never changed.
+
+Holes are marked in the code, per language:
+  any language   the marker {DEFAULT_MARKER} (or --hole-marker TEXT), anywhere
+  Python         `pass` or `...` as the whole body of a function or class
+  Rust           todo!() or unimplemented!()
+  Go             panic("TODO") or panic("not implemented")
+  JS/TS/TSX      throw new Error("TODO")
+  Java           throw new UnsupportedOperationException("TODO")
+  C, C++         a body holding only a // TODO comment; C++ also
+                 throw std::logic_error("not implemented")
+With --at LINE:COL it fills what the editor would complete there instead (the rest
+of the line, a body, a hole). All holes are filled in one call to the model; a hole
+whose fill is unusable is left as it was (and named on stderr).
+
+The language comes from the file's extension, or --language (needed for stdin to
+find placeholders; the marker works without it)."""
+
+EXAMPLES = """\
+examples:
+  diffill fill app.py > app_filled.py
+  diffill fill app.py --at 12:5              what an editor would complete at line 12, column 5
+  cat app.py | diffill fill - --language python
+  diffill fill main.rs --model ~/models/my-coder --device cuda --verbose"""
+
+
+class FillError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_at(value: str) -> tuple[int, int]:
+    line, sep, col = value.partition(":")
+    if not sep or not line.isdigit() or not col.isdigit() or int(line) < 1 or int(col) < 1:
+        raise FillError(f"--at wants LINE:COL (1-based), got {value!r}", 2)
+    return int(line) - 1, int(col) - 1
+
+
+def read_source(name: str) -> str:
+    """The text of FILE, or of stdin for "-"."""
+    try:
+        data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    except FileNotFoundError:
+        raise FillError(f"{name}: no such file", 2) from None
+    except OSError as exc:
+        raise FillError(f"{name}: cannot read ({exc.strerror})", 2) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FillError(f"{'stdin' if name == '-' else name}: not utf-8 text (byte {exc.start})", 2) from None
+
+
+async def fill_document(doc, at: tuple[int, int] | None, core, settings, where: str = "") -> tuple[str, int, int]:
+    """(the filled text, holes filled, holes found) through the fill pipeline.
+
+    ``at`` (0-based line, character): the best candidate at that position, as the editor
+    shows it first; None: every hole of the document, jointly."""
+    from grammars.holes import find_holes
+    from lsp_server import pipeline
+
+    if at is not None:
+        cursor = doc.offset_at(at[0], at[1], encoding="utf-32")
+        if cursor is None:
+            raise FillError(f"{where}position {at[0] + 1}:{at[1] + 1} is outside the file", 2)
+        outcome = await pipeline.fill_at(core, doc, cursor, settings, encoding="utf-32")
+        if outcome is None:
+            raise FillError(f"{where}nothing to fill at {at[0] + 1}:{at[1] + 1}", 1)
+        best = outcome.candidates[:1] or [pipeline.Candidate("", outcome.plan.start_byte, outcome.plan.end_byte)]
+        return pipeline.apply(doc, [outcome.plan], best), len(outcome.candidates[:1]), 1
+    plans = find_holes(doc, marker=settings.hole_marker)
+    if not plans:
+        return doc.text, 0, 0
+    cands = await pipeline.fill_plans(core, doc, plans, settings)
+    return pipeline.apply(doc, plans, cands), sum(bool(c.text.strip()) for c in cands), len(plans)
+
+
+def _describe(info: dict) -> str:
+    """The engine's own description of the model, every field it gives (nothing invented)."""
+    return "model: " + ", ".join(f"{k}={v}" for k, v in info.items())
+
+
+def _load_core(model: str | None, device: str, verbose: bool):
+    from diffusion_core.progress import Progress
+
+    try:
+        from diffusion_core.local_core import LocalCore
+    except ImportError as exc:
+        raise FillError(f"the denoising core is not available: {exc}", 1) from None
+    try:
+        with Progress(f"diffill fill: loading {model or 'the default model'}"):
+            core = LocalCore.load(model, device)
+    except Exception as exc:  # CoreError names the file or key in one line; anything else too
+        raise FillError(f"core failed: {_first_line(exc)}", 1) from None
+    if verbose:
+        print(f"diffill fill: {_describe(core.engine.info())}", file=sys.stderr)
+    return core
+
+
+def run(args: argparse.Namespace) -> str:
+    from grammars.document import Document
+    from lsp_server.settings import Settings
+
+    at = parse_at(args.at) if args.at else None
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise FillError(f"--max-tokens must be at least 1, got {args.max_tokens}", 2)
+    text = read_source(args.file)
+    where = "" if args.file == "-" else f"{args.file}: "
+    path = None if args.file == "-" else args.file
+    doc = Document(text, language_id=args.language, path=path)
+    settings = Settings(hole_marker=args.hole_marker)
+    if args.max_tokens is not None:
+        settings = dataclasses.replace(settings, fill=dataclasses.replace(settings.fill, max_tokens=args.max_tokens))
+    if at is None and not _has_holes(doc, settings):
+        print(f"diffill fill: {where}no holes ({args.hole_marker!r} or placeholders) found", file=sys.stderr)
+        return text
+    if at is not None and doc.offset_at(at[0], at[1], encoding="utf-32") is None:
+        raise FillError(f"{where}position {at[0] + 1}:{at[1] + 1} is outside the file", 2)
+    core = _load_core(args.model, args.device, args.verbose)
+    from diffusion_core.progress import Progress
+
+    try:
+        with Progress("diffill fill: filling") as progress:
+            core.on_step = lambda info: progress.update(info.step)
+            out, filled, found = asyncio.run(fill_document(doc, at, core, settings, where))
+    except FillError:
+        raise
+    except Exception as exc:  # CoreError is a ValueError with one line; anything else too
+        raise FillError(f"core failed: {_first_line(exc)}", 1) from None
+    if filled < found:
+        print(f"diffill fill: {where}{found - filled} of {found} hole(s) left as they were (no usable fill)",
+              file=sys.stderr)
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _has_holes(doc, settings) -> bool:
+    from grammars.holes import find_holes
+
+    return bool(find_holes(doc, marker=settings.hole_marker))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lsp_server.settings import Settings
+
+    d = Settings()
+    p = argparse.ArgumentParser(prog="diffill fill", description=DESCRIPTION, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", metavar="FILE", help='the source file ("-": read stdin)')
+    p.add_argument("--at", metavar="LINE:COL", help="fill what an editor would complete at this 1-based position")
+    p.add_argument("--language", metavar="NAME", help="language (python, rust, go, ...) when the extension does not say")
+    p.add_argument("--model", metavar="PATH", help="model folder or .gguf file (default: the bundled model)")
+    p.add_argument("--device", default=d.model.device, help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
+    p.add_argument("--hole-marker", default=d.hole_marker, metavar="TEXT", help="the marker text (default %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help=f"cap on each hole's token budget (default {d.fill.max_tokens}, as in the editor)")
+    p.add_argument("--verbose", action="store_true", help="print the model's description on stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except FillError as exc:
+        print(f"diffill fill: {exc}", file=sys.stderr)
+        return exc.code
+    sys.stdout.write(result)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,55 @@
+"""An in-process core: the ``CoreConnection`` shape (start, fill, status, close) over one ``Engine``.
+
+Owns: answering ``fill(segments, budgets, params)`` the way the core process answers
+a socket client (``{"texts", "stats"}``), for the callers that run the model in their
+own process: ``diffill fill`` and ``diffill bench quality``. So they go through the same
+fill pipeline (``lsp_server.pipeline``) as the language server, and a benchmark
+measures what an editor gets.
+
+Must not know: grammars, LSP, sockets. The engine call is synchronous: the caller's
+event loop waits for it (one request at a time, as a command line runs).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from .engine import Engine, FillParams, HoleSpec, StepInfo
+from .errors import CoreError
+
+
+class LocalCore:
+    def __init__(self, engine: Engine, on_step: Callable[[StepInfo], None] | None = None,
+                 base: FillParams | None = None) -> None:
+        self.engine = engine
+        self.on_step = on_step
+        self.base = base or FillParams()  # what a request's params override (a benchmark's sampler flags)
+        self.fills = 0
+
+    @classmethod
+    def load(cls, model_dir: str | None = None, device: str = "auto", **kw) -> "LocalCore":
+        return cls(Engine.load(model_dir=model_dir, device=device), **kw)
+
+    async def start(self) -> None:  # the engine is loaded already
+        return None
+
+    async def fill(self, segments: list[str], budgets: list[int], params: dict,
+                   request_id: str | None = None) -> dict:
+        """The engine's fill as the core process replies it; a ``CoreError`` propagates."""
+        t0 = time.perf_counter()
+        res = self.engine.fill(segments, [HoleSpec(budget=int(b)) for b in budgets],
+                               params=FillParams.from_dict({**self.base.as_dict(), **params}), on_step=self.on_step)
+        if len(res.texts) != len(budgets):
+            raise CoreError(f"engine answered {len(res.texts)} fills for {len(budgets)} holes")
+        self.fills += 1
+        stats = res.stats.as_dict()
+        stats["core_ms"] = (time.perf_counter() - t0) * 1000
+        return {"texts": list(res.texts), "stats": stats}
+
+    async def status(self) -> dict:
+        info = self.engine.info()
+        return {"model": info.get("model"), "device": info.get("device"), "info": info}
+
+    async def close(self) -> None:
+        return None
