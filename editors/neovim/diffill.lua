@@ -18,11 +18,53 @@ local defaults = {
   },
   -- Key that accepts the ghost text (0.12+).
   accept_key = "<Tab>",
+  -- Ghost text (true) or the completion menu (false); nil: ghost text where Neovim
+  -- has it (0.12+), the menu on 0.11.
+  inline = nil,
 }
+
+-- Neovim's completion menu inserts only the first word of a plain-text item (its
+-- "word" is newText up to the first space): on accept, put the whole fill over the
+-- item's range. The word went in at the cursor of the request.
+local function complete_whole_fill(client)
+  return function()
+    local done = vim.v.completed_item
+    local lsp_data = type(done) == "table" and type(done.user_data) == "table" and done.user_data.nvim
+      and done.user_data.nvim.lsp
+    if not lsp_data or lsp_data.client_id ~= client.id then
+      return
+    end
+    local edit = lsp_data.completion_item and lsp_data.completion_item.textEdit
+    local word = done.word or ""
+    if not edit or edit.newText == word then
+      return
+    end
+    local rng = edit.range or edit.replace
+    local row, col = unpack(vim.api.nvim_win_get_cursor(0))
+    local line = vim.api.nvim_get_current_line()
+    local asked = col - #word
+    if rng.start.line ~= row - 1 or rng["end"].line ~= row - 1 or line:sub(asked + 1, col) ~= word then
+      return -- cancelled, or not the line the item was made for
+    end
+    local before = line:sub(1, asked) .. line:sub(col + 1) -- the line the server saw
+    local enc = client.offset_encoding
+    local first = vim.str_byteindex(before, enc, rng.start.character, false)
+    local last = vim.str_byteindex(before, enc, rng["end"].character, false)
+    if first > asked or last < asked then
+      return
+    end
+    local lines = vim.split(edit.newText, "\n")
+    vim.api.nvim_buf_set_text(0, row - 1, first, row - 1, col + (last - asked), lines)
+    vim.api.nvim_win_set_cursor(0, { row + #lines - 1, (#lines == 1 and first or 0) + #lines[#lines] })
+  end
+end
 
 function M.setup(opts)
   opts = vim.tbl_deep_extend("force", defaults, opts or {})
   local has_inline = vim.lsp.inline_completion ~= nil -- Neovim 0.12+
+  if opts.inline ~= nil then
+    has_inline = opts.inline and has_inline
+  end
 
   -- Older Neovim has no inline completion: let the completion menu carry the fill.
   opts.settings.completion.enable = opts.settings.completion.enable or not has_inline
@@ -56,6 +98,7 @@ function M.setup(opts)
         -- 0.11: built-in completion with autotrigger shows diffill's one item.
         if vim.lsp.completion and vim.lsp.completion.enable then
           vim.lsp.completion.enable(true, client.id, args.buf, { autotrigger = true })
+          vim.api.nvim_create_autocmd("CompleteDone", { buffer = args.buf, callback = complete_whole_fill(client) })
         end
       end
       -- Fill every hole of the buffer jointly (<|fill|>, pass, todo!(), ...).
