@@ -35,7 +35,7 @@ BENCHES: dict[str, Command] = {
     "latency": Command("diffusion_core.bench", "main", "core latency over context sizes and hole budgets"),
     "service": Command("evaluation.bench_service", "main", "completions/s of one shared core at several concurrent editors"),
     "typing": Command("evaluation.bench_typing", "main", "latency while typing a file into the real `diffill lsp`"),
-    "grammars": Command("grammars.bench", "main", "reparse and plan time per keystroke"),
+    "grammars": Command("evaluation.bench_grammars", "main", "reparse and plan time per keystroke"),
     "gpu": Command("diffusion_core.bench_gpu", "main", "GPU latency of a 7B-shaped model and the bundled one"),
     "decoding": Command("evaluation.decoding", "main", "decoding strategies of a pretrained coder, side by side"),
 }

@@ -27,7 +27,7 @@ import torch
 
 from .config import ModelConfig, read_json
 from .errors import CoreError
-from .loader import read_tensors, weight_files
+from .weights import read_tensors, weight_files
 
 log = logging.getLogger(__name__)
 

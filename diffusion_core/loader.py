@@ -14,17 +14,16 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .checkpoints import converter_for
 from .config import ModelConfig
 from .errors import CoreError
 from .model import Transformer
 from .tokenizer import Tokenizer
+from .weights import INDEX_NAME, SINGLE_NAME, read_tensors, weight_files  # noqa: F401 (re-exported)
 
 SHARD_BYTES = 15 * 1024 * 1024  # one safetensors file at most; larger models get an index
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 GGUF_SUFFIX = ".gguf"
 
@@ -49,39 +48,6 @@ def resolve_device(device: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise CoreError(f"device: unsupported device {device!r} (use auto, cpu or cuda[:N])")
     return dev
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a folder: the index's shards, or the single file."""
-    index = folder / INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-            raise CoreError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)") from None
-        names = sorted(set(weight_map.values()))
-        files = [folder / n for n in names]
-        for f in files:
-            if not f.is_file():
-                raise CoreError(f"{f}: shard named in {INDEX_NAME} is missing")
-        return files
-    single = folder / SINGLE_NAME
-    if single.is_file():
-        return [single]
-    raise CoreError(f"{folder}: no {SINGLE_NAME} or {INDEX_NAME}")
-
-
-def read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
-    """Memory-mapped tensors of all files; a corrupt file fails naming the file."""
-    tensors: dict[str, torch.Tensor] = {}
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as st:
-                for key in st.keys():
-                    tensors[key] = st.get_tensor(key)
-        except Exception as e:  # safetensors raises SafetensorError/OSError on truncated or bad headers
-            raise CoreError(f"{f}: cannot read safetensors ({str(e).splitlines()[0][:120]})") from None
-    return tensors
 
 
 def assign_weights(model: Transformer, tensors: dict[str, torch.Tensor], source: str,
@@ -145,7 +111,6 @@ def load_model(folder: str | Path | None = None, device: str = "auto", dtype: to
     dev = resolve_device(device)
     dtype = dtype or default_dtype(dev)
     if convert is None and not written_by_diffill(folder):
-        from .checkpoints import converter_for  # imports this module: resolved at call time
         convert = converter_for(folder)  # None for our own format
     if convert is not None:
         cfg, special_names, tensors = convert(folder)

@@ -33,7 +33,7 @@ from lsp_server.documents import DocumentStore, OpenDoc
 from lsp_server.feedback import FeedbackLog, Stats, default_log_path
 from lsp_server import pipeline
 from lsp_server.pipeline import Candidate, Outcome
-from lsp_server.scheduler import Debouncer, Latest
+from lsp_server.debounce import Debouncer, Latest
 from lsp_server.settings import Settings
 
 log = logging.getLogger(__name__)

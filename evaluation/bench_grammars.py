@@ -5,7 +5,7 @@ one character at a time in the middle of the file; each keystroke is one
 Document.apply_change (Tree.edit + incremental reparse) and one plan() at the new
 cursor. Warm-up keystrokes are excluded. Prints a table, then one JSON line last.
 
-    python -m grammars.bench [--lines 5000] [--keys 200] [--langs python,go,rust,typescript]
+    diffill bench grammars [--lines 5000] [--keys 200] [--langs python,go,rust,typescript]
                              [--no-autoclose]
 """
 

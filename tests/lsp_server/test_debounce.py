@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from lsp_server.scheduler import Debouncer, Latest
+from lsp_server.debounce import Debouncer, Latest
 
 
 async def test_newest_wins_cancels_previous_task():

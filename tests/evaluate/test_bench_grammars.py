@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from grammars import bench
+from evaluation import bench_grammars as bench
 
 
 def test_bench_smoke(capsys):

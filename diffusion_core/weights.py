@@ -1,0 +1,51 @@
+"""Safetensors weights of a model folder: which files hold them, and reading them memory-mapped.
+
+Owns the folder's weight-file layout (one file, or shards named by an index) and the
+one reader, so the loader and the checkpoint converters share it without importing
+each other. Must not know model architectures or configs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .errors import CoreError
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a folder: the index's shards, or the single file."""
+    index = folder / INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+            raise CoreError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)") from None
+        names = sorted(set(weight_map.values()))
+        files = [folder / n for n in names]
+        for f in files:
+            if not f.is_file():
+                raise CoreError(f"{f}: shard named in {INDEX_NAME} is missing")
+        return files
+    single = folder / SINGLE_NAME
+    if single.is_file():
+        return [single]
+    raise CoreError(f"{folder}: no {SINGLE_NAME} or {INDEX_NAME}")
+
+
+def read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Memory-mapped tensors of all files; a corrupt file fails naming the file."""
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    tensors[key] = st.get_tensor(key)
+        except Exception as e:  # safetensors raises SafetensorError/OSError on truncated or bad headers
+            raise CoreError(f"{f}: cannot read safetensors ({str(e).splitlines()[0][:120]})") from None
+    return tensors

@@ -1,0 +1,174 @@
+"""The packages keep their rules (docs/architecture.md): who may import whom, no cycles,
+and the language server runs with torch impossible to import.
+
+Imports are read from the source (every ``import``, at module level or inside a
+function, since a lazy import still runs), so a rule cannot be dodged by importing late.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.lsp_server.lsp_session import execute, inline, open_doc, session, status, wait_ready
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("lsp_server", "grammars", "diffusion_core", "evaluation", "diffill")
+TORCH = ("torch", "safetensors", "numpy", "gguf", "transformers")
+LSP = ("lsprotocol", "pygls", "pytest_lsp")
+
+# package -> names it must not import (a name forbids the module and everything under it)
+FORBIDDEN = {
+    "lsp_server": TORCH + ("diffusion_core", "evaluation", "diffill"),
+    "grammars": TORCH + LSP + ("lsp_server", "diffusion_core", "evaluation", "diffill"),
+    "diffusion_core": LSP + ("tree_sitter", "grammars", "lsp_server", "evaluation", "diffill"),
+    "evaluation": ("diffill",),
+    "diffill": ("evaluation",),
+}
+# the one module of diffusion_core that the editor side may import
+ALLOWED = {"lsp_server": ("diffusion_core.protocol", "diffusion_core")}
+# Known exception, to be removed by moving training out of diffusion_core: the training
+# objective cuts editor-shaped holes with the grammars span sampler and budgets.
+EXCEPTIONS = {"diffusion_core.train.objective": ("grammars.spans", "grammars.budgets")}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(path: Path) -> set[str]:
+    """Every module a file imports, as absolute dotted names ("from a import b" gives a and a.b)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    here = module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names)
+    return out
+
+
+def sources() -> dict[str, tuple[Path, set[str]]]:
+    return {module_name(p): (p, imported(p)) for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def test_each_package_imports_only_what_it_may():
+    bad = []
+    for mod, (path, names) in sources().items():
+        pkg = mod.split(".")[0]
+        for name in sorted(names):
+            if name in ALLOWED.get(pkg, ()) or any(_under(name, a) for a in ALLOWED.get(pkg, ()) if a != "diffusion_core"):
+                continue
+            if any(_under(name, e) for e in EXCEPTIONS.get(mod, ())):
+                continue
+            if any(_under(name, f) for f in FORBIDDEN[pkg]):
+                bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_protocol_imports_only_the_standard_library_and_msgpack():
+    names = imported(ROOT / "diffusion_core" / "protocol.py")
+    top = {n.split(".")[0] for n in names}
+    assert top <= set(sys.stdlib_module_names) | {"msgpack", "__future__"}, top
+
+
+def test_no_import_cycles():
+    """Between the modules of the product (lazy imports included): Tarjan's SCCs."""
+    mods = sources()
+    graph = {m: {n for n in names if n in mods and n != m} for m, (_, names) in mods.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles
+
+
+def test_module_names_are_unique_across_packages():
+    """A module name means one thing: no two ``scheduler.py`` for unrelated jobs."""
+    seen: dict[str, list[str]] = {}
+    for mod in sources():
+        leaf = mod.rsplit(".", 1)[-1]
+        if leaf not in ("__init__", "__main__", "cli"):
+            seen.setdefault(leaf, []).append(mod)
+    dup = {k: v for k, v in seen.items() if len(v) > 1}
+    assert not dup, dup
+
+
+# Installed in the server process before anything else: torch and every diffusion_core
+# module but protocol fail to import, as on a machine without them.
+_BLOCKER = """
+import importlib.abc, runpy, sys
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        top = name.split('.')[0]
+        if top in {torch} or (top == 'diffusion_core' and name not in ('diffusion_core', 'diffusion_core.protocol')):
+            raise ImportError('blocked in the language server process: ' + name)
+        return None
+sys.meta_path.insert(0, Blocked())
+sys.argv = [{fakes!r}]
+runpy.run_path({fakes!r}, run_name='__main__')
+"""
+
+
+async def test_the_language_server_runs_with_torch_blocked(tmp_path):
+    fakes = str(ROOT / "tests" / "lsp_server" / "fakes.py")
+    code = _BLOCKER.format(torch=set(TORCH), fakes=fakes)
+    uri = "file:///tmp/diffill_blocked/a.py"
+    async with session([sys.executable, "-c", code], fake={"text": "a + b"}, tmp=tmp_path) as client:
+        st = await wait_ready(client)
+        assert st["core"]["state"] == "ready"
+        open_doc(client, uri, "def add(a, b):\n    return \n\nx = <|fill|>\n")
+        res = await inline(client, uri, 1, 11)
+        assert [i.insert_text for i in res.items] == ["a + b"]
+        out = await execute(client, "diffill.fillHoles", [uri])
+        assert out == {"filled": 1}
+        st = await status(client)
+        assert st["counters"]["answered"] == 1 and st["counters"].get("errors", 0) == 0
+
+
+@pytest.mark.parametrize("pkg", ["lsp_server.server", "lsp_server.pipeline", "diffill.cli", "grammars.planner"])
+def test_editor_side_modules_load_without_torch(pkg):
+    import subprocess
+
+    code = f"import sys, {pkg}; sys.exit(sorted(m for m in sys.modules if m.split('.')[0] in {set(TORCH)!r}) or 0)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr or proc.stdout
