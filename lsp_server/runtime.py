@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from lsp_server.feedback import FeedbackLog, Stats, default_log_path
 from lsp_server import pipeline
 from lsp_server.pipeline import Candidate, Outcome
 from lsp_server.debounce import Debouncer, Latest
-from lsp_server.settings import Settings
+from lsp_server.settings import ModelSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class DiffillServer(LanguageServer):
         super().__init__("diffill", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
                          protocol_cls=DiffillProtocol)
         self.settings = Settings()
+        self._model_defaults = ("", "")  # see set_model_defaults
         self.docs = DocumentStore()
         self.cache = FillCache()
         self.latest = Latest()
@@ -162,8 +164,25 @@ class DiffillServer(LanguageServer):
                 f"settings:{origin}:{keys}",
                 f"diffill: ignoring bad setting(s) {keys} from {origin}; using the previous or default values",
             )
-        self.settings = new
+        self.settings = self._with_model_defaults(new)
         self._apply_feedback_path()
+
+    def set_model_defaults(self, path: str = "", device: str = "") -> None:
+        """What ``model.path`` "" and ``model.device`` "auto" stand for (``diffill lsp
+        --model/--device``): editors send those defaults explicitly, so the command
+        line's choice must survive them; any other value the editor sends wins."""
+        self._model_defaults = (path, device)
+        self.settings = self._with_model_defaults(self.settings)
+
+    def _with_model_defaults(self, s: Settings) -> Settings:
+        path, device = self._model_defaults
+        m = s.model
+        model = dataclasses.replace(
+            m,
+            path=m.path or path,
+            device=device if device and m.device == ModelSettings().device else m.device,
+        )
+        return s if model == m else dataclasses.replace(s, model=model)
 
     async def pull_configuration(self) -> None:
         """workspace/configuration for section 'diffill', when the client has it."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from lsprotocol import types
@@ -191,20 +192,28 @@ async def _inline_with_selected(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``diffill lsp [--tcp HOST:PORT]``: serve LSP over stdio (or TCP to debug)."""
+    """``diffill lsp [--model FOLDER] [--device D] [--tcp HOST:PORT]``: serve LSP over
+    stdio (or TCP to debug)."""
     parser = argparse.ArgumentParser(
         prog="diffill lsp", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="The diffill language server: inline completions, completion items and hole filling for an "
                     "editor,\nover LSP on stdio. Editors start it themselves (see editors/).",
         epilog="examples:\n  diffill lsp                         what an editor runs\n"
+               "  diffill lsp --model ~/models/Dream-Coder-v0-Instruct-7B --device cuda\n"
+               "                                      for an editor configured by command line\n"
                "  diffill lsp --tcp 127.0.0.1:2087    listen on TCP to debug a client")
     parser.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio (debugging)")
+    parser.add_argument("--model", metavar="FOLDER",
+                        help="model folder used while the model.path setting is empty (the default)")
+    parser.add_argument("--device", help="cpu | cuda | cuda:N | mps, used while the model.device setting is auto")
     parser.add_argument("--log-level", default="WARNING", help="stderr log level (default WARNING)")
     args = parser.parse_args(argv)
+    model_path = str(Path(args.model).expanduser().resolve()) if args.model else ""
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # pygls logs every message body at INFO: far too much for a 10 MB document.
     logging.getLogger("pygls").setLevel(max(logging.WARNING, logging.getLogger().level))
     server = build_server()
+    server.set_model_defaults(model_path, args.device or "")
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         if not host or not port.isdigit():
