@@ -18,6 +18,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from diffusion_core.protocol import one_line
 from grammars.holes import DEFAULT_MARKER
 
 DESCRIPTION = f"""\
@@ -115,7 +116,7 @@ def _load_core(model: str | None, device: str, verbose: bool):
         with Progress(f"diffill fill: loading {model or 'the default model'}"):
             core = LocalCore.load(model, device)
     except Exception as exc:  # CoreError names the file or key in one line; anything else too
-        raise FillError(f"core failed: {_first_line(exc)}", 1) from None
+        raise FillError(f"core failed: {one_line(exc)}", 1) from None
     if verbose:
         print(f"diffill fill: {_describe(core.engine.info())}", file=sys.stderr)
     return core
@@ -150,15 +151,11 @@ def run(args: argparse.Namespace) -> str:
     except FillError:
         raise
     except Exception as exc:  # CoreError is a ValueError with one line; anything else too
-        raise FillError(f"core failed: {_first_line(exc)}", 1) from None
+        raise FillError(f"core failed: {one_line(exc)}", 1) from None
     if filled < found:
         print(f"diffill fill: {where}{found - filled} of {found} hole(s) left as they were (no usable fill)",
               file=sys.stderr)
     return out
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _has_holes(doc, settings) -> bool:

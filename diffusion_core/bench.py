@@ -29,6 +29,7 @@ from .engine import Engine, HoleSpec
 from .loader import resolve_device, save_model
 from .model import Transformer
 from .params import FillParams
+from .protocol import percentile
 from .testing import tiny_config
 from .train.bpe import train_bpe
 
@@ -99,8 +100,8 @@ def run_case(engine: Engine, pre: str, suf: str, budget: int, params: FillParams
     mem = torch.cuda.max_memory_allocated() / 2**20 if engine.device.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "p50_ms": statistics.median(times),
-        "p95_ms": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
+        "p50_ms": percentile(times, 50),
+        "p95_ms": percentile(times, 95),
         "forward_passes": statistics.median(passes),
         "tokens_per_forward": statistics.median(tpf),
         "ms_per_step": statistics.median(step_ms),

@@ -33,6 +33,7 @@ from .engine import Engine, HoleSpec
 from .loader import DEFAULT_MODEL_DIR, LoadedModel, resolve_device
 from .model import Transformer
 from .params import FillParams
+from .protocol import percentile
 from .tokenizer import Tokenizer
 
 # Dream 7B / Qwen2.5-7B shape (Dream-Coder, DiffuCoder and DreamOn share it).
@@ -157,7 +158,7 @@ def run_case(engine: Engine, context: int, budget: int, strategy: str, repeats: 
     st = stats[-1]
     return {
         "context": st.context_tokens, "budget": budget, "strategy": strategy, "cache": st.cache,
-        "p50_ms": statistics.median(times), "p95_ms": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
+        "p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95),
         "forwards": statistics.median(s.forward_passes for s in stats),
         "tokens_per_forward": statistics.median(s.tokens_per_forward for s in stats),
         "ms_per_forward": statistics.median(s.denoise_ms / max(1, s.forward_passes) for s in stats),

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from .errors import CoreError
+from .protocol import MAX_HOLE_TOKENS
 
 # "ar" and "lossless" are for the causal layout (a pretrained AR coder, see `causal`):
 # "ar" commits the model's greedy next token once per forward (AR-exact); "lossless"
@@ -13,7 +14,7 @@ STRATEGIES = ("threshold", "topk", "ar", "lossless")
 CAUSAL_ONLY = ("ar", "lossless")
 CONFIDENCES = ("prob", "margin", "entropy")
 CACHE_MODES = ("auto", "exact", "dual", "none")
-MAX_BUDGET = 1024  # tokens in one hole; beyond this a request is rejected, not truncated
+MAX_BUDGET = MAX_HOLE_TOKENS  # tokens in one hole (the one cap, protocol.py); more is rejected, not truncated
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 100.0  # besides 0 (greedy)
 MIN_TOP_P = 1e-6
 

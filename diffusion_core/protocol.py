@@ -33,6 +33,11 @@ PROTOCOL_VERSION = 1
 # while a corrupt length prefix cannot make either side allocate gigabytes.
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
+# Tokens one hole may ask for. The one cap: the engine rejects a larger budget (never
+# truncates it), and the editor's fill.maxTokens setting may not exceed it. The
+# planner's budgets (grammars/budgets.py) are estimates below it.
+MAX_HOLE_TOKENS = 1024
+
 # Before a successful hello a peer is a stranger (on TCP, anyone who can connect): it
 # may send only small frames, so it cannot make the core buffer megabytes.
 MAX_HELLO_BYTES = 64 * 1024
@@ -269,3 +274,23 @@ def runtime_dir() -> str:
 
 def default_socket_path() -> str:
     return os.path.join(runtime_dir(), "core.sock")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile, q in [0, 100]; None for no values.
+
+    The one convention of every p50/p95 diffill reports: the status replies of both
+    processes (so they live in the module both import) and the benchmarks. Nearest rank
+    always names a latency that was measured, never one interpolated between two."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """The first line of an exception's message (its type name when empty), capped: what
+    an error reply, a log line or a message to the user says about a failure."""
+    text = str(exc).strip().splitlines()
+    return text[0][:limit] if text else type(exc).__name__

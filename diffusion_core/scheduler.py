@@ -300,13 +300,8 @@ class Scheduler:
             return Outcome(code=protocol.E_CANCELLED, message="request cancelled")
         if is_out_of_memory(exc):
             _release_memory()
-            return Outcome(code=protocol.E_OUT_OF_MEMORY, message=f"out of memory on this request: {_one_line(exc)}")
+            return Outcome(code=protocol.E_OUT_OF_MEMORY, message=f"out of memory on this request: {protocol.one_line(exc)}")
         if isinstance(exc, ValueError):  # CoreError is a ValueError: the user's input is at fault
-            return Outcome(code=protocol.E_INVALID_PARAMS, message=_one_line(exc))
+            return Outcome(code=protocol.E_INVALID_PARAMS, message=protocol.one_line(exc))
         log.error("engine failed", exc_info=exc)
-        return Outcome(code=protocol.E_INTERNAL, message=f"{name}: {_one_line(exc)}")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:500] if text else type(exc).__name__
+        return Outcome(code=protocol.E_INTERNAL, message=f"{name}: {protocol.one_line(exc)}")

@@ -356,8 +356,8 @@ class CoreServer:
             "device": self.info.get("device"),
             "queue": sched["waiting"] + sched["active"],
             "latency_ms": {
-                "p50": round(recent[len(recent) // 2], 1) if recent else None,
-                "p95": round(recent[min(len(recent) - 1, int(0.95 * len(recent)))], 1) if recent else None,
+                "p50": round(protocol.percentile(recent, 50), 1) if recent else None,
+                "p95": round(protocol.percentile(recent, 95), 1) if recent else None,
                 "window": len(recent),
             },
             "version": protocol.PROTOCOL_VERSION,

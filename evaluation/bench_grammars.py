@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 
+from diffusion_core.protocol import percentile
 from grammars.document import Document
 from grammars.planner import plan
 
@@ -95,16 +95,10 @@ def run(lang: str, lines: int, keys: int, warmup: int, autoclose: bool = True) -
     return {
         "lang": lang, "autoclose": autoclose, "lines": doc.line_count, "bytes": len(doc.source), "keys": keys,
         "full_parse_ms": round(full_parse_ms, 2),
-        "edit_p50_ms": round(_pct(edit_ms, 50), 3), "plan_p50_ms": round(_pct(plan_ms, 50), 3),
-        "total_p50_ms": round(_pct(total_ms, 50), 3), "total_p95_ms": round(_pct(total_ms, 95), 3),
+        "edit_p50_ms": round(percentile(edit_ms, 50) or 0.0, 3), "plan_p50_ms": round(percentile(plan_ms, 50) or 0.0, 3),
+        "total_p50_ms": round(percentile(total_ms, 50) or 0.0, 3), "total_p95_ms": round(percentile(total_ms, 95) or 0.0, 3),
         "plans": plans,
     }
-
-
-def _pct(values: list[float], q: int) -> float:
-    if len(values) < 2:
-        return values[0] if values else 0.0
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+from diffusion_core.protocol import percentile
+
 # Random-model shapes: hidden, layers, heads, kv heads, MLP width.
 SIZES = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -44,11 +46,6 @@ def synthetic_request(editor: int, k: int, context_words: int, budget: int) -> t
     typed = "total_value_of_items"[: k % 20]
     prefix = f"# editor {editor}\ndef f_{editor}(x):\n    {body}\n    return {typed}"
     return [prefix, "\n\nprint(f(1))\n"], [budget]
-
-
-def percentile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
 async def run_level(address: str, editors: int, per_editor: int, args: argparse.Namespace) -> dict:
@@ -80,11 +77,11 @@ async def run_level(address: str, editors: int, per_editor: int, args: argparse.
         "clients": editors,
         "requests": len(latencies),
         "completions_per_s": round(len(latencies) / wall, 2),
-        "p50_ms": round(statistics.median(latencies), 1),
-        "p95_ms": round(percentile(latencies, 0.95), 1),
+        "p50_ms": round(percentile(latencies, 50), 1),
+        "p95_ms": round(percentile(latencies, 95), 1),
         "mean_batch": round(statistics.fmean(batches), 2),
         "forward_passes": round(statistics.fmean(passes), 1),
-        "encode_ms_p50": round(statistics.median(encode_ms), 1),
+        "encode_ms_p50": round(percentile(encode_ms, 50), 1),
     }
 
 

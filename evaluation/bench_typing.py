@@ -35,7 +35,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcRequestCancelled
 from pygls.lsp.client import LanguageClient
 
-from lsp_server.feedback import percentile
+from diffusion_core.protocol import percentile
 
 URI = "file:///bench/typed.py"
 

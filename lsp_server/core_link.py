@@ -15,6 +15,7 @@ import enum
 import logging
 from typing import Any, Awaitable, Callable, Protocol
 
+from diffusion_core import protocol
 from lsp_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class CoreLink:
             raise
         except Exception as exc:  # any start failure becomes one line for the user
             self.state = LinkState.FAILED
-            self.error = f"diffill core failed to start: {_one_line(exc)}"
+            self.error = f"diffill core failed to start: {protocol.one_line(exc)}"
             log.error(self.error)
             self._fail(ready, self.error)
         else:
@@ -174,7 +175,7 @@ class CoreLink:
             try:
                 await asyncio.wait_for(conn.close(), timeout=10)
             except Exception as exc:
-                log.warning("closing the core: %s", _one_line(exc))
+                log.warning("closing the core: %s", protocol.one_line(exc))
 
     async def close(self) -> None:
         if self._ready is not None:
@@ -183,7 +184,3 @@ class CoreLink:
         if self.state is not LinkState.IDLE:
             self.state = LinkState.CLOSED
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

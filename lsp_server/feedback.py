@@ -19,21 +19,14 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffusion_core.protocol import percentile
+
 log = logging.getLogger(__name__)
 
 # Latencies kept for the percentiles: recent behaviour matters, memory stays flat.
 _LATENCY_WINDOW = 1000
 # Retired items an accept may still name; bounded so a long session stays flat.
 _RECENT_ITEMS = 256
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in [0, 100]); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
-    return ordered[rank - 1]
 
 
 def default_log_path() -> Path:

@@ -32,6 +32,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from diffusion_core.protocol import MAX_HOLE_TOKENS
 from grammars.holes import DEFAULT_MARKER
 
 SECTION = "diffill"  # the workspace/configuration section holding these settings
@@ -118,7 +119,7 @@ class Settings:
 
 # Value checks beyond the type, per dotted snake_case path.
 _CHECKS: dict[str, typing.Callable[[Any], bool]] = {
-    "fill.max_tokens": lambda v: 1 <= v <= 4096,
+    "fill.max_tokens": lambda v: 1 <= v <= MAX_HOLE_TOKENS,
     "fill.steps": lambda v: v is None or 1 <= v <= 1024,
     "fill.threshold": lambda v: v is None or 0.0 < v <= 1.0,
     "fill.strategy": lambda v: v is None or v in ("threshold", "topk"),

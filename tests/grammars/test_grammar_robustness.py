@@ -1,15 +1,36 @@
-"""Bad input never raises past the planner: empty, huge, junk, half-typed code."""
+"""Bad input never raises past the planner: empty, huge, junk, half-typed code.
+
+And none of it is swallowed either: ``plan``, ``finalize`` and ``score`` catch any
+exception to keep the editor alive and log it, so every test here also fails if such a
+log record appears (with ``_plan`` made to raise, every test of this file fails).
+"""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grammars.document import Document
 from grammars.holes import find_holes
 from grammars.planner import plan, split_segments
 from grammars.postprocess import finalize
+
+@pytest.fixture(autouse=True)
+def nothing_swallowed(caplog):
+    """The guards in plan/finalize/score log what they catch: no such record may appear."""
+    caplog.set_level(logging.ERROR, logger="grammars")
+    yield
+    swallowed = [r.getMessage() for r in caplog.get_records("call")  # (caplog.records is teardown's here)
+                 if r.name.startswith("grammars") and r.levelno >= logging.ERROR]
+    assert not swallowed, swallowed
+
+
+# caplog is function-scoped: hypothesis reuses it across examples, which is what we want
+# (a record from any example fails the test).
+_REUSED_FIXTURE = [HealthCheck.function_scoped_fixture]
 
 LANGS = ["python", "javascript", "typescript", "typescriptreact", "go", "rust", "c", "cpp", "java", "plaintext"]
 
@@ -80,7 +101,7 @@ def test_unknown_encoding_is_a_clear_error():
         plan(doc, 0, 0, encoding="utf-7")
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=_REUSED_FIXTURE)
 @given(st.text(max_size=120), st.integers(-2, 8), st.integers(-2, 40), st.sampled_from(LANGS))
 def test_random_text_and_positions(text, line, col, lang):
     doc = Document(text, language_id=lang)
@@ -92,7 +113,7 @@ def test_random_text_and_positions(text, line, col, lang):
     assert len(split_segments(doc, holes)) == len(holes) + 1
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=_REUSED_FIXTURE)
 @given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 12), st.integers(0, 6), st.integers(0, 12),
                           st.sampled_from(["", "x", "(", "\n", "é😀", "\r\n", "<|fill|>"])), max_size=12))
 def test_random_edit_sequences_keep_tree_in_sync(edits):
