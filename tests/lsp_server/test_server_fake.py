@@ -248,17 +248,22 @@ async def test_position_encodings(tmp_path, encoding):
 async def test_bad_input_is_answered_cleanly(tmp_path):
     async with session(fake={"text": "t"}, tmp=tmp_path) as client:
         open_doc(client, URI, "s = '😀'\n")
-        assert not (await inline(client, URI, 99, 0)).items  # past the end
-        assert not (await inline(client, "file:///nope.py", 0, 0)).items  # unknown document
+        assert list((await inline(client, URI, 99, 0)).items) == []  # past the end
+        assert list((await inline(client, "file:///nope.py", 0, 0)).items) == []  # unknown document
         res = await inline(client, URI, 0, 6)  # utf-16 column inside the surrogate pair
         assert isinstance(res, types.InlineCompletionList)
+        for item in res.items:  # whatever is offered is anchored on line 0, inside it
+            assert item.range.start.line == 0 and 0 <= item.range.start.character <= 8
         open_doc(client, "file:///tmp/bin.py", "\x00\x01\ufffe\udc80junk\x7f" * 100)
         assert isinstance(await inline(client, "file:///tmp/bin.py", 0, 3), types.InlineCompletionList)
+        # an unknown language has no tree, but a line still gets the model's fill
         open_doc(client, "file:///tmp/x.zzz", "hello = \n", language="klingon")
         res = await inline(client, "file:///tmp/x.zzz", 0, 8)
-        assert isinstance(res, types.InlineCompletionList)
-        st = await status(client)  # still serving
+        assert [i.insert_text for i in res.items] == ["t"]
+        st = await status(client)  # still serving, and nothing went wrong inside
         assert st["server"]["documents"] == 3
+        assert st["counters"].get("errors", 0) == 0 and st["counters"]["answered"] >= 1
+        assert not [m for m in client.messages if m.type == types.MessageType.Error], client.messages
 
 
 async def test_selected_completion_info_is_honoured(tmp_path):
