@@ -99,6 +99,8 @@ class PartsBuffer:
         a, b = key.start or 0, len(self) if key.stop is None else key.stop
         if b > len(self):
             raise CoreError(f"{self.name}: truncated GGUF file (needs byte {b:,}, has {len(self):,})")
+        if a >= b:
+            return np.empty(0, np.uint8)
         i = bisect.bisect_right(self.starts, a) - 1
         if b <= self.starts[i + 1]:
             return self.maps[i][a - self.starts[i]: b - self.starts[i]]
@@ -264,8 +266,11 @@ def special_names(reader, tokens: list[str]) -> dict[str, str]:
 
 # -- tokenizer ------------------------------------------------------------------------------
 
-def build_tokenizer(reader):
-    """A `tokenizers.Tokenizer` from the tokenizer.ggml.* keys (byte-level BPE; pre-tokenizer qwen2 or llama-bpe)."""
+def build_tokenizer(reader, tokens: list[str] | None = None):
+    """A `tokenizers.Tokenizer` from the tokenizer.ggml.* keys (byte-level BPE; pre-tokenizer qwen2 or llama-bpe).
+
+    tokens: tokenizer.ggml.tokens when the caller has read them already (151,936 strings).
+    """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     from .checkpoints import QWEN2_SPLIT
@@ -278,7 +283,7 @@ def build_tokenizer(reader):
     splits = {"qwen2": QWEN2_SPLIT, "llama-bpe": LLAMA3_SPLIT}
     if pre not in splits:
         raise CoreError(f"{src}: tokenizer.ggml.pre {pre!r} is not supported (diffill reads {', '.join(splits)})")
-    tokens = field(reader, "tokenizer.ggml.tokens")
+    tokens = tokens if tokens is not None else field(reader, "tokenizer.ggml.tokens")
     types = field(reader, "tokenizer.ggml.token_type")
     merges = field(reader, "tokenizer.ggml.merges")
     if len(types) != len(tokens):
@@ -436,8 +441,8 @@ def read_gguf(parts: list[Path] | Path) -> GGUFModel:
     reader = open_gguf(parts)
     architecture(reader)
     tensors = read_tensors_info(reader)
-    tok = build_tokenizer(reader)
     tokens = field(reader, "tokenizer.ggml.tokens")
+    tok = build_tokenizer(reader, tokens)
     special = special_names(reader, tokens)
     cfg = model_config(reader, tensors.shapes, special)
     if len(tokens) > cfg.vocab_size:

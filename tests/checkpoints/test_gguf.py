@@ -316,6 +316,7 @@ def test_multipart_reader_copies_only_across_boundaries(tmp_path):
     assert inside.base is not None and bytes(inside) == whole[10:20]  # a view of the first map
     b = len(parts[0].read_bytes())
     assert bytes(buf[b - 5: b + 5]) == whole[b - 5: b + 5]
+    assert len(buf[len(whole): len(whole)]) == 0  # an empty string at the very end
     with pytest.raises(CoreError, match="truncated"):
         buf[len(whole) - 2: len(whole) + 2]
 
