@@ -6,6 +6,10 @@ Owns format detection and conversion for the published masked-diffusion coders:
   `model_type` "qwen2" with a mask token): Qwen2-shaped weights named `model.layers.N...`,
   q/k/v biases, full bidirectional attention, logits shifted by one (output i predicts
   token i+1).
+* Plain autoregressive FIM coders (`model_type` "qwen2" without a mask token, or "llama":
+  an HF Qwen2ForCausalLM / LlamaForCausalLM folder such as Qwen2.5-Coder): the same
+  Qwen2/Llama tensor names, causal attention, loaded as layout "causal" with the
+  Qwen-style FIM tokens (`<|fim_prefix|>` ...) found by name in the vocabulary.
 * LLaDA (`model_type` "llada"): OLMo-style names `model.transformer.blocks.N.{q_proj, k_proj,
   v_proj, attn_out, ff_proj, up_proj, ff_out, attn_norm, ff_norm}`, `ln_f`, `ff_out` as the
   LM head, unshifted logits.
@@ -27,6 +31,7 @@ import torch
 
 from .config import ModelConfig, read_json
 from .errors import CoreError
+from .infill_formats import CAUSAL_MASK_TOKEN, CAUSAL_MAX_CONTEXT
 from .weights import read_tensors, weight_files
 
 log = logging.getLogger(__name__)
@@ -48,8 +53,13 @@ LLADA_MASK_TOKEN = "<|mdm_mask|>"  # LLaDA's mask when config.json has no mask_t
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
+# Plain AR FIM coders: role -> token string (Qwen2.5-Coder's tokenizer_config.json names).
+FIM_TOKENS = {"pre": "<|fim_prefix|>", "suf": "<|fim_suffix|>", "mid": "<|fim_middle|>", "pad": "<|fim_pad|>"}
+CAUSAL_EOS_TOKEN = "<|endoftext|>"  # Qwen2.5-Coder's end of a FIM middle when config.json names none
+
 DREAM_MODEL_TYPES = ("dream",)
 QWEN2_MODEL_TYPES = ("qwen2",)
+LLAMA_MODEL_TYPES = ("llama",)
 LLADA_MODEL_TYPES = ("llada",)
 OWN_MODEL_TYPES = ("diffill",)
 
@@ -57,7 +67,7 @@ OWN_MODEL_TYPES = ("diffill",)
 # -- reading the folder -----------------------------------------------------------------
 
 def family_of(config: dict) -> str | None:
-    """'diffill' | 'dream' | 'qwen2' | 'llada' from a config.json dict; None when it names no model_type."""
+    """'diffill' | 'dream' | 'qwen2' | 'llama' | 'llada' from a config.json dict; None when it names no model_type."""
     mt = config.get("model_type")
     if mt is None:
         archs = config.get("architectures") or []
@@ -68,7 +78,7 @@ def family_of(config: dict) -> str | None:
         return None
     mt = str(mt).lower()
     for family, names in (("diffill", OWN_MODEL_TYPES), ("dream", DREAM_MODEL_TYPES),
-                          ("qwen2", QWEN2_MODEL_TYPES), ("llada", LLADA_MODEL_TYPES)):
+                          ("qwen2", QWEN2_MODEL_TYPES), ("llama", LLAMA_MODEL_TYPES), ("llada", LLADA_MODEL_TYPES)):
         if mt in names:
             return family
     return "unknown"
@@ -88,12 +98,14 @@ def converter_for(folder: str | Path) -> Converter | None:
     family = family_of(config)
     if family in (None, "diffill"):
         return None
+    if family == "llama" or (family == "qwen2" and not has_mask_token(folder, config)):
+        return convert_causal_lm  # Open-dCoder is the qwen2 folder WITH a mask token
     if family in ("dream", "qwen2"):
         return convert_dream
     if family == "llada":
         return convert_llada
     raise CoreError(f"{path}: model_type {config.get('model_type')!r} is not a checkpoint layout diffill understands "
-                    "(diffill, Dream, qwen2 with a mask token, llada)")
+                    "(diffill, Dream, qwen2, llama, llada)")
 
 
 # -- special tokens ----------------------------------------------------------------------
@@ -133,6 +145,16 @@ class _Vocab:
 
     def has(self, name: str | None) -> bool:
         return bool(name) and self._tok.token_to_id(name) is not None
+
+
+def has_mask_token(folder: Path, config: dict) -> bool:
+    """Whether config.json or the tokenizer files name a mask token (a diffusion checkpoint)."""
+    if config.get("mask_token_id") is not None:
+        return True
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if _token_content(read_json(folder / name, required=False).get("mask_token")):
+            return True
+    return False
 
 
 def _first_id(config: dict, key: str):
@@ -284,14 +306,17 @@ def _require(config: dict, path: Path, *keys: str) -> None:
             raise CoreError(f"{path}: missing key {k!r}")
 
 
-def dream_config(config: dict, path: Path, variant: str, names: dict) -> ModelConfig:
+def dream_config(config: dict, path: Path, variant: str, names: dict, layout: str = "natural",
+                 attention_bias: bool = True, trained_context: int = DREAM_TRAINED_CONTEXT) -> ModelConfig:
+    """A Qwen2-shaped config.json (Dream family, and plain Qwen2/Llama for layout "causal")."""
     _require(config, path, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
     _check_values(config, path, {
         "hidden_act": lambda v: v == "silu",
         "use_sliding_window": lambda v: not v,
         "rope_scaling": _no_rope_scaling,
+        "mlp_bias": lambda v: not v,
     })
-    max_pos = int(config.get("max_position_embeddings", DREAM_TRAINED_CONTEXT))
+    max_pos = int(config.get("max_position_embeddings", trained_context))
     return ModelConfig.from_dict(dict(
         vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
         num_hidden_layers=config["num_hidden_layers"], num_attention_heads=config["num_attention_heads"],
@@ -300,8 +325,8 @@ def dream_config(config: dict, path: Path, variant: str, names: dict) -> ModelCo
         rope_theta=_rope_theta(config, 10000.0), rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         # Qwen2Config's default is untied; Open-dCoder (0.5B) ties, Dream 7B does not.
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-        attention_bias=True, logits_shift=True, layout="natural", model_type=variant,
-        max_context=min(DREAM_TRAINED_CONTEXT, max_pos), special_tokens=names,
+        attention_bias=attention_bias, logits_shift=True, layout=layout, model_type=variant,
+        max_context=min(trained_context, max_pos), special_tokens=names,
     ), str(path))
 
 
@@ -329,6 +354,50 @@ def convert_dream(folder: Path) -> tuple[ModelConfig, dict, dict]:
     ensure_tokenizer_json(folder)
     names = resolve_special_names(folder, config, family)
     cfg = dream_config(config, path, variant_of(family, names), names)
+    return cfg, names, dream_tensors(read_tensors(weight_files(folder)), str(folder))
+
+
+# -- plain autoregressive FIM coders (layout "causal") --------------------------------------------
+
+def causal_lm_names(folder: Path, config: dict) -> dict[str, str]:
+    """Role -> token string of a Qwen2/Llama FIM coder: FIM markers by name, eos from config.json."""
+    vocab = _Vocab(folder)
+    cfg_path = folder / "config.json"
+    names = {}
+    for role, name in FIM_TOKENS.items():
+        if not vocab.has(name):
+            raise CoreError(f"{folder / 'tokenizer.json'}: no {name!r} token: a causal LM without FIM tokens "
+                            "cannot fill holes")
+        names[role] = name
+    if not vocab.has(CAUSAL_MASK_TOKEN):
+        raise CoreError(f"{folder / 'tokenizer.json'}: no {CAUSAL_MASK_TOKEN!r} token for the hole placeholder")
+    names["mask"] = CAUSAL_MASK_TOKEN
+    eos = _first_id(config, "eos_token_id")
+    names["eos"] = (vocab.name_of(eos, "eos_token_id", cfg_path) if eos is not None
+                    else vocab.named.get("eos") if vocab.has(vocab.named.get("eos")) else CAUSAL_EOS_TOKEN)
+    if not vocab.has(names["eos"]):
+        raise CoreError(f"{cfg_path}: no 'eos_token_id' (and no {CAUSAL_EOS_TOKEN!r} token)")
+    names["bos"] = ""  # Qwen2's FIM prompts carry no BOS
+    return names
+
+
+def convert_causal_lm(folder: Path) -> tuple[ModelConfig, dict, dict]:
+    """HF Qwen2ForCausalLM / LlamaForCausalLM folders: a pretrained AR FIM coder."""
+    folder = Path(folder)
+    path = folder / "config.json"
+    config = read_json(path)
+    family = family_of(config)
+    if family == "qwen2":
+        ensure_tokenizer_json(folder)
+    elif not (folder / "tokenizer.json").is_file():
+        raise CoreError(f"{folder / 'tokenizer.json'}: not found")
+    names = causal_lm_names(folder, config)
+    if family == "llama":
+        # Llama's attention_bias adds an o_proj bias too, which our network does not have.
+        _check_values(config, path, {"attention_bias": lambda v: not v})
+    bias = family == "qwen2"  # Qwen2 always has q/k/v biases, Llama none
+    cfg = dream_config(config, path, family, names, layout="causal", attention_bias=bias,
+                       trained_context=CAUSAL_MAX_CONTEXT)
     return cfg, names, dream_tensors(read_tensors(weight_files(folder)), str(folder))
 
 

@@ -11,6 +11,12 @@ Cache modes:
     at the start of every block refreshes all keys/values; steps inside the block run only
     the block's tokens against that cache.
   * none: a full forward over the whole sequence every step (the uncached reference).
+
+The causal layout (a pretrained AR FIM coder) runs its holes through `causal.CausalJob`:
+its exact cache holds the context and the committed hole tokens (see that module).
+
+Guards: every job has a step cap derived from its budgets (`sampler.step_cap`), and a
+step whose logits are not finite ends the job with one CoreError naming the model.
 """
 from __future__ import annotations
 
@@ -23,11 +29,12 @@ import torch
 
 from .errors import CoreError, FillCancelled
 from . import infill_formats, textcut
+from .causal import CausalJob
 from .layout import Layout, attention_mask, build_diffill, fit_context, full_mask, logit_source
 from .loader import LoadedModel, load_model
 from .model import KVCache, Segment
-from .params import MAX_BUDGET, FillParams
-from .sampler import HoleState, commit_hole, resize_holes, trim
+from .params import CAUSAL_ONLY, MAX_BUDGET, FillParams
+from .sampler import HoleState, commit_hole, resize_holes, step_cap, stop_point, trim
 from .static_step import StaticSteps
 
 ENCODE_CHUNK = 1024  # context tokens per forward when encoding (bounds the [T, S] mask)
@@ -36,7 +43,12 @@ CONTEXT_STORE_SIZE = 4  # cached contexts kept for reuse across requests (one pe
 
 @dataclass(frozen=True)
 class HoleSpec:
+    """One hole: its token budget and its stop rule (the planner's StopRules, see
+    docs/architecture.md): a hole ends at an end token, at its budget, or at its stop rule."""
+
     budget: int  # at most this many new tokens
+    max_lines: int = 0  # > 0: end after this many newline-terminated lines with content (1: a line hole)
+    dedent_below: int = -1  # >= 0: end before a later line whose content starts at a column below this
 
 
 @dataclass
@@ -81,7 +93,8 @@ class Job:
     """One request in flight: its sequence, cache and per-hole progress."""
 
     def __init__(self, engine: "Engine", layout: Layout, params: FillParams, mode: str, cache: KVCache,
-                 stored: _StoredContext | None, cancel, on_step, stats: FillStats, budgets: list[int]):
+                 stored: _StoredContext | None, cancel, on_step, stats: FillStats, budgets: list[int],
+                 specs: list[HoleSpec]):
         self.layout, self.params, self.mode, self.cache, self.stored = layout, params, mode, cache, stored
         self.cancel, self.on_step, self.stats = cancel, on_step, stats
         self.x = torch.tensor(layout.ids, dtype=torch.long)  # [T] on the CPU: cheap to index per position
@@ -92,6 +105,9 @@ class Job:
         self.gen = torch.Generator().manual_seed(params.seed)
         self.blocks: list[tuple[int, int] | None] = []
         self.steps = 0
+        self.max_steps = step_cap(budgets, engine.expanding)
+        self.specs = specs
+        self.cuts: list[int | None] = [None] * len(self.holes)
         self.done = False
         self.error: Exception | None = None
         self._refresh = True  # dual mode: the cache needs a full forward
@@ -128,6 +144,44 @@ class Job:
             out.append((torch.nonzero(seg == self._mask_id).flatten() + blk[0]).tolist())
         return out
 
+    def apply(self, logits: torch.Tensor, positions: list[list[int]]) -> int:
+        """Commit this step's tokens given logits [masked positions of all holes, V]."""
+        committed, offset = 0, 0
+        for h, blk, hole_pos in zip(self.holes, self.blocks, positions):
+            if blk is None:
+                continue
+            m = len(hole_pos)
+            committed += commit_hole(self.x, h, blk, hole_pos, logits[offset : offset + m], self.params, self.gen,
+                                     self._end_ids, self._engine.banned, self.expand_id)
+            offset += m
+        if self.expand_id is not None:
+            resized = resize_holes(self.x, self.holes, self._mask_id, self.expand_id, self._end_ids)
+            if resized is not self.x:  # positions moved: the next step needs a full forward
+                self.x, self._refresh = resized, True
+        else:
+            self._apply_stops()
+        self.steps += 1
+        self.stats.tokens_committed += committed
+        self._update_blocks()
+        return committed
+
+    def _apply_stops(self) -> None:
+        """A hole whose leading committed run meets its stop rule is over: the rest become ends."""
+        tok = self._engine.tokenizer
+        for i, (h, spec) in enumerate(zip(self.holes, self.specs)):
+            if self.cuts[i] is not None or (spec.max_lines <= 0 and spec.dedent_below < 0):
+                continue
+            ids = self.x[h.start : h.end].tolist()
+            run = next((j for j, t in enumerate(ids) if t == self._mask_id or t in self._end_ids), len(ids))
+            cut = stop_point(tok.decode(ids[:run]), spec.max_lines, spec.dedent_below)
+            if cut is not None:
+                self.cuts[i] = cut
+                if run < len(ids):
+                    self.x[h.start + run : h.end] = self._end_ids[0]
+
+    def masked_left(self) -> int:
+        return int((self.x == self._mask_id).sum())
+
     def result(self) -> FillResult:
         if self.error is not None:
             raise self.error
@@ -135,7 +189,9 @@ class Job:
         ids = [trim(self.x[h.start : h.end].tolist(), self._end_ids) for h in self.holes]
         st = self.stats
         st.tokens_per_forward = st.tokens_committed / st.forward_passes if st.forward_passes else 0.0
-        return FillResult([self._engine.tokenizer.decode(i) for i in ids], st, ids)
+        tok = self._engine.tokenizer
+        texts = [tok.decode(i)[:c] if c is not None else tok.decode(i) for i, c in zip(ids, self.cuts)]
+        return FillResult(texts, st, ids)
 
 
 class Engine:
@@ -147,12 +203,13 @@ class Engine:
         self.device = next(self.model.parameters()).device
         if static_steps is None:
             static_steps = self.device.type == "cuda"
+        self.name = loaded.path.name
         self.static = (StaticSteps(self.model, compile=self.device.type == "cuda")
                        if static_steps and self.config.layout == "diffill" else None)
         self._store: list[_StoredContext] = []
         sp = self.tokenizer.special
-        if self.config.layout == "diffill" and None in (sp.suf, sp.pre, sp.mid):
-            raise CoreError(f"{loaded.path}: the diffill layout needs suf/pre/mid special tokens in tokenizer.json")
+        if self.config.layout in ("diffill", "causal") and None in (sp.suf, sp.pre, sp.mid):
+            raise CoreError(f"{loaded.path}: the {self.config.layout} layout needs suf/pre/mid special tokens in tokenizer.json")
         self.format = infill_formats.format_for(self.config)  # None for our own layout
         self.end_ids = infill_formats.end_ids(self.tokenizer, self.format)
         # DreamOn checkpoints: holes start short and grow by <|expand|> (sampler.resize_holes).
@@ -188,7 +245,11 @@ class Engine:
     def begin(self, segments: list[str], holes: list[HoleSpec], params: FillParams | None = None,
               cancel: Callable[[], bool] | None = None, on_step: Callable[[StepInfo], None] | None = None) -> Job:
         params = params or FillParams()
-        budgets = self._check(segments, holes)
+        specs = self._check(segments, holes)
+        budgets = [h.budget for h in specs]
+        causal = self.config.layout == "causal"
+        if params.strategy in CAUSAL_ONLY and not causal:
+            raise CoreError(f"params.strategy: {params.strategy!r} needs a causal-layout model (a pretrained AR coder)")
         stats = FillStats()
         t0 = time.perf_counter()
         seg_ids = self.tokenizer.encode_batch(textcut.cut_segments(segments, self.config.max_context))
@@ -196,6 +257,14 @@ class Engine:
         room = min(self.config.max_context, self.config.max_position_embeddings - sum(budgets) - 2 * len(budgets) - 4)
         if room < 0:
             raise CoreError(f"holes: total budget {sum(budgets)} exceeds the model's {self.config.max_position_embeddings} positions")
+        if causal:
+            # Each hole is laid out (and truncated) when its turn comes: later ones see earlier fills.
+            stats.tokenize_ms = (time.perf_counter() - t0) * 1e3
+            mode = stats.cache = self._mode(params)
+            t1 = time.perf_counter()
+            job = CausalJob(self, seg_ids, specs, params, mode, cancel, on_step, stats, room + sum(budgets))
+            stats.encode_ms = (time.perf_counter() - t1) * 1e3
+            return job
         last_len = len(seg_ids[-1])
         seg_ids, stats.truncated_tokens = fit_context(seg_ids, room)
         if self.format is None:
@@ -215,22 +284,27 @@ class Engine:
         else:
             cache = self.model.new_cache(len(layout.ids) + 16)
         stats.encode_ms = (time.perf_counter() - t1) * 1e3
-        return Job(self, layout, params, mode, cache, stored, cancel, on_step, stats, budgets)
+        return Job(self, layout, params, mode, cache, stored, cancel, on_step, stats, budgets, specs)
 
-    def _check(self, segments, holes) -> list[int]:
+    def _check(self, segments, holes) -> list[HoleSpec]:
         if not isinstance(segments, (list, tuple)) or not all(isinstance(s, str) for s in segments):
             raise CoreError("segments: expected a list of strings")
         if not isinstance(holes, (list, tuple)) or len(segments) != len(holes) + 1:
             raise CoreError(f"segments: expected {len(holes) + 1 if isinstance(holes, (list, tuple)) else 'holes + 1'} segments around the holes, got {len(segments)}")
-        budgets = []
+        specs = []
         for i, h in enumerate(holes):
-            b = h.budget if isinstance(h, HoleSpec) else h
-            if not isinstance(b, int) or isinstance(b, bool) or not 0 <= b <= MAX_BUDGET:
-                raise CoreError(f"holes[{i}].budget: {b!r} is not an integer in [0, {MAX_BUDGET}]")
-            budgets.append(b)
-        return budgets
+            spec = h if isinstance(h, HoleSpec) else HoleSpec(h)
+            for key, lo, hi in (("budget", 0, MAX_BUDGET), ("max_lines", 0, MAX_BUDGET), ("dedent_below", -1, MAX_BUDGET)):
+                v = getattr(spec, key)
+                if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                    raise CoreError(f"holes[{i}].{key}: {v!r} is not an integer in [{lo}, {hi}]")
+            specs.append(spec)
+        return specs
 
     def _mode(self, params: FillParams) -> str:
+        if self.config.layout == "causal":
+            # Nothing ever attends to a later position: the exact cache is exact here too.
+            return "none" if params.cache == "none" else "exact"
         if params.cache == "auto":
             return "exact" if self.config.layout == "diffill" else "dual"
         if params.cache == "exact" and self.config.layout != "diffill":
@@ -300,54 +374,54 @@ class Engine:
         if not live:
             return
         t0 = time.perf_counter()
-        if self.static is not None and len(live) == 1 and live[0].mode == "exact":
+        if self.static is not None and len(live) == 1 and live[0].mode == "exact" and isinstance(live[0], Job):
             # The packed plan of an exact step is exactly the static step's input: the region, its rows.
             region, pos, _, rows, positions = self._plan_step(live[0])
             logits = self.static.logits(live[0].cache, region, int(pos[0]), rows).float().cpu()
-            plans = [positions]
+            plans, counts = [positions], [len(rows)]
         else:
-            logits, plans = self._packed_logits(live)
+            logits, plans, counts = self._packed_logits(live)
         offset = 0
         elapsed = (time.perf_counter() - t0) * 1e3 / len(live)
-        for job, positions in zip(live, plans):
+        for job, plan, m in zip(live, plans, counts):
+            part = logits[offset : offset + m]
+            offset += m
             job.stats.forward_passes += 1
             job.stats.denoise_ms += elapsed
-            committed = 0
-            for h, blk, hole_pos in zip(job.holes, job.blocks, positions):
-                if blk is None:
-                    continue
-                m = len(hole_pos)
-                committed += commit_hole(job.x, h, blk, hole_pos, logits[offset : offset + m], job.params, job.gen,
-                                         job._end_ids, self.banned, job.expand_id)
-                offset += m
-            if job.expand_id is not None:
-                resized = resize_holes(job.x, job.holes, job._mask_id, job.expand_id, job._end_ids)
-                if resized is not job.x:  # positions moved: the next step needs a full forward
-                    job.x, job._refresh = resized, True
-            job.steps += 1
-            job.stats.tokens_committed += committed
-            job._update_blocks()
+            if not bool(torch.isfinite(part).all()):
+                job._finish(CoreError(f"model {self.name} produced non-finite logits (NaN/inf) at step {job.steps + 1}: "
+                                      "its weights or config.json are broken"))
+                continue
+            committed = job.apply(part) if plan is None else job.apply(part, plan)
             if job.on_step is not None:
-                job.on_step(StepInfo(job.steps, committed, int((job.x == job._mask_id).sum())))
+                job.on_step(StepInfo(job.steps, committed, job.masked_left()))
+            # Counted here, not by the job's own rule, so a rule that never advances still ends.
+            if not job.done and job.stats.forward_passes >= job.max_steps:
+                job._finish(CoreError(f"model {self.name}: fill not finished after {job.stats.forward_passes} steps "
+                                      f"(the cap for its budgets); stopped"))
 
     def _packed_logits(self, live: list[Job]) -> tuple[torch.Tensor, list]:
         """One forward pass over every job's step, packed: logits of all masked positions."""
-        ids, pos, segs, rows, plans = [], [], [], [], []
+        ids, pos, segs, rows, plans, counts = [], [], [], [], [], []
         n = 0
         for job in live:
-            chunk_ids, chunk_pos, seg, src, positions = self._plan_step(job)
+            if isinstance(job, CausalJob):
+                (chunk_ids, chunk_pos, seg, src), positions = job.plan(), None
+            else:
+                chunk_ids, chunk_pos, seg, src, positions = self._plan_step(job)
             seg.start, seg.end = n, n + len(chunk_ids)
             ids.append(chunk_ids)
             pos.append(chunk_pos)
             segs.append(seg)
             rows.append(src + n)
             plans.append(positions)
+            counts.append(len(src))
             n += len(chunk_ids)
         dev = self.device
         with torch.inference_mode():
             logits = self.model.forward_packed(torch.cat(ids).to(dev), torch.cat(pos).to(dev), segs,
                                                torch.cat(rows).to(dev)).float().cpu()
-        return logits, plans
+        return logits, plans, counts
 
     def _plan_step(self, job: Job):
         """What one job contributes to a packed step: (ids, pos, segment, logit rows, masked positions per hole)."""

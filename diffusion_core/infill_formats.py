@@ -12,6 +12,14 @@ Owns what differs between families once their weights are loaded (see `checkpoin
     DreamOn's expansion rule),
   * DreamOn's variable length (Wu et al. 2025, "DreamOn"): holes start short
     (`DREAMON_INITIAL_MASKS`); the grow / shrink rule itself is the sampler's `resize_holes`.
+  * the "causal" format of a pretrained autoregressive FIM coder (Qwen2.5-Coder): the
+    prefix-suffix-middle order `<|fim_prefix|> s0 <|fim_suffix|> s1 <|fim_middle|> H1`, the
+    order the model was trained on (12 of 26 single-line problems of a public infilling
+    benchmark passed in this order, 4 of 26 in suffix-prefix-middle order). PSM has room for
+    one middle, so several holes are filled one after another, left to right, each with the
+    earlier fills committed into its prefix and the later holes left empty in its suffix
+    (`causal_context`): a later hole then sees what the earlier ones became, which a joint
+    fill of a function body needs, and no hole is asked to predict text it cannot see.
 
 It knows nothing of caches, batching or the sampler's schedule; the engine calls it.
 """
@@ -32,6 +40,10 @@ DREAMON_INITIAL_MASKS = 4
 # attention no earlier position ever attends to it, so its embedding never changes an output;
 # it only has to be an id that can never be committed (it is banned).
 CAUSAL_MASK_TOKEN = "<|vision_pad|>"
+# Context tokens a causal-layout model keeps around its hole (ModelConfig.max_context). The
+# suffix follows the prefix in PSM order, so a keystroke re-encodes everything after it:
+# at 2.7 s of CPU prefill per 1K tokens of the 0.5B base, a longer window costs latency.
+CAUSAL_MAX_CONTEXT = 2048
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,11 @@ FORMATS = {
     "dreamon": InfillFormat("dreamon", bos=True, eos_after_suffix=True, variable_length=True),
     "open-dcoder": InfillFormat("open-dcoder", bos=False, eos_after_suffix=False),
     "llada": InfillFormat("llada", bos=True, eos_after_suffix=True, stop_tokens=("<|eot_id|>",)),
+    # The registry copy of Qwen2.5-Coder is an instruct model: its metadata eos <|im_end|>
+    # ends a hole too, beside <|endoftext|> (the config's eos), <|fim_pad|> (the pad role)
+    # and <|file_sep|> (the next file of a repository-level prompt: this file is over).
+    "causal": InfillFormat("causal", bos=False, eos_after_suffix=False,
+                           stop_tokens=("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|im_end|>")),
 }
 
 
@@ -56,6 +73,8 @@ def format_for(cfg: ModelConfig) -> InfillFormat | None:
     """The family's format; None for our own "diffill" layout (it has its own builder)."""
     if cfg.layout == "diffill":
         return None
+    if cfg.layout == "causal":
+        return FORMATS["causal"]
     return FORMATS.get(cfg.model_type, InfillFormat(cfg.model_type, bos=True, eos_after_suffix=False))
 
 
@@ -70,6 +89,11 @@ def build(seg_ids: list[list[int]], budgets: list[int], sp: SpecialIds, fmt: Inf
     if expanding and fmt.variable_length:
         budgets = [min(b, DREAMON_INITIAL_MASKS) for b in budgets]
     return build_natural_framed(seg_ids, budgets, sp, bos=fmt.bos, eos=fmt.eos_after_suffix and suffix_complete)
+
+
+def causal_context(prefix: list[int], suffix: list[int], sp: SpecialIds) -> list[int]:
+    """The context of one causal hole, up to and including `<|fim_middle|>` (PSM order)."""
+    return [sp.pre, *prefix, sp.suf, *suffix, sp.mid]
 
 
 def end_ids(tokenizer: Tokenizer, fmt: InfillFormat | None) -> tuple[int, ...]:
@@ -88,6 +112,9 @@ def banned_ids(sp: SpecialIds, fmt: InfillFormat | None, expanding: bool = False
     The expand token stays allowed only when the caller implements DreamOn's expansion.
     """
     ids = {sp.mask}
+    if fmt is not None and fmt.name == "causal":
+        # The FIM markers are structure, not text: committing one would start a new frame.
+        ids |= {i for i in (sp.pre, sp.suf, sp.mid) if i is not None}
     if sp.bos is not None and sp.bos not in sp.end_ids():
         ids.add(sp.bos)
     if sp.expand is not None and not (expanding and fmt and fmt.variable_length):

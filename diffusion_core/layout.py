@@ -14,6 +14,11 @@ Two layouts:
 * "natural" (fully bidirectional checkpoints such as Dream or LLaDA): the text in reading
   order with each hole as mask tokens, every token attending to every token.
 
+* "causal" (a pretrained autoregressive FIM coder): `<|fim_prefix|> s0 <|fim_suffix|> s1
+  <|fim_middle|> H1` (infill_formats.causal_context), every token attending to the tokens
+  at or before it. A mask is never attended by an earlier position, and a committed hole
+  token's keys/values are final, so the cache holds the context and the committed tokens.
+
 It also owns the truncation policy for contexts longer than the model allows.
 """
 from __future__ import annotations
@@ -37,7 +42,7 @@ class Layout:
     ids: list[int]  # the whole sequence, holes initialised to the mask id
     n_context: int  # "diffill": the first n_context ids are the causal context; "natural": 0
     holes: list[tuple[int, int]]  # absolute [start, end) of each hole's mask tokens
-    kind: str  # "diffill" | "natural"
+    kind: str  # "diffill" | "natural" | "causal"
     truncated: int = 0  # context tokens dropped by the truncation policy
 
 
@@ -125,8 +130,11 @@ def attention_mask(kind: str, n_context: int, q_start: int, q_len: int, k_len: i
     [q_start, q_start + q_len) over keys [0, k_len); None when every key is visible.
 
     "diffill": a context query i sees context keys j <= i; a hole-region query sees all.
-    "natural": everything sees everything.
+    "natural": everything sees everything. "causal": query i sees keys j <= i.
     """
+    if kind == "causal":
+        q = torch.arange(q_start, q_start + q_len, device=device)[:, None]
+        return torch.arange(k_len, device=device)[None, :] <= q
     if kind == "natural" or q_start >= n_context:
         return None
     q = torch.arange(q_start, q_start + q_len, device=device)[:, None]

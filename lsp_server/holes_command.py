@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def _position(value: Any) -> tuple[int, int] | None:
-    if isinstance(value, dict) and isinstance(value.get("line"), int) and isinstance(value.get("character"), int):
+    if isinstance(value, dict) and all(type(value.get(k)) is int and value[k] >= 0 for k in ("line", "character")):
         return value["line"], value["character"]
     return None
 
@@ -61,6 +61,8 @@ def choose_plans(ls: Any, doc: Any, args: list) -> list:
 async def run_fill_holes(ls: Any, args: list) -> dict:
     if not args or not isinstance(args[0], str):
         return {"filled": 0, "applied": False, "reason": "fillHoles wants [uri] or [uri, range]"}
+    if len(args) > 1 and args[1] is not None and _range(args[1]) is None:  # never widen to the whole file
+        return {"filled": 0, "applied": False, "reason": "fillHoles: the second argument is not a range"}
     uri = args[0]
     entry = ls.usable(uri)
     if entry is None:

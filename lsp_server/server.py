@@ -17,7 +17,7 @@ from typing import Any
 
 from lsprotocol import types
 
-from lsp_server import results
+from lsp_server import guards, results
 from lsp_server.core_link import CoreFactory, core_errors, real_core_factory
 from lsp_server.runtime import DiffillServer
 from lsp_server.settings import SECTION
@@ -29,7 +29,7 @@ _TRIGGER_CHARACTERS = [".", "(", "[", "{", ",", "=", ":", " "]
 
 
 def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer:
-    ls = DiffillServer(core_factory)
+    ls = guards.install(DiffillServer(core_factory))  # framing and "every request is answered"
 
     @ls.feature(types.INITIALIZE)
     def initialize(ls: DiffillServer, params: types.InitializeParams) -> None:
@@ -163,6 +163,7 @@ async def _inline_with_selected(
 ) -> types.InlineCompletionList:
     """Honour selectedCompletionInfo: complete as if the selected item were applied,
     and return items that start with its text over its range (LSP 3.18)."""
+    from grammars.document import encode as encode_text
     from lsp_server.documents import make_document
 
     entry = ls.usable(params.text_document.uri)
@@ -174,15 +175,16 @@ async def _inline_with_selected(
     shadow, _ = make_document(entry.doc.text, entry.language_id, entry.uri)
     if shadow is None:
         return types.InlineCompletionList(items=[])
+    # A range outside the document or text with lone surrogates answers empty (issue 17).
+    start = shadow.offset_at(r.start.line, r.start.character, encoding=ls.encoding)
+    if start is None or shadow.offset_at(r.end.line, r.end.character, encoding=ls.encoding) is None:
+        return types.InlineCompletionList(items=[])
     try:
         shadow.apply_change((r.start.line, r.start.character), (r.end.line, r.end.character), selected.text, encoding=ls.encoding)
+        end_line, end_char = shadow.position_at(start + len(encode_text(selected.text)), encoding=ls.encoding)
     except Exception as exc:
         log.warning("selectedCompletionInfo: %s", exc)
         return types.InlineCompletionList(items=[])
-    end_line, end_char = shadow.position_at(
-        shadow.offset_at(r.start.line, r.start.character, encoding=ls.encoding) + len(selected.text.encode("utf-8")),
-        encoding=ls.encoding,
-    )
     answer = await ls.complete(entry.uri, end_line, end_char, debounce=not invoked, doc=shadow)
     if answer is None:
         return types.InlineCompletionList(items=[])

@@ -1,0 +1,227 @@
+"""Decoding holes with a pretrained autoregressive FIM coder (layout "causal"): one job's steps.
+
+Owns the causal layout's request state and its per-step rules:
+  * the frame: `<|fim_prefix|> s0 <|fim_suffix|> s1 <|fim_middle|> H1`, one hole at a time,
+    left to right, earlier fills committed into the next hole's prefix (infill_formats);
+  * Dream's shift: the output at position p - 1 predicts the token at p, so with every
+    position attending causally, committing one token per step is the base model's greedy
+    AR decoding token for token ("ar");
+  * the cache: the context's keys/values (longest-common-prefix reuse across requests, the
+    engine's store) AND the committed hole tokens': under causal attention a committed
+    token's keys/values are final, so a step forwards only the tokens committed since the
+    last one plus its drafts, and its cost does not grow with the hole;
+  * drafts verified in the same forward (self-speculative decoding, Leviathan et al. 2023
+    Alg. 1 with the model as its own drafter): n-grams copied from the context (prompt
+    lookup: the tokens after the latest earlier occurrence of the last n committed tokens)
+    or else the previous forward's own predictions for the positions ahead (Jacobi
+    decoding). "lossless" keeps the longest prefix of drafts that agrees with the model's
+    argmax, plus the model's own next token: every token is what "ar" commits.
+    "threshold" also keeps a draft the model does not rank first but finds nearly as likely
+    (probability >= tau x the top token's; Medusa's typical acceptance, Cai et al. 2024,
+    Sec. 2.3.1, in ratio form): fewer forwards, exact only at tau = 1. Keeping a prediction
+    made after a wrong draft instead (Fast-dLLM's rule read literally) is not an option:
+    that prediction is conditioned on a token that is not in the text, and a confident
+    model copies its own garbage (a bigram fake did, in the tests).
+
+It knows nothing of packing several jobs into one forward (the engine does that) or of
+the wire protocol. The engine calls `plan()` then `apply(logits)` once per step.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import infill_formats
+from .layout import attention_mask, fit_context
+from .model import KVCache, Segment
+from .params import FillParams
+from .sampler import sample_tokens, step_cap, stop_point
+
+if TYPE_CHECKING:
+    from .engine import Engine, FillResult, FillStats, HoleSpec
+
+# Drafts per forward. A CPU forward of the 0.5B base over 1K cached tokens costs 70 ms for 1
+# new token and 89 ms for 16 (it is bound by reading the weights), so verifying 8 drafts
+# costs little more than committing one token.
+DRAFT_TOKENS = 8
+# Prompt lookup tries the longest n-gram first: a longer match is a better predictor.
+NGRAM_MAX = 3
+
+
+def prompt_lookup(tokens: list[int], n_max: int = NGRAM_MAX, k: int = DRAFT_TOKENS) -> list[int]:
+    """Up to k tokens following the latest earlier occurrence of the last n tokens (n = n_max..1)."""
+    L = len(tokens)
+    for n in range(min(n_max, L - 1), 0, -1):
+        tail = tokens[L - n:]
+        first = tail[0]
+        for i in range(L - n - 1, -1, -1):
+            if tokens[i] == first and tokens[i : i + n] == tail:
+                return tokens[i + n : i + n + k]
+    return []
+
+
+def accepted(drafts: list[int], y: list[int], near: list[bool], params: FillParams, forced: int = 0) -> int:
+    """How many drafts to keep; the step commits drafts[:n] and then the model's y[n].
+
+    y[i] was predicted with drafts[:i] in place, so when the kept drafts are exactly y's
+    own tokens every committed token is the AR one. near[i]: the model finds drafts[i]
+    nearly as likely as y[i] ("threshold"); forced: a schedule's minimum ("topk").
+    """
+    n = 0
+    if params.strategy == "ar":
+        return 0
+    for i, d in enumerate(drafts):
+        if d == y[i] or (params.strategy == "threshold" and near[i]) or n + 1 < forced:
+            n += 1
+        else:
+            break
+    return n
+
+
+class CausalJob:
+    """One request on the causal layout: its holes, filled one after another."""
+
+    def __init__(self, engine: "Engine", seg_ids: list[list[int]], specs: "list[HoleSpec]", params: FillParams,
+                 mode: str, cancel, on_step, stats: "FillStats", room: int):
+        self._engine, self.seg_ids, self.specs, self.params, self.mode = engine, seg_ids, specs, params, mode
+        self.cancel, self.on_step, self.stats, self.room = cancel, on_step, stats, room
+        self.gen = torch.Generator().manual_seed(params.seed)
+        self.fills: list[list[int]] = []  # committed ids of the finished holes
+        self.cuts: list[int | None] = []  # where each finished hole's text ends under its stop rule
+        self.steps, self.done, self.error = 0, False, None
+        self.max_steps = step_cap([s.budget for s in specs])
+        self.stored = None
+        self.cache: KVCache | None = None
+        self._sp = engine.tokenizer.special
+        self._start_hole()
+
+    # -- holes -------------------------------------------------------------------------
+
+    def _start_hole(self) -> None:
+        """Lay out the next unfinished hole and encode (or reuse) its context."""
+        while len(self.fills) < len(self.specs) and self.specs[len(self.fills)].budget == 0:
+            self.fills.append([])
+            self.cuts.append(None)
+        i = len(self.fills)
+        if i == len(self.specs):
+            self._finish()
+            return
+        prefix = [t for j in range(i) for t in self.seg_ids[j] + self.fills[j]] + self.seg_ids[i]
+        suffix = [t for s in self.seg_ids[i + 1:] for t in s]
+        (prefix, suffix), cut = fit_context([prefix, suffix], self.room - self.specs[i].budget)
+        self.stats.truncated_tokens += cut
+        self.ctx = infill_formats.causal_context(prefix, suffix, self._sp)
+        self.stats.context_tokens += len(self.ctx)
+        self.budget, self.committed, self.guess = self.specs[i].budget, [], []
+        if self.mode == "exact":
+            from .engine import FillStats  # the engine module imports this one
+
+            # The last context token (<|fim_middle|>) stays out of the cache: its output
+            # predicts the hole's first token, so the first step forwards it.
+            st = FillStats()
+            self.stored = self._engine._encode_context(torch.tensor(self.ctx[:-1], dtype=torch.long), st)
+            self.cache = self.stored.cache
+            self.stats.reused_tokens += st.reused_tokens
+        else:
+            self.cache = self._engine.model.new_cache(len(self.ctx) + self.budget + DRAFT_TOKENS + 16)
+
+    def _release(self) -> None:
+        """Give the stored context back to the engine, holding what its cache now holds."""
+        if self.stored is not None:
+            tokens = self.ctx + self.committed
+            self.stored.ids = torch.tensor(tokens[: self.cache.n], dtype=torch.long)
+            self.stored.in_use = False
+            self.stored = None
+
+    def _end_hole(self, cut: int | None) -> None:
+        self.fills.append(self.committed)
+        self.cuts.append(cut)
+        self._release()
+        self._start_hole()
+
+    def _finish(self, error: Exception | None = None) -> None:
+        self._release()
+        self.done, self.error = True, error
+
+    # -- steps -------------------------------------------------------------------------
+
+    def plan(self):
+        """(ids [T], pos [T], segment, logit rows [R]) of this job's next forward."""
+        tokens = self.ctx + self.committed
+        if self.mode == "none":
+            self.cache.truncate(0)  # the uncached reference: everything, every step
+        n = self.cache.n
+        pending = tokens[n:]
+        assert pending, "a causal step always forwards the last committed token"
+        drafts: list[int] = []
+        room = self.budget - len(self.committed) - 1  # a draft's output would predict past the budget
+        if self.params.strategy != "ar" and room > 0:
+            k = min(DRAFT_TOKENS, room)
+            drafts = prompt_lookup(tokens, NGRAM_MAX, k) or self.guess[:k]
+        ids = pending + drafts
+        T = len(ids)
+        self.cache.reserve(n + T + 16)
+        dev = self._engine.device
+        seg = Segment(0, T, self.cache, "append", attention_mask("causal", 0, n, T, n + T, dev))
+        self._step = (n, len(pending), drafts)
+        return (torch.tensor(ids, dtype=torch.long), torch.arange(n, n + T), seg,
+                torch.arange(len(pending) - 1, T))
+
+    def apply(self, logits: torch.Tensor) -> int:
+        """Commit this step's tokens from logits [len(drafts) + 1, V]; returns how many."""
+        n, n_pending, drafts = self._step
+        eng = self._engine
+        y, conf = sample_tokens(logits, self.params, self.gen, eng.banned)
+        y = y.tolist()
+        near: list[bool] = []
+        if self.params.strategy == "threshold" and drafts:
+            logp = torch.log_softmax(logits[: len(drafts)].float(), dim=-1)
+            d = torch.tensor(drafts)
+            rows = torch.arange(len(drafts))
+            ratio = torch.exp(logp[rows, d] - logp[rows, torch.tensor(y[: len(drafts)])])
+            near = (ratio >= self.params.threshold).tolist()
+        forced = 0
+        if self.params.strategy == "topk" and self.params.steps > 0:
+            left = self.budget - len(self.committed)
+            forced = math.ceil(left / max(1, self.params.steps - self.steps))
+        keep = accepted(drafts, y, near, self.params, forced)
+        spec = self.specs[len(self.fills)]
+        new, over, cut = [], False, None
+        for t in drafts[:keep] + [y[keep]]:
+            if t in eng.end_ids:
+                over = True
+                break
+            new.append(t)
+            self.committed.append(t)
+            cut = stop_point(eng.tokenizer.decode(self.committed), spec.max_lines, spec.dedent_below)
+            if cut is not None or len(self.committed) >= self.budget:
+                over = True
+                break
+        # Keys/values written for drafts that became the committed tokens stay; the rest go.
+        matched = 0
+        while matched < min(len(drafts), len(new)) and drafts[matched] == new[matched]:
+            matched += 1
+        self.cache.truncate(n + n_pending + matched)
+        self.guess = y[keep + 1:]
+        self.steps += 1
+        self.stats.tokens_committed += len(new)
+        if over:
+            self._end_hole(cut)
+        return len(new)
+
+    def masked_left(self) -> int:
+        return 0 if self.done else self.budget - len(self.committed)
+
+    def result(self) -> "FillResult":
+        from .engine import FillResult
+
+        if self.error is not None:
+            raise self.error
+        assert self.done, "result() of an unfinished job"
+        tok = self._engine.tokenizer
+        texts = [tok.decode(ids)[:cut] if cut is not None else tok.decode(ids) for ids, cut in zip(self.fills, self.cuts)]
+        st = self.stats
+        st.tokens_per_forward = st.tokens_committed / st.forward_passes if st.forward_passes else 0.0
+        return FillResult(texts, st, [list(f) for f in self.fills])
