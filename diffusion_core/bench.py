@@ -30,7 +30,7 @@ from .loader import resolve_device, save_model
 from .model import Transformer
 from .params import FillParams
 from .protocol import percentile
-from .testing import tiny_config
+from .tiny_model import tiny_config
 from .train.bpe import train_bpe
 
 CONTEXTS = (256, 1024, 4096, 16384)

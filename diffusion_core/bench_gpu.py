@@ -67,7 +67,7 @@ class Stack:
 
 
 def bench_tokenizer(folder: Path) -> Tokenizer:
-    from .testing import make_tiny_model
+    from .tiny_model import make_tiny_model
 
     # Only its tokenizer.json is used: a small code BPE with our special tokens.
     make_tiny_model(folder, vocab_size=400)

@@ -1,7 +1,8 @@
-"""Tiny random-weight model folders for tests (of this package and of the others).
+"""Tiny random-weight model folders: the benchmarks' ``--tiny`` smoke runs, and the tests.
 
-Owns nothing the product uses: a deterministic small tokenizer and a few-layer model,
-written as a real model folder so tests go through the real loader.
+Owns a deterministic small tokenizer trained on ``SAMPLE`` and a few-layer model,
+written as a real model folder so everything goes through the real loader. Figures
+from it measure machinery (scheduling, caching), never completion quality.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from .loader import save_model
 from .model import Transformer
 from .train.bpe import train_bpe
 
-# A little code in a few languages, so the tiny tokenizer has real merges.
-_SAMPLE = '''
+# A little code, so a tiny tokenizer has real merges: Python (the checkpoint-layout
+# fixtures in tests/ train on this part alone), then a line of a few other languages.
+PYTHON_SAMPLE = '''
 def add(a, b):
     return a + b
 
@@ -27,7 +29,8 @@ class Point:
 for i in range(10):
     if i % 2 == 0:
         print(i)
-
+'''
+SAMPLE = PYTHON_SAMPLE + '''
 function add(a, b) { return a + b; }
 fn main() { let x = 1; println!("{}", x); }
 func main() { fmt.Println("hi") }
@@ -46,7 +49,7 @@ def make_tiny_model(folder: str | Path, seed: int = 0, vocab_size: int = 400, **
     """Write config.json, tokenizer.json and model.safetensors of a tiny random model; returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tok = train_bpe([_SAMPLE] * 4, vocab_size=vocab_size, min_frequency=1)
+    tok = train_bpe([SAMPLE] * 4, vocab_size=vocab_size, min_frequency=1)
     tok.save(str(folder / "tokenizer.json"))
     cfg = tiny_config(tok.get_vocab_size(), **overrides)
     torch.manual_seed(seed)

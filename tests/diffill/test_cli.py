@@ -123,7 +123,7 @@ def test_fill_errors_are_one_line(tmp_path):
     ("a.rs", "fn add(a: i32, b: i32) -> i32 {\n    todo!()\n}\n\nfn main() {\n    let x = 1;\n}\n", "2:5"),
 ])
 def test_fill_file_with_a_tiny_model(tmp_path, name, text, at):
-    from diffusion_core.testing import make_tiny_model
+    from diffusion_core.tiny_model import make_tiny_model
 
     model = make_tiny_model(tmp_path / "model")
     src = tmp_path / name
