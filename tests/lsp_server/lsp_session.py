@@ -36,7 +36,9 @@ def capabilities(encodings: list[str] | None = None, progress: bool = True, conf
             synchronization=types.TextDocumentSyncClientCapabilities(),
             inline_completion=types.InlineCompletionClientCapabilities(),
             completion=types.CompletionClientCapabilities(
-                completion_item=types.ClientCompletionItemOptions(snippet_support=False)
+                completion_item=types.ClientCompletionItemOptions(
+                    snippet_support=False, documentation_format=[types.MarkupKind.PlainText]  # the item's full fill
+                )
             ),
             code_action=types.CodeActionClientCapabilities(
                 code_action_literal_support=types.ClientCodeActionLiteralOptions(
