@@ -189,12 +189,20 @@ def parse_request(message: dict) -> Request:
     return Request(msg_id, method, params)
 
 
+# Per-hole stop rules a fill may carry ("stops": one map per hole, keys optional; old
+# clients send none): max_lines > 0 ends a hole after that many newline-terminated lines
+# with content; dedent_below >= 0 ends it before a later line whose content starts at a
+# column below that (the engine's HoleSpec; docs/architecture.md, engine contract).
+STOP_KEYS = ("max_lines", "dedent_below")
+
+
 @dataclass(frozen=True)
 class FillRequest:
     segments: list[str]
     budgets: list[int]
     params: dict
     request_id: str | None
+    stops: list[dict] | None = None  # one map of STOP_KEYS per hole, or None
 
 
 def parse_fill(params: dict) -> FillRequest:
@@ -216,7 +224,13 @@ def parse_fill(params: dict) -> FillRequest:
     request_id = params.get("request_id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError(E_BAD_REQUEST, "fill 'request_id' must be a str")
-    return FillRequest(segments, budgets, fill_params, request_id)
+    stops = params.get("stops")
+    if stops is not None:
+        if not isinstance(stops, list) or len(stops) != len(budgets) or not all(
+                isinstance(s, dict) and all(k in STOP_KEYS and isinstance(v, int) and not isinstance(v, bool)
+                                            for k, v in s.items()) for s in stops):
+            raise ProtocolError(E_BAD_REQUEST, f"fill 'stops' must be one map of int {'/'.join(STOP_KEYS)} per hole")
+    return FillRequest(segments, budgets, fill_params, request_id, stops)
 
 
 # ---------------------------------------------------------------- addresses

@@ -74,7 +74,8 @@ class EngineBackend:
         """Validate on the event loop (cheap); raises CoreError for bad params."""
         from diffusion_core.engine import FillParams, HoleSpec
 
-        holes = [HoleSpec(budget=b) for b in fill.budgets]
+        stops = fill.stops or [{}] * len(fill.budgets)
+        holes = [HoleSpec(budget=b, **s) for b, s in zip(fill.budgets, stops)]
         return fill.segments, holes, FillParams.from_dict(fill.params)
 
     def begin(self, prepared: tuple) -> Any:

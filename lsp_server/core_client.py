@@ -234,11 +234,15 @@ class CoreClient:
         self._ready.clear()
 
     async def fill(self, segments: list[str], budgets: list[int], params: dict,
-                   request_id: str | None = None) -> dict:
-        """{"texts": [...], "stats": {...}}; cancelling the awaiting task cancels it in the core."""
+                   request_id: str | None = None, stops: list[dict] | None = None) -> dict:
+        """{"texts": [...], "stats": {...}}; cancelling the awaiting task cancels it in the core.
+
+        stops: one map per hole of protocol.STOP_KEYS (max_lines, dedent_below), or None."""
         body = {"segments": list(segments), "budgets": list(budgets), "params": dict(params or {})}
         if request_id is not None:
             body["request_id"] = request_id
+        if stops is not None:
+            body["stops"] = [dict(s) for s in stops]
         conn = await self._ready_connection()
         return await self._call_by(conn, protocol.FILL, body, self.fill_timeout)
 

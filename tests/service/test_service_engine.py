@@ -213,3 +213,25 @@ def test_private_core_exits_with_its_parent(tiny_model, tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(core_pid, signal.SIGKILL)
+
+
+async def test_stop_rules_travel_with_the_fill(tmp_path, engine):
+    """Per-hole stops reach the engine as HoleSpec fields; a fill without them still works."""
+    segs, budgets = ["def f():\n    x = 1\n", "\n"], [24, ]
+    stops = [{"max_lines": 1, "dedent_below": 4}]
+    params = {"strategy": "topk", "steps": 0}
+    ref = engine.fill(segs, [HoleSpec(24, max_lines=1, dedent_below=4)], FillParams.from_dict(params)).texts
+    free = engine.fill(segs, [HoleSpec(24)], FillParams.from_dict(params)).texts
+    server = CoreServer(EngineBackend(engine), ServiceConfig())
+    address = await server.start(protocol.Address("unix", path=str(tmp_path / "core.sock")))
+    client = CoreClient(address=str(address))
+    try:
+        await client.start()
+        assert (await asyncio.wait_for(client.fill(segs, budgets, params, stops=stops), T))["texts"] == ref
+        assert (await asyncio.wait_for(client.fill(segs, budgets, params), T))["texts"] == free
+        with pytest.raises(CoreRequestError) as info:
+            await client.fill(segs, budgets, params, stops=[{"max_lines": "1"}])
+        assert info.value.code == protocol.E_BAD_REQUEST and "stops" in info.value.message
+    finally:
+        await client.close()
+        await server.close()
