@@ -76,6 +76,12 @@ vim.api.nvim_create_autocmd("LspAttach", {
     end
   end,
 })
+out.messages = {}
+local show_message = vim.lsp.handlers["window/showMessage"]
+vim.lsp.handlers["window/showMessage"] = function(err, params, ctx, ...)
+  table.insert(out.messages, params)
+  return show_message(err, params, ctx, ...)
+end
 local apply_edit = vim.lsp.handlers["workspace/applyEdit"]
 vim.lsp.handlers["workspace/applyEdit"] = function(err, params, ctx, ...)
   out.lines_before_fill = lines()

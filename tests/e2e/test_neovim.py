@@ -83,6 +83,8 @@ def _run(tmp_path: Path, shared_core, text: str, line: int, col: int, inline: bo
     assert out.exists(), f"nvim exited {proc.returncode} without a result: {proc.stderr[-2000:]}"
     result = json.loads(out.read_text())
     assert result.get("error") is None, f"{result['error']} (steps done: {result['steps']})"
+    # Neovim's start-up order used to show "internal error: CANCELLED" (type 1 = Error)
+    assert [m for m in result["messages"] if m["type"] == 1] == []
     return result
 
 
