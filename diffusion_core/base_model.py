@@ -136,16 +136,22 @@ def default_gguf() -> list[Path]:
     return verify()
 
 
-def base_folder(progress=None) -> Path:
-    """The default model as a cached model folder (checked, and converted on first use)."""
-    from .model_cache import converted
+def base_folder(progress=None, dtype=None) -> Path:
+    """The default model as a cached model folder (checked, and converted on first use).
+
+    dtype: the dtype it will run in (the cache keeps an fp32 copy for fp32 runs, else bf16).
+    """
+    from .model_cache import cache_dtype, converted
 
     parts = verify(progress=progress)
-    return converted(parts, BASE_SHA256, {"source": "registry wheels", **PROVENANCE.to_dict()}, progress)
+    return converted(parts, BASE_SHA256, {"source": "registry wheels", **PROVENANCE.to_dict()}, progress,
+                     cache_dtype(dtype))
 
 
 def load_base(device: str = "auto", dtype=None, progress=None):
-    """The default model loaded (a `loader.LoadedModel`)."""
-    from .loader import load_model
+    """The default model loaded (a `loader.LoadedModel`); the default switch is
+    `load_model(None)` -> `load_model(base_folder(progress, dtype), ...)`."""
+    from .loader import default_dtype, load_model, resolve_device
 
-    return load_model(base_folder(progress), device, dtype)
+    dtype = dtype or default_dtype(resolve_device(device))
+    return load_model(base_folder(progress, dtype), device, dtype)

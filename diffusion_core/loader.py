@@ -102,14 +102,14 @@ def load_model(folder: str | Path | None = None, device: str = "auto", dtype: to
     names, renamed tensors); our own folders need none.
     """
     folder = Path(folder) if folder else DEFAULT_MODEL_DIR
-    if folder.suffix.lower() == GGUF_SUFFIX and not folder.is_dir():
-        from .model_cache import gguf_folder  # imports gguf_model, which needs none of this module
-
-        folder = gguf_folder(folder, progress)
-    if not folder.is_dir():
-        raise CoreError(f"{folder}: model folder not found")
     dev = resolve_device(device)
     dtype = dtype or default_dtype(dev)
+    if folder.suffix.lower() == GGUF_SUFFIX and not folder.is_dir():
+        from .model_cache import cache_dtype, gguf_folder  # imports gguf_model, which needs none of this module
+
+        folder = gguf_folder(folder, progress, cache_dtype(dtype))
+    if not folder.is_dir():
+        raise CoreError(f"{folder}: model folder not found")
     if convert is None and not written_by_diffill(folder):
         convert = converter_for(folder)  # None for our own format
     if convert is not None:

@@ -3,10 +3,11 @@
     python -m evaluation.bench_load [--gguf FILE] [--warm 3] [--dtype bf16 fp32]
 
 Owns: timing `loader.load_model` in fresh processes (each a subprocess, so nothing is
-already imported or mapped): one cold load into an empty temporary `XDG_CACHE_HOME`
-(hashing plus conversion), then `--warm` loads from that cache per dtype. Without
-`--gguf` it times the default model from its registry wheels. Prints a table, then one JSON
-line last: seconds and peak RSS per step, and the machine. The temporary cache is removed.
+already imported or mapped): per dtype, one cold load into an empty temporary
+`XDG_CACHE_HOME` (hashing plus conversion into that dtype's cached copy), then `--warm`
+loads from it. Without `--gguf` it times the default model from its registry wheels.
+Prints a table, then one JSON line last: seconds and peak RSS per step, and the machine.
+The temporary caches are removed.
 
 Must not know: GGUF internals (it only calls the loader and base_model).
 """
@@ -32,7 +33,7 @@ from diffusion_core.loader import load_model
 dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[sys.argv[2]]
 t1 = time.perf_counter()
 if sys.argv[1] == "-":
-    lm = load_model(base_model.base_folder(), "cpu", dtype)
+    lm = load_model(base_model.base_folder(dtype=dtype), "cpu", dtype)
 else:
     lm = load_model(sys.argv[1], "cpu", dtype)
 t2 = time.perf_counter()
@@ -54,20 +55,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warm", type=int, default=3, help="warm loads per dtype")
     ap.add_argument("--dtype", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
     args = ap.parse_args(argv)
-    cache = tempfile.mkdtemp(prefix="diffill-bench-load-")
-    env = {**os.environ, "XDG_CACHE_HOME": cache}
     rows = []
-    try:
-        cold = run_child(args.gguf, args.dtype[0], env)
-        rows.append({"step": f"cold ({args.dtype[0]}): hash + convert + load", **cold})
-        for dtype in args.dtype:
+    for dtype in args.dtype:
+        cache = tempfile.mkdtemp(prefix="diffill-bench-load-")
+        env = {**os.environ, "XDG_CACHE_HOME": cache}
+        try:
+            rows.append({"step": f"cold ({dtype}): hash + convert + load", **run_child(args.gguf, dtype, env)})
             runs = [run_child(args.gguf, dtype, env) for _ in range(args.warm)]
             rows.append({"step": f"warm ({dtype}), median of {args.warm}",
                          "load_s": statistics.median(r["load_s"] for r in runs),
                          "process_s": statistics.median(r["process_s"] for r in runs),
                          "rss_mb": max(r["rss_mb"] for r in runs)})
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
     print(f"{'step':44} {'load s':>8} {'process s':>10} {'peak RSS MB':>12}")
     for r in rows:
         print(f"{r['step']:44} {r['load_s']:8.2f} {r['process_s']:10.2f} {r['rss_mb']:12d}")

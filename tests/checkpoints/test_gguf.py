@@ -44,10 +44,10 @@ def cache_home(tmp_path, monkeypatch):
 
 
 def bf16(t: torch.Tensor) -> torch.Tensor:
-    return t.to(torch.bfloat16).float()  # the cache keeps bf16, as the stored model will be
+    return t.to(torch.bfloat16).float()  # what a bf16 cache keeps
 
 
-def hf_reference(tiny, round_bf16: bool = True):
+def hf_reference(tiny, round_bf16: bool = False):
     hp = tiny.hparams
     common = dict(vocab_size=hp["vocab"], hidden_size=hp["hidden"], intermediate_size=hp["mlp"],
                   num_hidden_layers=hp["layers"], num_attention_heads=hp["heads"], num_key_value_heads=hp["kv_heads"],
@@ -74,7 +74,7 @@ def our_logits(lm, ids: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("arch,tie", [("qwen2", False), ("qwen2", True), ("llama", False)])
 def test_logits_match_transformers(tmp_path, arch, tie):
     tiny = make_gguf(tmp_path / "tiny.gguf", arch=arch, tie=tie, seed=3)
-    lm = load_model(tiny.path, "cpu", torch.float32)
+    lm = load_model(tiny.path, "cpu", torch.float32)  # an fp32 run keeps an fp32 copy: exact weights
     assert (lm.config.layout, lm.config.model_type, lm.config.logits_shift) == ("causal", arch, True)
     assert lm.config.attention_bias == (arch == "qwen2") and lm.config.tie_word_embeddings == tie
     ids = torch.randint(0, tiny.hparams["vocab"], (2, 19), generator=torch.Generator().manual_seed(0))
@@ -130,7 +130,7 @@ def test_special_ids_from_metadata_win(tmp_path):
 def test_cache_round_trip(tmp_path, cache_home, monkeypatch):
     tiny = make_gguf(tmp_path / "tiny.gguf", seed=5)
     seen = []
-    first = load_model(tiny.path, "cpu", torch.float32, progress=lambda d, t, w: seen.append((d, t, w)))
+    first = load_model(tiny.path, "cpu", torch.bfloat16, progress=lambda d, t, w: seen.append((d, t, w)))
     digest = hashlib.sha256(tiny.path.read_bytes()).hexdigest()
     folder = cache_home / "diffill" / "models" / digest
     assert first.path == folder and (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
@@ -138,17 +138,24 @@ def test_cache_round_trip(tmp_path, cache_home, monkeypatch):
     assert seen[-1][0] == seen[-1][1] and any(w.startswith("converting") for *_, w in seen)
     prov = model_cache.read_provenance(folder)
     assert prov["gguf_sha256"] == digest and prov["gguf_metadata"]["general.name"] == "tiny random qwen2"
-    for name, t in first.model.state_dict().items():
-        assert t.dtype == torch.float32
+    assert prov["cache_dtype"] == "bfloat16"
+    state = first.model.state_dict()
+    for name, want in tiny.effective.items():
+        assert state[name.removeprefix("model.")].dtype == torch.bfloat16
+        assert torch.equal(state[name.removeprefix("model.")].float(), bf16(want)), name
+    # An fp32 run gets its own fp32 copy, equal to the dequantized weights.
+    full = load_model(tiny.path, "cpu", torch.float32)
+    assert full.path.name == digest + model_cache.FLOAT32_SUFFIX
+    assert torch.equal(full.model.state_dict()["lm_head.weight"], tiny.effective["lm_head.weight"])
     # A warm load neither hashes nor parses the GGUF again.
     monkeypatch.setattr(model_cache, "read_gguf", lambda *a: pytest.fail("converted twice"))
     monkeypatch.setattr(model_cache.hashlib, "sha256", lambda *a: pytest.fail("hashed twice"))
-    second = load_model(tiny.path, "cpu", torch.float32)
+    second = load_model(tiny.path, "cpu", torch.bfloat16)
     for (k, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
         assert torch.equal(a, b), k
     # The cached folder is an ordinary model folder.
-    third = load_model(folder, "cpu", torch.bfloat16)
-    assert third.config == second.config and third.model.embed_tokens.weight.dtype == torch.bfloat16
+    third = load_model(folder, "cpu", torch.float32)
+    assert third.config == second.config and third.model.embed_tokens.weight.dtype == torch.float32
 
 
 def test_interrupted_conversion_leaves_no_cache(tmp_path, cache_home, monkeypatch):
@@ -277,7 +284,8 @@ def test_parts_are_found_in_order_and_load_as_one_gguf(fake_base):
     lm = load_model(folder, "cpu", torch.float32)
     with torch.no_grad():
         ids = torch.arange(0, 40)[None]
-        torch.testing.assert_close(our_logits(lm, ids), hf_reference(tiny)(input_ids=ids).logits, atol=ATOL, rtol=0)
+        ref = hf_reference(tiny, round_bf16=True)(input_ids=ids).logits  # converted() keeps bf16 by default
+        torch.testing.assert_close(our_logits(lm, ids), ref, atol=ATOL, rtol=0)
 
 
 def test_missing_part_names_it_and_the_install_command(fake_base, monkeypatch):
