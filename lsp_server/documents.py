@@ -49,6 +49,29 @@ def make_document(text: str, language_id: str, uri: str) -> tuple[Any | None, st
         return None, reason
 
 
+def with_selected(entry: OpenDoc, start: tuple[int, int], end: tuple[int, int], text: str,
+                  encoding: str) -> tuple[Any, tuple[int, int]] | None:
+    """A copy of the document with ``text`` over start..end (the completion item the editor
+    has selected, LSP 3.18 selectedCompletionInfo) and the position after that text;
+    None for a range over several lines, outside the document, or text it refuses."""
+    from grammars.document import encode
+
+    if entry.doc is None or start[0] != end[0]:
+        return None
+    shadow, _ = make_document(entry.doc.text, entry.language_id, entry.uri)
+    if shadow is None:
+        return None
+    lo = shadow.offset_at(*start, encoding=encoding)
+    if lo is None or shadow.offset_at(*end, encoding=encoding) is None:  # outside (issue 17)
+        return None
+    try:
+        shadow.apply_change(start, end, text, encoding=encoding)
+        return shadow, shadow.position_at(lo + len(encode(text)), encoding=encoding)
+    except Exception as exc:  # lone surrogates and the like: no completion, never a crash
+        log.warning("selectedCompletionInfo: %s", exc)
+        return None
+
+
 class DocumentStore:
     def __init__(self) -> None:
         self._docs: dict[str, OpenDoc] = {}

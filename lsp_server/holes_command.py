@@ -20,6 +20,8 @@ from typing import Any
 
 from lsprotocol import types
 
+from grammars.holes import find_holes
+from grammars.planner import plan
 from lsp_server import pipeline, results
 
 log = logging.getLogger(__name__)
@@ -39,9 +41,6 @@ def _range(value: Any) -> tuple[tuple[int, int], tuple[int, int]] | None:
 
 
 def choose_plans(ls: Any, doc: Any, args: list) -> list:
-    from grammars.holes import find_holes
-    from grammars.planner import plan
-
     rng = _range(args[1]) if len(args) > 1 else None
     if len(args) > 2 and args[2] == "regenerate":
         if rng is None:
@@ -56,6 +55,15 @@ def choose_plans(ls: Any, doc: Any, args: list) -> list:
     if lo is None or hi is None:
         return []
     return [h for h in holes if h.start_byte <= hi and lo <= h.end_byte]
+
+
+def holes_near(ls: Any, doc: Any, start: tuple[int, int], end: tuple[int, int]) -> tuple[bool, int]:
+    """(a hole overlaps start..end, holes in the document): what the code actions offer."""
+    holes = find_holes(doc, marker=ls.settings.hole_marker)
+    lo = doc.offset_at(*start, encoding=ls.encoding)
+    hi = doc.offset_at(*end, encoding=ls.encoding)
+    here = lo is not None and hi is not None and any(h.start_byte <= hi and lo <= h.end_byte for h in holes)
+    return here, len(holes)
 
 
 async def run_fill_holes(ls: Any, args: list) -> dict:

@@ -1,8 +1,10 @@
-"""Every lsprotocol result the server sends, built from plain fills.
+"""Every lsprotocol result the server sends, built from plain fills; and LSP inputs as plain tuples.
 
 Owns: converting byte-offset candidates into InlineCompletionItems, CompletionItems,
-versioned WorkspaceEdits and CodeActions, in the negotiated position encoding. This
-is the one module that builds LSP results; handlers in server.py only call it.
+versioned WorkspaceEdits and CodeActions, in the negotiated position encoding, and the
+other way, content changes and ranges into (line, character) tuples. This is the one
+module that converts between lsprotocol types and the server's plain data; handlers in
+server.py only call it.
 
 Must not know: the core, settings parsing, grammars internals (it uses only
 ``doc.position_at`` from the grammars contract).
@@ -22,6 +24,19 @@ STATUS_METHOD = "diffill/status"
 
 # Longest completion-item label: the label is a preview, the edit carries the fill.
 _LABEL_CHARS = 60
+
+
+def point(pos: types.Position) -> tuple[int, int]:
+    return pos.line, pos.character
+
+
+def changes(content_changes: Sequence[Any]) -> list[tuple[tuple[int, int] | None, tuple[int, int] | None, str]]:
+    """didChange content changes as (start, end, text); (None, None, text) replaces all."""
+    out = []
+    for c in content_changes:
+        rng = getattr(c, "range", None)
+        out.append((None, None, c.text) if rng is None else (point(rng.start), point(rng.end), c.text))
+    return out
 
 
 def position(doc: Any, byte: int, encoding: str) -> types.Position:

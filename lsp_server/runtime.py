@@ -30,7 +30,7 @@ from pygls.protocol.language_server import lsp_method
 from lsp_server import settings as settings_mod
 from lsp_server.cache import FillCache
 from lsp_server.core_link import CoreFactory, CoreLink, CoreUnready, LinkState, core_errors, real_core_factory
-from lsp_server.documents import DocumentStore, OpenDoc
+from lsp_server.documents import DocumentStore, OpenDoc, with_selected
 from lsp_server.feedback import FeedbackLog, Stats, default_log_path
 from lsp_server import pipeline
 from lsp_server.pipeline import Candidate, Outcome
@@ -338,6 +338,30 @@ class DiffillServer(LanguageServer):
         log.info("fill uri=%s cached=%s latency_ms=%.1f %s", uri, outcome.cached, latency,
                  " ".join(f"{k}={v:.1f}" for k, v in outcome.timings.items()))
         return Answer(entry, doc, outcome, cursor, latency, accept_ids)
+
+    async def complete_with_selected(self, uri: str, start: tuple[int, int], end: tuple[int, int], text: str,
+                                     *, debounce: bool) -> Answer | None:
+        """``complete`` as if the editor's selected completion item (``text`` over
+        start..end) were applied: the fill continues it (LSP 3.18 selectedCompletionInfo)."""
+        entry = self.usable(uri)
+        shadow = with_selected(entry, start, end, text, self.encoding) if entry is not None else None
+        if shadow is None:
+            return None
+        doc, (line, character) = shadow
+        return await self.complete(uri, line, character, debounce=debounce, doc=doc)
+
+    def changed(self, uri: str, version: int, changes: list) -> None:
+        """didChange: the fill under way for the old text is wasted work; apply the edits."""
+        self.latest.cancel(uri)
+        self.docs.change(uri, version, changes, self.encoding)
+
+    def closed(self, uri: str) -> None:
+        """didClose: forget everything held for the document."""
+        self.latest.cancel(uri)
+        self.docs.close(uri)
+        self.cache.drop(uri)
+        self.debouncer.forget(uri)
+        self.feedback.closed(uri)
 
     def from_cache(self, uri: str, doc: Any, cursor: int | None) -> Outcome | None:
         """Fills the typed-ahead cache answers without the model; None on a miss."""

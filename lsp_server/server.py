@@ -1,8 +1,9 @@
 """LSP handlers of the diffill server, and ``diffill lsp``.
 
 Owns: the handler functions only, registered on a ``DiffillServer`` by
-``build_server``. Each reads settings, gets the document, asks the pipeline in
-runtime.py / filling.py, and converts with results.py.
+``build_server``. Each converts its params with results.py, asks the server
+(runtime.py: documents, settings, the completion pipeline around lsp_server.pipeline)
+or the fillHoles command (holes_command.py), and converts the answer with results.py.
 
 Must not know: torch, how fills are computed, how results are built.
 """
@@ -19,6 +20,7 @@ from lsprotocol import types
 
 from lsp_server import guards, results
 from lsp_server.core_link import CoreFactory, core_errors, real_core_factory
+from lsp_server.holes_command import holes_near, run_fill_holes
 from lsp_server.runtime import DiffillServer
 from lsp_server.settings import SECTION
 
@@ -63,41 +65,29 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
 
     @ls.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: DiffillServer, params: types.DidChangeTextDocumentParams) -> None:
-        uri = params.text_document.uri
-        ls.latest.cancel(uri)  # a fill for the old text is wasted work
-        changes = []
-        for c in params.content_changes:
-            rng = getattr(c, "range", None)
-            if rng is None:
-                changes.append((None, None, c.text))
-            else:
-                changes.append(((rng.start.line, rng.start.character), (rng.end.line, rng.end.character), c.text))
-        ls.docs.change(uri, params.text_document.version, changes, ls.encoding)
+        ls.changed(params.text_document.uri, params.text_document.version, results.changes(params.content_changes))
 
     @ls.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: DiffillServer, params: types.DidCloseTextDocumentParams) -> None:
-        uri = params.text_document.uri
-        ls.latest.cancel(uri)
-        ls.docs.close(uri)
-        ls.cache.drop(uri)
-        ls.debouncer.forget(uri)
-        ls.feedback.closed(uri)
+        ls.closed(params.text_document.uri)
 
     @ls.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: DiffillServer, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
         if not ls.settings.inline.enable:
             return None
         invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
-        selected = params.context.selected_completion_info
-        if selected is not None:
-            return await _inline_with_selected(ls, params, selected, invoked)
-        pos = params.position
-        answer = await ls.complete(params.text_document.uri, pos.line, pos.character, debounce=not invoked)
+        uri, selected = params.text_document.uri, params.context.selected_completion_info
+        if selected is not None:  # complete as if the selected item were applied
+            r = selected.range
+            answer = await ls.complete_with_selected(uri, results.point(r.start), results.point(r.end), selected.text,
+                                                     debounce=not invoked)
+        else:
+            answer = await ls.complete(uri, *results.point(params.position), debounce=not invoked)
         if answer is None:
             return types.InlineCompletionList(items=[])
         n = ls.settings.inline.max_items if invoked else 1
-        cands = answer.outcome.candidates
-        return results.inline_list(answer.doc, cands, ls.encoding, n, answer.accept_ids)
+        return results.inline_list(answer.doc, answer.outcome.candidates, ls.encoding, n, answer.accept_ids,
+                                   selected=selected)
 
     @ls.feature(
         types.TEXT_DOCUMENT_COMPLETION,
@@ -106,9 +96,8 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
     async def completion(ls: DiffillServer, params: types.CompletionParams) -> types.CompletionList | None:
         if not ls.settings.completion.enable:
             return None
-        pos = params.position
         invoked = params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked
-        answer = await ls.complete(params.text_document.uri, pos.line, pos.character, debounce=not invoked)
+        answer = await ls.complete(params.text_document.uri, *results.point(params.position), debounce=not invoked)
         if answer is None:
             return types.CompletionList(is_incomplete=True, items=[])
         return results.completion_list(answer.doc, answer.outcome.candidates, answer.cursor, ls.encoding)
@@ -121,23 +110,11 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
         entry = ls.usable(params.text_document.uri)
         if entry is None:
             return None
-        from grammars.holes import find_holes
-
-        try:
-            holes = find_holes(entry.doc, marker=ls.settings.hole_marker)
-            r = params.range
-            lo = entry.doc.offset_at(r.start.line, r.start.character, encoding=ls.encoding)
-            hi = entry.doc.offset_at(r.end.line, r.end.character, encoding=ls.encoding)
-        except Exception as exc:
-            log.warning("code actions: %s", exc)
-            return None
-        here = lo is not None and hi is not None and any(h.start_byte <= hi and lo <= h.end_byte for h in holes)
-        return results.code_actions(params.text_document.uri, params.range, here, len(holes)) or None
+        here, count = holes_near(ls, entry.doc, results.point(params.range.start), results.point(params.range.end))
+        return results.code_actions(params.text_document.uri, params.range, here, count) or None
 
     @ls.command(results.COMMAND_FILL_HOLES)
     async def fill_holes(ls: DiffillServer, *args: Any) -> dict:
-        from lsp_server.holes_command import run_fill_holes
-
         try:
             return await run_fill_holes(ls, list(args))
         except core_errors() as exc:
@@ -153,44 +130,6 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
         return await ls.status()
 
     return ls
-
-
-async def _inline_with_selected(
-    ls: DiffillServer,
-    params: types.InlineCompletionParams,
-    selected: types.SelectedCompletionInfo,
-    invoked: bool,
-) -> types.InlineCompletionList:
-    """Honour selectedCompletionInfo: complete as if the selected item were applied,
-    and return items that start with its text over its range (LSP 3.18)."""
-    from grammars.document import encode as encode_text
-    from lsp_server.documents import make_document
-
-    entry = ls.usable(params.text_document.uri)
-    if entry is None:
-        return types.InlineCompletionList(items=[])
-    r = selected.range
-    if r.start.line != r.end.line:
-        return types.InlineCompletionList(items=[])
-    shadow, _ = make_document(entry.doc.text, entry.language_id, entry.uri)
-    if shadow is None:
-        return types.InlineCompletionList(items=[])
-    # A range outside the document or text with lone surrogates answers empty (issue 17).
-    start = shadow.offset_at(r.start.line, r.start.character, encoding=ls.encoding)
-    if start is None or shadow.offset_at(r.end.line, r.end.character, encoding=ls.encoding) is None:
-        return types.InlineCompletionList(items=[])
-    try:
-        shadow.apply_change((r.start.line, r.start.character), (r.end.line, r.end.character), selected.text, encoding=ls.encoding)
-        end_line, end_char = shadow.position_at(start + len(encode_text(selected.text)), encoding=ls.encoding)
-    except Exception as exc:
-        log.warning("selectedCompletionInfo: %s", exc)
-        return types.InlineCompletionList(items=[])
-    answer = await ls.complete(entry.uri, end_line, end_char, debounce=not invoked, doc=shadow)
-    if answer is None:
-        return types.InlineCompletionList(items=[])
-    n = ls.settings.inline.max_items if invoked else 1
-    cands = answer.outcome.candidates
-    return results.inline_list(answer.doc, cands, ls.encoding, n, answer.accept_ids, selected=selected)
 
 
 def main(argv: list[str] | None = None) -> int:
