@@ -6,7 +6,7 @@ to run), the joined file's pinned sha256 (checked before first use, remembered b
 `model_cache` so a warm start does not hash 491 MB again), the command that installs them,
 and the provenance record that `diffill/status`, `diffill fill --verbose` and the model
 card quote. It must not know what is inside a GGUF file (`gguf_model`) or how the cache
-is laid out (`model_cache`).
+is laid out (`model_cache`); `loader.load_base` loads it (the `load_base` here only forwards).
 """
 from __future__ import annotations
 
@@ -149,9 +149,11 @@ def base_folder(progress=None, dtype=None) -> Path:
 
 
 def load_base(device: str = "auto", dtype=None, progress=None):
-    """The default model loaded (a `loader.LoadedModel`); the default switch is
-    `load_model(None)` -> `load_model(base_folder(progress, dtype), ...)`."""
-    from .loader import default_dtype, load_model, resolve_device
+    """`loader.load_base`, kept for callers that import it from here (evaluation/decoding.py).
 
-    dtype = dtype or default_dtype(resolve_device(device))
-    return load_model(base_folder(progress, dtype), device, dtype)
+    Once `loader.load_model(None)` itself loads the base (the default switch), this lazy
+    import would close a loader <-> base_model cycle: call `loader.load_base` and drop this.
+    """
+    from .loader import load_base as _load_base
+
+    return _load_base(device, dtype, progress)

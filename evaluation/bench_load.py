@@ -9,7 +9,7 @@ loads from it. Without `--gguf` it times the default model from its registry whe
 Prints a table, then one JSON line last: seconds and peak RSS per step, and the machine.
 The temporary caches are removed.
 
-Must not know: GGUF internals (it only calls the loader and base_model).
+Must not know: GGUF internals (it only calls the loader).
 """
 from __future__ import annotations
 
@@ -28,12 +28,11 @@ CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
 import torch
-from diffusion_core import base_model
-from diffusion_core.loader import load_model
+from diffusion_core.loader import load_base, load_model
 dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[sys.argv[2]]
 t1 = time.perf_counter()
 if sys.argv[1] == "-":
-    lm = load_model(base_model.base_folder(dtype=dtype), "cpu", dtype)
+    lm = load_base("cpu", dtype)
 else:
     lm = load_model(sys.argv[1], "cpu", dtype)
 t2 = time.perf_counter()
