@@ -1,0 +1,249 @@
+"""Hostile-input measurements (issue 17): the four figures docs/security.md quotes.
+
+Owns: four small experiments against real processes, each timed from outside:
+  * recovery: a private core killed with -9, time until the next fill succeeds;
+  * nesting: the LSP server (on the fake core of tests/lsp_server/fakes.py) answering
+    inline completions inside 50k nested brackets, worst request;
+  * huge: one 15 MB fill to a core, the core's peak RSS before and after;
+  * flood: a TCP core with 1,000 hostile connections open (idle and frame-trickling),
+    a legitimate client's fill latency.
+
+Must not know: engine internals; it talks over the protocol and LSP as clients do.
+
+    python -m evaluation.bench_hostile [--model DIR] [--only recovery,nesting,huge,flood]
+
+Without --model it uses the bundled model. Prints a table, then one JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from diffusion_core import protocol
+from lsp_server.core_client import CoreClient
+
+ROOT = Path(__file__).resolve().parents[1]
+SEGMENTS = ["def add(a, b):\n    ", "\n"]
+
+
+def _rss_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) of a process in MB, from /proc."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+async def recovery(model: str | None, tries: int = 3) -> dict:
+    client = CoreClient(model_dir=model, device="cpu", core_args=["--threads", "1"], backoff=(0.0, 1.0))
+    await client.start()
+    await client.fill(SEGMENTS, [8], {})
+    times = []
+    try:
+        for _ in range(tries):
+            pid = client._proc.pid
+            os.kill(pid, signal.SIGKILL)
+            t0 = time.perf_counter()
+            while True:
+                try:
+                    out = await client.fill(SEGMENTS, [8], {})
+                    if out.get("texts") is not None:
+                        break
+                except Exception:
+                    await asyncio.sleep(0.02)
+            times.append(time.perf_counter() - t0)
+    finally:
+        await client.close()
+    return {"recovery_s": [round(t, 2) for t in times], "recovery_max_s": round(max(times), 2)}
+
+
+def _lsp_frame(obj: dict) -> bytes:
+    body = json.dumps(obj).encode()
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def nesting(requests: int = 10, depth: int = 50_000) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from tests.hostile.raw_lsp import RawLsp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lsp = RawLsp(Path(tmp))
+        try:
+            lsp.initialize()
+            text = "x = " + "[" * depth + "]" * depth + "\n"
+            t0 = time.perf_counter()
+            lsp.send({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+                "uri": "file:///nest.py", "languageId": "python", "version": 1, "text": text}}})
+            assert lsp.alive(1)
+            open_s = time.perf_counter() - t0
+            times = []
+            for i in range(requests):
+                col = depth // 2 + 4 + i * 97
+                t0 = time.perf_counter()
+                lsp.request(100 + i, "textDocument/inlineCompletion", {
+                    "textDocument": {"uri": "file:///nest.py"}, "position": {"line": 0, "character": col},
+                    "context": {"triggerKind": 1}})
+                reply = lsp.response(100 + i, timeout=300)
+                assert reply is not None
+                times.append((time.perf_counter() - t0) * 1e3)
+                # a keystroke in between, so the next request is not served from the cache
+                lsp.send({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
+                    "textDocument": {"uri": "file:///nest.py", "version": i + 2},
+                    "contentChanges": [{"range": {"start": {"line": 0, "character": col},
+                                                  "end": {"line": 0, "character": col}}, "text": " "}]}})
+        finally:
+            lsp.close()
+    return {"nesting_open_s": round(open_s, 2), "nesting_p50_ms": round(statistics.median(times), 1),
+            "nesting_worst_ms": round(max(times), 1)}
+
+
+async def _start_core(model: str | None, where: str, extra: list[str] = (), env=None):
+    cmd = [sys.executable, "-m", "diffusion_core.service", "--device", "cpu", "--threads", "1",
+           "--log-level", "WARNING", *where.split(), *extra]
+    if model:
+        cmd += ["--model", model]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    return proc
+
+
+async def _wait_client(address: str, token: str | None = None) -> CoreClient:
+    deadline = time.monotonic() + 120
+    while True:
+        client = CoreClient(address=address, token=token)
+        try:
+            await client.start()
+            return client
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def huge(model: str | None, mb: int = 15) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o700)
+        sock = os.path.join(tmp, "core.sock")
+        proc = await _start_core(model, f"--socket {sock}")
+        try:
+            client = await _wait_client(f"unix:{sock}")
+            await client.fill(SEGMENTS, [8], {})
+            before, _ = _rss_mb(proc.pid)
+            line = "value = compute(value, 42)  # filler\n"
+            big = line * (mb * 1024 * 1024 // len(line) // 2)
+            t0 = time.perf_counter()
+            out = await client.fill([big + SEGMENTS[0], SEGMENTS[1] + big], [8], {})
+            fill_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            await client.fill(SEGMENTS, [8], {})
+            small_after_ms = (time.perf_counter() - t0) * 1e3
+            after, peak = _rss_mb(proc.pid)
+            await client.close()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return {"huge_input_mb": round(2 * len(big) / 1e6, 1), "huge_fill_s": round(fill_s, 2),
+            "huge_rss_before_mb": round(before), "huge_rss_peak_mb": round(peak), "huge_rss_after_mb": round(after),
+            "huge_context_tokens": out["stats"].get("context_tokens"), "small_fill_after_ms": round(small_after_ms, 1)}
+
+
+async def flood(model: str | None, hostile: int = 1000, fills: int = 10) -> dict:
+    token = "bench-" + os.urandom(8).hex()
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = Path(tmp) / "token"
+        tok.write_text(token)
+        tok.chmod(0o600)
+        port_file = None
+        import socket as so
+        s = so.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        # prlimit: the same 1,024 descriptors the attack in issue 17 exhausted
+        proc = await _start_core(model, f"--listen 127.0.0.1:{port} --token-file {tok}")
+        try:
+            subprocess.run(["prlimit", f"--pid={proc.pid}", "--nofile=1024:1024"], check=False)
+            client = await _wait_client(f"tcp:127.0.0.1:{port}", token)
+            await client.fill(SEGMENTS, [8], {})
+            base = []
+            for _ in range(fills):
+                t0 = time.perf_counter()
+                await client.fill(SEGMENTS, [8], {})
+                base.append((time.perf_counter() - t0) * 1e3)
+            conns = []
+            opened = refused = 0
+            for i in range(hostile):
+                try:
+                    r, w = await asyncio.open_connection("127.0.0.1", port)
+                    conns.append((r, w))
+                    opened += 1
+                except OSError:
+                    refused += 1
+
+            async def trickle():
+                for _ in range(40):
+                    for _, w in conns[::2]:
+                        if not w.is_closing():
+                            w.write(protocol.encode(protocol.request(1, "nope", {})))
+                    await asyncio.sleep(0.05)
+
+            task = asyncio.create_task(trickle())
+            under = []
+            for _ in range(fills):
+                t0 = time.perf_counter()
+                await client.fill(SEGMENTS, [8], {})
+                under.append((time.perf_counter() - t0) * 1e3)
+            newcomer_t0 = time.perf_counter()
+            newcomer = await _wait_client(f"tcp:127.0.0.1:{port}", token)
+            await newcomer.fill(SEGMENTS, [8], {})
+            newcomer_ms = (time.perf_counter() - newcomer_t0) * 1e3
+            status = await newcomer.status()
+            await task
+            await newcomer.close()
+            await client.close()
+            for _, w in conns:
+                w.close()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return {"flood_opened": opened, "flood_refused": refused, "flood_core_connections": status.get("connections"),
+            "flood_fill_p50_ms_before": round(statistics.median(base), 1),
+            "flood_fill_p50_ms_during": round(statistics.median(under), 1),
+            "flood_fill_max_ms_during": round(max(under), 1), "flood_new_client_hello_fill_ms": round(newcomer_ms, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evaluation.bench_hostile")
+    p.add_argument("--model", default=None)
+    p.add_argument("--only", default="recovery,nesting,huge,flood")
+    args = p.parse_args(argv)
+    out: dict = {"machine": f"{platform.node()} {os.cpu_count()} cpu", "model": args.model or "bundled"}
+    for name in args.only.split(","):
+        t0 = time.perf_counter()
+        if name == "nesting":
+            out.update(nesting())
+        else:
+            out.update(asyncio.run({"recovery": recovery, "huge": huge, "flood": flood}[name](args.model)))
+        print(f"{name:10s} done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    width = max(len(k) for k in out)
+    for k, v in out.items():
+        print(f"{k:{width}s}  {v}")
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
