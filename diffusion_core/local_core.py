@@ -17,6 +17,7 @@ from typing import Callable
 
 from .engine import Engine, FillParams, HoleSpec, StepInfo
 from .errors import CoreError
+from .protocol import STOP_KEYS
 
 
 class LocalCore:
@@ -35,10 +36,16 @@ class LocalCore:
         return None
 
     async def fill(self, segments: list[str], budgets: list[int], params: dict,
-                   request_id: str | None = None) -> dict:
-        """The engine's fill as the core process replies it; a ``CoreError`` propagates."""
+                   request_id: str | None = None, stops: list[dict] | None = None) -> dict:
+        """The engine's fill as the core process replies it; a ``CoreError`` propagates.
+        ``stops``: one map of ``protocol.STOP_KEYS`` per hole, as on the wire."""
         t0 = time.perf_counter()
-        res = self.engine.fill(segments, [HoleSpec(budget=int(b)) for b in budgets],
+        rules = stops if stops is not None else [{} for _ in budgets]
+        if len(rules) != len(budgets):
+            raise CoreError(f"stops: {len(rules)} rules for {len(budgets)} holes")
+        holes = [HoleSpec(budget=int(b), **{k: int(v) for k, v in r.items() if k in STOP_KEYS})
+                 for b, r in zip(budgets, rules)]
+        res = self.engine.fill(segments, holes,
                                params=FillParams.from_dict({**self.base.as_dict(), **params}), on_step=self.on_step)
         if len(res.texts) != len(budgets):
             raise CoreError(f"engine answered {len(res.texts)} fills for {len(budgets)} holes")

@@ -36,6 +36,7 @@ class CoreConnection(Protocol):
         budgets: list[int],
         params: dict,
         request_id: str | None = None,
+        stops: list[dict] | None = None,  # per hole, protocol.STOP_KEYS (engine contract)
     ) -> dict: ...
 
     async def status(self) -> dict: ...
@@ -157,11 +158,11 @@ class CoreLink:
         return self._conn
 
     async def fill(self, segments: list[str], budgets: list[int], params: dict,
-                   request_id: str | None = None) -> dict:
+                   request_id: str | None = None, stops: list[dict] | None = None) -> dict:
         """``CoreConnection.fill`` on the ready connection (waits while it starts), so
         the pipeline is handed the link and a request with nothing to fill never waits."""
         conn = await self.connection()
-        return await conn.fill(segments, budgets, params, request_id=request_id)
+        return await conn.fill(segments, budgets, params, request_id=request_id, stops=stops)
 
     @staticmethod
     def _fail(ready: asyncio.Future[None], message: str) -> None:

@@ -152,15 +152,24 @@ def segments_at(doc: Document, plan: FillPlan, settings: Settings) -> list[str]:
     return with_plan_context(window_segments(doc.source, plan.start_byte, plan.end_byte, settings), [plan])
 
 
+def stop_spec(plan: FillPlan) -> dict:
+    """The planner's stop rule as the core applies it while decoding (engine contract in
+    docs/architecture.md): a line hole ends at its newline, a dedenting block at the first
+    later line indented less than the hole. ``min_depth`` (brackets) stays with finalize,
+    which applies the whole StopRules again to whatever comes back."""
+    s = plan.stop
+    return {"max_lines": 1 if s.single_line else int(s.max_lines or 0),
+            "dedent_below": len(plan.indent) if s.dedent else -1}
+
+
 async def core_fill(core: CoreConnection, segments: list[str], plans: list[FillPlan], settings: Settings,
                     request_id: str | None) -> dict:
-    """The one call into the core: segments, each plan's budget, the user's sampler settings.
-
-    Stop rules: the planner's ``plan.stop`` is applied by ``finalize`` after the fill.
-    The engine contract is gaining a per-hole stop argument (H2, ``stops=``); once it is
-    in docs/architecture.md this is the one place that passes ``[p.stop for p in plans]``."""
+    """The one call into the core: segments, each plan's budget and stop rule, the user's
+    sampler settings. Stopping in the core saves the steps a pretrained coder would spend
+    running to its budget (it rarely emits an end token after a FIM middle)."""
     budgets = [budget_for(p, settings) for p in plans]
-    return await core.fill(segments, budgets, settings.fill_params(), request_id=request_id or _rid())
+    return await core.fill(segments, budgets, settings.fill_params(), request_id=request_id or _rid(),
+                           stops=[stop_spec(p) for p in plans])
 
 
 async def fill_at(core: CoreConnection, doc: Document, cursor: int, settings: Settings,

@@ -191,8 +191,8 @@ def test_fill_keeps_holes_without_a_usable_fill():
     from tests.lsp_server.fakes import FakeCore
 
     class Answers(FakeCore):
-        async def fill(self, segments, budgets, params, request_id=None):
-            await super().fill(segments, budgets, params, request_id)
+        async def fill(self, segments, budgets, params, request_id=None, stops=None):
+            await super().fill(segments, budgets, params, request_id, stops)
             return {"texts": ["   ", "42"], "stats": {}}
 
     core = Answers()

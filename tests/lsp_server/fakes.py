@@ -31,6 +31,7 @@ class FakeCore:
         self.last_segments: list[str] = []
         self.last_budgets: list[int] = []
         self.last_params: dict = {}
+        self.last_stops: list[dict] | None = None
         self.closed = False
 
     async def start(self) -> None:
@@ -38,8 +39,9 @@ class FakeCore:
         if self.fail_start:
             raise RuntimeError(self.fail_start)
 
-    async def fill(self, segments, budgets, params, request_id=None) -> dict:
+    async def fill(self, segments, budgets, params, request_id=None, stops=None) -> dict:
         self.fills += 1
+        self.last_stops = stops
         self.last_segments, self.last_budgets, self.last_params = list(segments), list(budgets), dict(params)
         try:
             for _ in range(self.steps):

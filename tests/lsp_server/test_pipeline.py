@@ -103,6 +103,20 @@ async def test_the_marker_setting_reaches_the_planner(core):
     assert core.last_segments == ["x = 1\ny = ", "\n"]  # the marker itself is not context
 
 
+async def test_stop_rules_travel_with_the_request(core):
+    doc = Document("def f(x):\n    y = \n    return y\n", language_id="python")
+    await pipeline.fill_at(core, doc, doc.offset_at(1, 8), Settings())
+    assert core.last_stops == [{"max_lines": 1, "dedent_below": -1}]  # a line hole ends at its newline
+    body = Document("def f(x):\n    \n", language_id="python")
+    out = await pipeline.fill_at(core, body, body.offset_at(1, 4), Settings())
+    assert out.plan.kind == "block" and core.last_stops == [{"max_lines": 0, "dedent_below": 4}]
+    holes = Document("a = <|fill|>\nb = <|fill|>\n", language_id="python")
+    from grammars.holes import find_holes
+
+    await pipeline.fill_plans(core, holes, find_holes(holes), Settings())
+    assert core.last_stops == [{"max_lines": 1, "dedent_below": -1}] * 2
+
+
 async def test_budget_capped_and_params_sent(core):
     s = dataclasses.replace(Settings(), fill=dataclasses.replace(Settings().fill, max_tokens=3, steps=4))
     doc = Document("def f():\n    \n", language_id="python")
