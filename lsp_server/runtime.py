@@ -1,10 +1,10 @@
 """The language server object and the state every handler shares.
 
 Owns: ``DiffillServer`` (a pygls ``LanguageServer``) holding settings, documents,
-the core link, cache, scheduler and counters; the completion pipeline every
-completion handler runs (newest wins, cache, debounce, fill, version check,
-counters); settings updates with their one-time message; starting the core with
-``$/progress``.
+the core link, cache, debounce and counters; the LSP side of a completion that every
+completion handler runs around the fill pipeline (``lsp_server.pipeline``): newest
+wins, typed-ahead cache, debounce, version check, counters; settings updates with
+their one-time message; starting the core with ``$/progress``.
 
 Must not know: how results look on the wire (results.py), grammars internals,
 torch. Handlers live in server.py.
