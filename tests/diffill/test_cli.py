@@ -139,6 +139,21 @@ def test_fill_file_with_a_tiny_model(tmp_path, name, text, at):
     assert out.stdout.rstrip().endswith(text.rstrip().splitlines()[-1])
 
 
+@pytest.mark.e2e
+def test_fill_stdin_to_stdout_verbose(tmp_path):
+    from diffusion_core.tiny_model import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "model")
+    text = "def add(a, b):\n    pass\n\nprint(add(1, 2))\n"
+    out = _run("fill", "-", "--language", "python", "--model", str(model), "--device", "cpu", "--max-tokens", "6",
+               "--verbose", stdin=text)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("def add(a, b):\n") and out.stdout.endswith("print(add(1, 2))\n")
+    # --verbose names the model as the engine describes it (its folder, parameters, ...)
+    model_line = [line for line in out.stderr.splitlines() if line.startswith("diffill fill: model: ")]
+    assert len(model_line) == 1 and f"model={model.name}" in model_line[0] and "parameters=" in model_line[0]
+
+
 def _free_port() -> int:
     import socket
 

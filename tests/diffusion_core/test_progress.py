@@ -1,0 +1,41 @@
+"""Progress on stderr: silent for quick tasks, redrawn on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import io
+import time
+
+from diffusion_core import progress
+from diffusion_core.progress import Progress
+
+
+def test_a_quick_task_prints_nothing():
+    out = io.StringIO()
+    with Progress("quick", stream=out, tty=False) as p:
+        p.update(1, 2)
+    assert out.getvalue() == ""
+
+
+def test_a_long_task_gets_plain_lines_off_a_terminal(monkeypatch):
+    monkeypatch.setattr(progress, "QUIET_S", 0.05)
+    out = io.StringIO()
+    with Progress("held-out", total=3, stream=out, tty=False) as p:
+        time.sleep(0.15)
+        p.update(3)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("held-out:") and lines[-1].startswith("held-out: 3/3") and lines[-1].endswith("done")
+    assert "\r" not in out.getvalue() and "\x1b" not in out.getvalue()
+
+
+def test_a_terminal_gets_one_redrawn_line(monkeypatch):
+    monkeypatch.setattr(progress, "QUIET_S", 0.02)
+    monkeypatch.setattr(progress, "_REDRAW_S", 0.02)
+    out = io.StringIO()
+    try:
+        with Progress("loading", stream=out, tty=True):
+            time.sleep(0.15)
+            raise RuntimeError("x")
+    except RuntimeError:
+        pass
+    text = out.getvalue()
+    assert text.count("\r") >= 2 and text.count("\n") == 1 and text.rstrip().endswith("failed")
