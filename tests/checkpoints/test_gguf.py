@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.metadata
-import json
 import os
 from pathlib import Path
 
