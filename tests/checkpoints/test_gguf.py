@@ -119,6 +119,14 @@ def test_tokenizer_matches_transformers_qwen2(tmp_path):
         assert getattr(ours.special, role) == tiny.tokens.index(name), role
 
 
+def test_llama_bpe_tokenizer_round_trips(tmp_path):
+    tiny = make_gguf(tmp_path / "llama.gguf", arch="llama")  # tokenizer.ggml.pre "llama-bpe"
+    tok = read_gguf(tiny.path).tokenizer
+    for text in TEXTS:
+        assert tok.decode(tok.encode(text, add_special_tokens=False).ids, skip_special_tokens=False) == text
+    assert tok.encode("<|fim_prefix|>", add_special_tokens=False).ids == [tiny.tokens.index("<|fim_prefix|>")]
+
+
 def test_special_ids_from_metadata_win(tmp_path):
     tiny = make_gguf(tmp_path / "tiny.gguf", fim_ids=True)  # fim_pad_token_id names <|endoftext|>
     names = read_gguf(tiny.path).special
