@@ -30,6 +30,10 @@ _PY_BODY_HEADER = re.compile(r"^\s*(async\s+def|def|class)\b")
 _STRING_ESCAPES = {"interpolation", "template_substitution", "format_expression"}
 # Ancestors of the cursor's leaf that in_string_or_comment inspects (see there).
 _ANCESTORS_LOOKED_AT = 6
+# No code nests this deep; a cursor deeper than this is in a pathological document (50k
+# nested brackets in issue 17), where planning, post-processing's reparse and a fill
+# would cost seconds for nothing: it gets no completion.
+MAX_PLAN_DEPTH = 256
 
 
 def plan(doc: Document, line: int, character: int, encoding: str = "utf-16",
@@ -76,6 +80,9 @@ def _plan(doc: Document, off: int, encoding: str, selection, marker: str | None)
         return hole
     if before and after and is_ident_char(before[-1]) and is_ident_char(after[0]):
         return None  # mid-identifier with text to the right
+    if doc.tree is not None and too_deep(doc, off):
+        log.info("no completion at byte %d: nested deeper than %d levels", off, MAX_PLAN_DEPTH)
+        return None
     if doc.tree is not None and in_string_or_comment(doc, off):
         return None
 
@@ -163,6 +170,16 @@ def _target_at(doc: Document, off: int, names: tuple[str, ...] | None = None) ->
             if best is None or node.end_byte - node.start_byte < best[1].end_byte - best[1].start_byte:
                 best = (name, node)
     return best[0] if best else "line"
+
+
+def too_deep(doc: Document, off: int, limit: int = MAX_PLAN_DEPTH) -> bool:
+    """Whether the tree path to `off` is longer than `limit` nodes; costs at most `limit`
+    cursor steps, however deep the tree."""
+    cursor = doc.tree.root_node.walk()
+    for _ in range(limit):
+        if cursor.goto_first_child_for_byte(off) is None:
+            return False
+    return True
 
 
 def in_string_or_comment(doc: Document, off: int) -> bool:

@@ -1,7 +1,7 @@
 """Pathological nesting (issue 17 item 3): the planner's string/comment check looked at
 every ancestor of the cursor, and Node.parent itself walks down from the root, so 50k
 nested brackets froze the LSP event loop for 112 s. It now looks at a bounded number of
-ancestors. The bound below is a hang check (before the fix this took minutes), not a
+ancestors, and a cursor nested deeper than MAX_PLAN_DEPTH gets no completion. The bound below is a hang check (before the fix this took minutes), not a
 benchmark: benchmarks print figures instead."""
 import threading
 
@@ -24,7 +24,15 @@ def test_deep_brackets_do_not_hang_the_planner():
     doc = Document("x = " + "[" * n + "]" * n + "\n", "python", "/h.py")
     hung, plan = _plan_in_thread(doc, 0, n + 2)
     assert not hung
+    assert plan is None  # deeper than MAX_PLAN_DEPTH: no completion, at bounded cost
+
+
+def test_ordinary_nesting_still_plans():
+    n = planner.MAX_PLAN_DEPTH // 2
+    doc = Document("x = " + "[" * n + "]" * n + "\n", "python", "/h.py")
+    plan = planner.plan(doc, 0, n + 4)
     assert plan is not None and plan.kind == "line"
+    assert not planner.too_deep(doc, n + 4)
 
 
 def test_strings_and_comments_still_detected_inside_nesting():
