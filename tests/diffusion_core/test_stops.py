@@ -120,3 +120,20 @@ def test_step_cap_ends_a_loop_that_makes_no_progress(engine):
             engine.step([job])
         job.result()
     assert job.stats.forward_passes == step_cap([8])
+
+
+@pytest.mark.parametrize("params", [FillParams(), FillParams(steps=0), ONE_BY_ONE])
+def test_nan_in_a_norm_weight_of_a_real_model_folder_is_one_error(tiny_dir, tmp_path, params):
+    """Issue 17 item 1: one NaN in norm.weight made fills run forever (argmax picked the mask)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    dst = tmp_path / "nan"
+    shutil.copytree(tiny_dir, dst)
+    t = load_file(str(dst / "model.safetensors"))
+    t["norm.weight"][0] = float("nan")
+    save_file(t, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    eng = Engine.load(dst, "cpu")
+    with pytest.raises(CoreError, match="nan.*non-finite logits"):
+        eng.fill(["def f(x):\n    return ", "\n"], [HoleSpec(12), ], params)
