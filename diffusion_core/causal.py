@@ -106,7 +106,7 @@ class CausalJob:
             self.cuts.append(None)
         i = len(self.fills)
         if i == len(self.specs):
-            self._finish()
+            self.finish()
             return
         prefix = [t for j in range(i) for t in self.seg_ids[j] + self.fills[j]] + self.seg_ids[i]
         suffix = [t for s in self.seg_ids[i + 1:] for t in s]
@@ -141,7 +141,7 @@ class CausalJob:
         self._release()
         self._start_hole()
 
-    def _finish(self, error: Exception | None = None) -> None:
+    def finish(self, error: Exception | None = None) -> None:
         self._release()
         self.done, self.error = True, error
 

@@ -116,6 +116,12 @@ class Job:
         self._engine = engine
         self._update_blocks()
 
+    def take_refresh(self) -> bool:
+        """Whether this step must be a full forward (dual mode: the blocks moved, or the
+        first step); asking clears it, as the engine then runs that forward."""
+        refresh, self._refresh = self._refresh, False
+        return refresh
+
     def _update_blocks(self) -> None:
         masked = self.x == self._mask_id
         blocks = [h.current_block(masked) for h in self.holes]
@@ -126,9 +132,11 @@ class Job:
                 h.steps_in_block = 0
         self.blocks = blocks
         if all(b is None for b in blocks):
-            self._finish()
+            self.finish()
 
-    def _finish(self, error: Exception | None = None) -> None:
+    def finish(self, error: Exception | None = None) -> None:
+        """End the job (an error ends it failed); the engine calls this for a cancel, a
+        non-finite step or the step cap, the job itself when every hole is done."""
         self.done, self.error = True, error
         if self.stored is not None:
             self.stored.in_use = False
@@ -368,7 +376,7 @@ class Engine:
             if job.done:
                 continue
             if job.cancel is not None and job.cancel():
-                job._finish(FillCancelled())
+                job.finish(FillCancelled())
                 continue
             live.append(job)
         if not live:
@@ -389,7 +397,7 @@ class Engine:
             job.stats.forward_passes += 1
             job.stats.denoise_ms += elapsed
             if not bool(torch.isfinite(part).all()):
-                job._finish(CoreError(f"model {self.name} produced non-finite logits (NaN/inf) at step {job.steps + 1}: "
+                job.finish(CoreError(f"model {self.name} produced non-finite logits (NaN/inf) at step {job.steps + 1}: "
                                       "its weights or config.json are broken"))
                 continue
             committed = job.apply(part) if plan is None else job.apply(part, plan)
@@ -397,7 +405,7 @@ class Engine:
                 job.on_step(StepInfo(job.steps, committed, job.masked_left()))
             # Counted here, not by the job's own rule, so a rule that never advances still ends.
             if not job.done and job.stats.forward_passes >= job.max_steps:
-                job._finish(CoreError(f"model {self.name}: fill not finished after {job.stats.forward_passes} steps "
+                job.finish(CoreError(f"model {self.name}: fill not finished after {job.stats.forward_passes} steps "
                                       f"(the cap for its budgets); stopped"))
 
     def _packed_logits(self, live: list[Job]) -> tuple[torch.Tensor, list]:
@@ -434,13 +442,12 @@ class Engine:
             job.cache.reserve(T + 16)
             seg = Segment(0, 0, job.cache, "scratch", None)
             return job.x[lo:], torch.arange(lo, T), seg, logit_source(flat, shift) - lo, positions
-        if job.mode == "none" or job._refresh:
+        if job.mode == "none" or job.take_refresh():
             # Full forward over everything; in dual mode it also refreshes the whole cache.
             job.cache.truncate(0)
             job.cache.reserve(T + 16)
             mode = "append" if job.mode == "dual" else "scratch"
             seg = Segment(0, 0, job.cache, mode, full_mask(job.layout.kind, job.layout.n_context, T, self.device))
-            job._refresh = False
             return job.x, torch.arange(T), seg, logit_source(flat, shift), positions
         # dual, inside a block: only the current blocks' tokens (and, with shifted logits,
         # the token before each block, whose output predicts the block's first token).
