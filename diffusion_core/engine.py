@@ -21,13 +21,14 @@ step whose logits are not finite ends the job with one CoreError naming the mode
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from .errors import CoreError, FillCancelled
+from .fill_types import FillResult, FillStats, HoleSpec, StepInfo  # noqa: F401 (the engine contract names them here)
 from . import infill_formats, textcut
 from .causal import CausalJob
 from .layout import Layout, attention_mask, build_diffill, fit_context, full_mask, logit_source
@@ -39,47 +40,6 @@ from .static_step import StaticSteps
 
 ENCODE_CHUNK = 1024  # context tokens per forward when encoding (bounds the [T, S] mask)
 CONTEXT_STORE_SIZE = 4  # cached contexts kept for reuse across requests (one per recent document)
-
-
-@dataclass(frozen=True)
-class HoleSpec:
-    """One hole: its token budget and its stop rule (the planner's StopRules, see
-    docs/architecture.md): a hole ends at an end token, at its budget, or at its stop rule."""
-
-    budget: int  # at most this many new tokens
-    max_lines: int = 0  # > 0: end after this many newline-terminated lines with content (1: a line hole)
-    dedent_below: int = -1  # >= 0: end before a later line whose content starts at a column below this
-
-
-@dataclass
-class StepInfo:
-    step: int
-    committed: int
-    masked_left: int
-
-
-@dataclass
-class FillStats:
-    forward_passes: int = 0
-    tokens_committed: int = 0
-    tokens_per_forward: float = 0.0
-    tokenize_ms: float = 0.0
-    encode_ms: float = 0.0
-    denoise_ms: float = 0.0
-    context_tokens: int = 0
-    reused_tokens: int = 0  # context tokens whose keys/values came from an earlier request
-    truncated_tokens: int = 0
-    cache: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class FillResult:
-    texts: list[str]
-    stats: FillStats
-    token_ids: list[list[int]] = field(default_factory=list)
 
 
 @dataclass(eq=False)  # entries are found by identity: comparing id tensors with == would raise

@@ -2,7 +2,8 @@
 and the language server runs with torch impossible to import.
 
 Imports are read from the source (every ``import``, at module level or inside a
-function, since a lazy import still runs), so a rule cannot be dodged by importing late.
+function, since a lazy import still runs), so a rule cannot be dodged by importing late;
+only imports under ``if TYPE_CHECKING:`` (which never run) are left out.
 """
 
 from __future__ import annotations
@@ -45,8 +46,13 @@ def imported(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     here = module_name(path)
     package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    # `if TYPE_CHECKING:` imports never run: annotations only, not an arrow between modules.
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+                   for stmt in block.body for n in ast.walk(stmt)}
     out: set[str] = set()
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -58,6 +64,11 @@ def imported(path: Path) -> set[str]:
             out.add(mod)
             out.update(f"{mod}.{a.name}" for a in node.names)
     return out
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def sources() -> dict[str, tuple[Path, set[str]]]:
