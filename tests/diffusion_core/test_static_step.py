@@ -47,6 +47,7 @@ def test_engine_with_static_steps_fills_exactly_like_packed_steps(tiny_dir, para
     assert a.token_ids == b.token_ids and a.stats.forward_passes == b.stats.forward_passes
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_steps_match_eager_steps(tiny_dir):
     eager = Engine.load(tiny_dir, "cuda", static_steps=False)
