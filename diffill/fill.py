@@ -113,8 +113,8 @@ def _load_core(model: str | None, device: str, verbose: bool):
     except ImportError as exc:
         raise FillError(f"the denoising core is not available: {exc}", 1) from None
     try:
-        with Progress(f"diffill fill: loading {model or 'the default model'}"):
-            core = LocalCore.load(model, device)
+        with Progress(f"diffill fill: loading {model or 'the default model'}") as shown:
+            core = LocalCore.load(model, device, progress=lambda done, total, what: shown.update(done, total))
     except Exception as exc:  # CoreError names the file or key in one line; anything else too
         raise FillError(f"core failed: {one_line(exc)}", 1) from None
     if verbose:

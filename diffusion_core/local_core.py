@@ -29,8 +29,11 @@ class LocalCore:
         self.fills = 0
 
     @classmethod
-    def load(cls, model_dir: str | None = None, device: str = "auto", **kw) -> "LocalCore":
-        return cls(Engine.load(model_dir=model_dir, device=device), **kw)
+    def load(cls, model_dir: str | None = None, device: str = "auto",
+             progress: Callable[[int, int, str], None] | None = None, **kw) -> "LocalCore":
+        """The engine of a model folder or .gguf file; ``progress(done, total, what)`` is
+        told about a first-time GGUF hash and conversion (loader.load_model)."""
+        return cls(Engine.load(model_dir=model_dir, device=device, progress=progress), **kw)
 
     async def start(self) -> None:  # the engine is loaded already
         return None
