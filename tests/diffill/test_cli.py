@@ -50,7 +50,7 @@ def test_train_help_lists_every_subcommand():
 
 @pytest.mark.parametrize("argv", [["lsp"], ["fill"], ["core"], ["train", "corpus"], ["train", "tokenizer"],
                                   ["train", "run"], ["train", "ship"]]
-                         + [["bench", name] for name in cli.BENCHES if name not in ("gpu", "decoding")])
+                         + [["bench", name] for name in cli.BENCHES])
 def test_every_help_is_plain_text_with_an_example(argv):
     out = _run(*argv, "--help")
     assert out.returncode == 0, out.stderr
