@@ -4,11 +4,15 @@ Owns applying LSP-style edits (Tree.edit now, then an incremental reparse from t
 old tree when the tree is next read, so a keystroke reparses only what changed and a
 burst of edits parses once), the byte <-> (line, character)
 conversions for that text, and reparsing a hypothetical edit without mutating the
-document (post-processing ranks fills that way). Must not know LSP types or planning
-rules: positions are plain (line, character) tuples.
+document (post-processing ranks fills that way), and refusing to parse a document whose
+brackets nest pathologically deep (see MAX_PARSE_NESTING). Must not know LSP types or
+planning rules: positions are plain (line, character) tuples.
 """
 
 from __future__ import annotations
+
+from itertools import accumulate, chain, count
+from operator import sub
 
 import tree_sitter as ts
 
@@ -19,6 +23,18 @@ from grammars.languages import Lang, language_for
 # round-trippable instead of raising.
 _ERRORS = "surrogatepass"
 
+# A document whose brackets nest deeper than this gets no tree (as if its language were
+# unknown). Tree-sitter's incremental reparse rebuilds the whole spine from the root to
+# an edit, so its cost grows with nesting depth: 50k nested brackets (issue 17) cost
+# ~210 ms in tree-sitter per keystroke, and the planner more on top, with the LSP event
+# loop blocked. No code nests this deep; the bound sits well above planner.MAX_PLAN_DEPTH
+# because brackets in strings and comments are counted too (only paired ones, though).
+MAX_PARSE_NESTING = 1024
+_BRACKETS = b"()[]{}"
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
+_STEP = bytes.maketrans(b"([{)]}", b"\x02\x02\x02\x00\x00\x00")  # 2 / 0, less 1 per bracket: +1 / -1
+_STEP_BACKWARDS = bytes.maketrans(b"([{)]}", b"\x00\x00\x00\x02\x02\x02")
+
 
 def encode(text: str) -> bytes:
     return text.encode("utf-8", errors=_ERRORS)
@@ -26,6 +42,30 @@ def encode(text: str) -> bytes:
 
 def decode(data: bytes) -> str:
     return data.decode("utf-8", errors=_ERRORS) if _is_valid(data) else data.decode("utf-8", errors="replace")
+
+
+def bracket_count(data: bytes) -> int:
+    return len(data.translate(None, _NOT_BRACKETS))
+
+
+def _open_depths(steps: bytes) -> list[int]:
+    """After each bracket: how many earlier opens are still unclosed, a stray close
+    resetting the count (the running minimum of the prefix sum is subtracted)."""
+    prefix = list(map(sub, accumulate(steps), count(1)))
+    return list(map(sub, prefix, accumulate(chain((0,), prefix), min)))
+
+
+def nesting_depth(source: bytes) -> int:
+    """How many matched bracket pairs (any kind, strings and comments not excluded)
+    enclose the most deeply nested point of `source`, in linear time with no Python
+    loop. A point counts an open only if a close follows it and a close only if an open
+    precedes it, so stray brackets in strings (`c == "("`) do not add up over a file."""
+    brackets = source.translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    opens = _open_depths(brackets.translate(_STEP))  # opens[i]: point after bracket i
+    closes = _open_depths(brackets[::-1].translate(_STEP_BACKWARDS))[::-1]  # point before bracket i
+    return max(0, max(map(min, opens, closes[1:]), default=0))
 
 
 def _is_valid(data: bytes) -> bool:
@@ -47,6 +87,11 @@ class Document:
         self._parser: ts.Parser | None = self.lang.new_parser() if self.lang else None
         self._tree: ts.Tree | None = None
         self._stale = False
+        # Bracket nesting as last measured, and bracket bytes inserted or removed since:
+        # each changes the depth by at most one, so the document stays on its side of
+        # MAX_PARSE_NESTING without a rescan until the drift could carry it across.
+        self._nesting = 0
+        self._nesting_drift = 0
         self._set_source(encode(text), text)
         self._reparse(None)
 
@@ -63,6 +108,12 @@ class Document:
         return self._text
 
     @property
+    def too_deep(self) -> bool:
+        """Whether this is a parseable language but its brackets nest deeper than
+        MAX_PARSE_NESTING, so it has no tree."""
+        return self._parser is not None and self._nesting > MAX_PARSE_NESTING
+
+    @property
     def line_count(self) -> int:
         return len(self.line_starts)
 
@@ -70,6 +121,17 @@ class Document:
         self.source = source
         self._text = text
         self.line_starts = positions.line_starts(source)
+        self._nesting = nesting_depth(source) if self._parser is not None else 0
+        self._nesting_drift = 0
+
+    def _track_nesting(self, changed_brackets: int) -> None:
+        if self._parser is None or not changed_brackets:
+            return
+        self._nesting_drift += changed_brackets
+        low, high = self._nesting - self._nesting_drift, self._nesting + self._nesting_drift
+        if (high <= MAX_PARSE_NESTING) != (low <= MAX_PARSE_NESTING):  # may have crossed
+            self._nesting = nesting_depth(self.source)
+            self._nesting_drift = 0
 
     @property
     def tree(self) -> ts.Tree | None:
@@ -86,7 +148,9 @@ class Document:
     def _reparse(self, old_tree: ts.Tree | None) -> None:
         if self._parser is None:
             return
-        if old_tree is None:
+        if self.too_deep:
+            self._tree, self._stale = None, False
+        elif old_tree is None:
             self._tree = self._parser.parse(self.source)
             self._stale = False
         else:
@@ -140,6 +204,7 @@ class Document:
         self.line_starts = positions.update_line_starts(self.line_starts, new_source, start, end, start + len(new))
         self.source = new_source
         self._text = None
+        self._track_nesting(bracket_count(old[start:end]) + bracket_count(new))
         self._reparse(self._tree)
 
     def reparse_with(self, start: int, end: int, new: bytes) -> tuple[bytes, ts.Tree | None]:

@@ -15,7 +15,7 @@ import logging
 import re
 
 from grammars import budgets, queries
-from grammars.document import Document, decode
+from grammars.document import MAX_PARSE_NESTING, Document, decode
 from grammars.fillplan import KINDS, MODES, FillPlan, StopRules, line_stop
 from grammars.holes import DEFAULT_MARKER, hole_at
 from grammars.positions import check_encoding, line_end
@@ -80,6 +80,9 @@ def _plan(doc: Document, off: int, encoding: str, selection, marker: str | None)
         return hole
     if before and after and is_ident_char(before[-1]) and is_ident_char(after[0]):
         return None  # mid-identifier with text to the right
+    if doc.too_deep:  # not parsed at all (document.MAX_PARSE_NESTING): same policy
+        log.info("no completion at byte %d: brackets nest deeper than %d levels", off, MAX_PARSE_NESTING)
+        return None
     if doc.tree is not None and too_deep(doc, off):
         log.info("no completion at byte %d: nested deeper than %d levels", off, MAX_PLAN_DEPTH)
         return None
