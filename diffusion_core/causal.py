@@ -180,7 +180,8 @@ class CausalJob:
             d = torch.tensor(drafts)
             rows = torch.arange(len(drafts))
             ratio = torch.exp(logp[rows, d] - logp[rows, torch.tensor(y[: len(drafts)])])
-            near = (ratio >= self.params.threshold).tolist()
+            # A draft copied from the context may be a FIM marker: never keep a banned id.
+            near = [bool(r >= self.params.threshold) and t not in eng.banned for r, t in zip(ratio.tolist(), drafts)]
         forced = 0
         if self.params.strategy == "topk" and self.params.steps > 0:
             left = self.budget - len(self.committed)

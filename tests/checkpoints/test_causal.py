@@ -259,3 +259,15 @@ def test_negative_norm_eps_is_refused_or_stopped(qwen_dir, tmp_path):
     with pytest.raises(CoreError, match="rms_norm_eps|non-finite"):
         eng = Engine.load(dst, "cpu", dtype=torch.float32)
         fill(eng, [PREFIX, SUFFIX], [30], strategy="ar")
+
+
+def test_accept_rule_of_each_strategy():
+    drafts, y = [4, 5, 6], [4, 9, 6, 7]  # the second draft disagrees with the model
+    near = [False, True, False]  # ... but the model finds it nearly as likely as its own 9
+    assert causal.accepted(drafts, y, near, FillParams(strategy="ar")) == 0
+    assert causal.accepted(drafts, y, near, FillParams(strategy="lossless")) == 1
+    assert causal.accepted(drafts, y, near, FillParams(strategy="threshold")) == 3  # 4, 5 (near), 6
+    assert causal.accepted(drafts, y, [False] * 3, FillParams(strategy="threshold")) == 1
+    # topk's schedule forces 3 tokens (2 drafts + the model's next); the third draft agrees anyway.
+    assert causal.accepted(drafts, y, [False] * 3, FillParams(strategy="topk"), forced=3) == 3
+    assert causal.accepted(drafts, [4, 9, 8, 7], [False] * 3, FillParams(strategy="topk"), forced=3) == 2
