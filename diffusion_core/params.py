@@ -10,7 +10,10 @@ from .protocol import MAX_HOLE_TOKENS
 # "ar" commits the model's greedy next token once per forward (AR-exact); "lossless"
 # verifies drafts (context n-grams, the previous forward's own predictions) against it
 # in the same forward and keeps the longest agreeing prefix: the same tokens, fewer forwards.
-STRATEGIES = ("threshold", "topk", "ar", "lossless")
+# "auto" (the default) picks per model: "lossless" on the causal layout (the AR output with
+# fewer forwards: it tied AR-exact on every held-out hole and needed fewer forwards,
+# docs/benchmarks.md), "threshold" on diffusion models.
+STRATEGIES = ("auto", "threshold", "topk", "ar", "lossless")
 CAUSAL_ONLY = ("ar", "lossless")
 CONFIDENCES = ("prob", "margin", "entropy")
 CACHE_MODES = ("auto", "exact", "dual", "none")
@@ -23,7 +26,7 @@ MIN_TOP_P = 1e-6
 class FillParams:
     # "threshold": Fast-dLLM parallel decoding; "topk": LLaDA low-confidence remasking;
     # "ar", "lossless": the causal layout's AR-exact modes (see STRATEGIES)
-    strategy: str = "threshold"
+    strategy: str = "auto"
     # topk: total steps per hole (0: one per token); threshold: a cap (0: none). Capped by
     # default: with bundled model v1, threshold 0.9 uncapped took 58 forwards per hole for
     # edit similarity 0.112; a cap of 8 took 7.6 forwards for 0.138 (docs/benchmarks.md).

@@ -44,7 +44,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from diffusion_core.params import FillParams
+    from diffusion_core.params import STRATEGIES, FillParams
     from lsp_server.settings import ContextSettings
 
     from .sandbox import MEMORY_MB, TIMEOUT_S
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="single-line budget sweep (tokens)")
     ap.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)))
     ap.add_argument("--topk-steps", default=",".join(map(str, TOPK_STEPS)))
-    ap.add_argument("--strategy", default=d.strategy, choices=("threshold", "topk"))
+    ap.add_argument("--strategy", default=d.strategy, choices=STRATEGIES)
     ap.add_argument("--steps", type=int, default=d.steps)
     ap.add_argument("--threshold", type=float, default=d.threshold)
     ap.add_argument("--block-size", type=int, default=d.block_size)

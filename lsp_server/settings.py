@@ -122,7 +122,7 @@ _CHECKS: dict[str, typing.Callable[[Any], bool]] = {
     "fill.max_tokens": lambda v: 1 <= v <= MAX_HOLE_TOKENS,
     "fill.steps": lambda v: v is None or 1 <= v <= 1024,
     "fill.threshold": lambda v: v is None or 0.0 < v <= 1.0,
-    "fill.strategy": lambda v: v is None or v in ("threshold", "topk"),
+    "fill.strategy": lambda v: v is None or v in ("auto", "threshold", "topk", "ar", "lossless"),
     "debounce.min_ms": lambda v: 0 <= v <= 5000,
     "debounce.max_ms": lambda v: 0 <= v <= 5000,
     "context.prefix_bytes": lambda v: 64 <= v <= 1_000_000,
