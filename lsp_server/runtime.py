@@ -246,7 +246,7 @@ class DiffillServer(LanguageServer):
 
         async def loading() -> None:
             if token is not None:
-                where = self.settings.core.address or self.settings.model.path or "bundled model"
+                where = self.settings.core.address or self.settings.model.path or "default model"
                 self.work_done_progress.begin(
                     token, types.WorkDoneProgressBegin(title="diffill", message=f"loading {where}", cancellable=False)
                 )
