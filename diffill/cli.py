@@ -25,7 +25,7 @@ SUBCOMMANDS: dict[str, Command] = {
     "lsp": Command("lsp_server.server", "main", "run the language server for an editor (stdio, or --tcp HOST:PORT)"),
     "fill": Command("diffill.fill", "main", "fill the holes of a file (or stdin) and print the whole result"),
     "core": Command("diffusion_core.service", "main", "run a denoising core that several editors share"),
-    "train": Command("diffusion_core.train.cli", "main", "build a corpus, train a tokenizer or a model, ship it"),
+    "train": Command("training.cli", "main", "build a corpus, train a tokenizer or a model, ship it"),
     "bench": Command("diffill.cli", "bench_main", "benchmark fill quality and latency (diffill bench NAME)"),
 }
 

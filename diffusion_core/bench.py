@@ -31,7 +31,7 @@ from .model import Transformer
 from .params import FillParams
 from .protocol import percentile
 from .tiny_model import tiny_config
-from .train.bpe import train_bpe
+from .bpe import train_bpe
 
 CONTEXTS = (256, 1024, 4096, 16384)
 HOLES = (16, 64, 128)

@@ -13,7 +13,7 @@ import torch
 from .config import ModelConfig
 from .loader import save_model
 from .model import Transformer
-from .train.bpe import train_bpe
+from .bpe import train_bpe
 
 # A little code, so a tiny tokenizer has real merges: Python (the checkpoint-layout
 # fixtures in tests/ train on this part alone), then a line of a few other languages.

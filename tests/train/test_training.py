@@ -9,11 +9,11 @@ import torch
 from diffusion_core.config import DEFAULT_SPECIAL_TOKENS
 from diffusion_core.layout import full_mask
 from diffusion_core.tokenizer import Tokenizer
-from diffusion_core.train import corpus
-from diffusion_core.train.bpe import train_bpe
-from diffusion_core.train.objective import (EDITOR_BUDGETS, MAX_HOLE_TOKENS, batch_mask, collate, hole_budget, loss_fn,
+from training import corpus
+from diffusion_core.bpe import train_bpe
+from training.objective import (EDITOR_BUDGETS, MAX_HOLE_TOKENS, batch_mask, collate, hole_budget, loss_fn,
                                             make_causal_example, make_example)
-from diffusion_core.train.trainer import TrainConfig, lr_at, train
+from training.trainer import TrainConfig, lr_at, train
 
 torch.set_num_threads(1)
 
@@ -143,7 +143,7 @@ def test_causal_warmup_examples_are_plain_windows_and_train(tmp_path, tok_path):
     with open(tmp_path / "corpus" / "train.jsonl", "w") as f:
         f.write(json.dumps({"text": CODE, "lang": "python", "path": "a", "package": "p"}) + "\n")
     seen = []
-    import diffusion_core.train.trainer as trainer
+    import training.trainer as trainer
     real = trainer.make_causal_example
     trainer.make_causal_example = lambda *a: seen.append(1) or real(*a)
     try:
@@ -183,7 +183,7 @@ def test_a_few_steps_lower_the_loss_and_resume_continues(tmp_path, tok_path):
     from diffusion_core.engine import Engine, HoleSpec
     res = Engine.load(tmp_path / "run" / "model", "cpu").fill(["def f():\n    return ", "\n"], [HoleSpec(4)])
     assert len(res.texts) == 1
-    from diffusion_core.train.ship import ship
+    from training.ship import ship
     from diffusion_core.loader import load_model
     total = ship(tmp_path / "run", tmp_path / "shipped")
     shipped = load_model(tmp_path / "shipped", "cpu")

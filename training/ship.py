@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CoreError
-from ..loader import load_model, save_model
+from diffusion_core.errors import CoreError
+from diffusion_core.loader import load_model, save_model
 
 MAX_SHIPPED_BYTES = 32 * 1024 * 1024
 
