@@ -195,7 +195,7 @@ class CausalJob:
                 break
             new.append(t)
             self.committed.append(t)
-            cut = stop_point(eng.tokenizer.decode(self.committed), spec.max_lines, spec.dedent_below)
+            cut = stop_point(eng.tokenizer.decode(self.committed), spec.max_lines, spec.dedent_below, spec.min_depth)
             if cut is not None or len(self.committed) >= self.budget:
                 over = True
                 break

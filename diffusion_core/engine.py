@@ -139,11 +139,11 @@ class Job:
         """A hole whose leading committed run meets its stop rule is over: the rest become ends."""
         tok = self._engine.tokenizer
         for i, (h, spec) in enumerate(zip(self.holes, self.specs)):
-            if self.cuts[i] is not None or (spec.max_lines <= 0 and spec.dedent_below < 0):
+            if self.cuts[i] is not None or (spec.max_lines <= 0 and spec.dedent_below < 0 and spec.min_depth > 0):
                 continue
             ids = self.x[h.start : h.end].tolist()
             run = next((j for j, t in enumerate(ids) if t == self._mask_id or t in self._end_ids), len(ids))
-            cut = stop_point(tok.decode(ids[:run]), spec.max_lines, spec.dedent_below)
+            cut = stop_point(tok.decode(ids[:run]), spec.max_lines, spec.dedent_below, spec.min_depth)
             if cut is not None:
                 self.cuts[i] = cut
                 if run < len(ids):
@@ -274,7 +274,8 @@ class Engine:
         specs = []
         for i, h in enumerate(holes):
             spec = h if isinstance(h, HoleSpec) else HoleSpec(h)
-            for key, lo, hi in (("budget", 0, MAX_BUDGET), ("max_lines", 0, MAX_BUDGET), ("dedent_below", -1, MAX_BUDGET)):
+            for key, lo, hi in (("budget", 0, MAX_BUDGET), ("max_lines", 0, MAX_BUDGET), ("dedent_below", -1, MAX_BUDGET),
+                                 ("min_depth", -MAX_BUDGET, 1)):
                 v = getattr(spec, key)
                 if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
                     raise CoreError(f"holes[{i}].{key}: {v!r} is not an integer in [{lo}, {hi}]")

@@ -18,6 +18,9 @@ class HoleSpec:
     budget: int  # at most this many new tokens
     max_lines: int = 0  # > 0: end after this many newline-terminated lines with content (1: a line hole)
     dedent_below: int = -1  # >= 0: end before a later line whose content starts at a column below this
+    # <= 0: end before a closing bracket that takes the fill's bracket depth below this (0: it
+    # may close only what it opened; -n: n brackets opened before the hole); 1: no such rule
+    min_depth: int = 1
 
 
 @dataclass

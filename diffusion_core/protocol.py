@@ -192,8 +192,9 @@ def parse_request(message: dict) -> Request:
 # Per-hole stop rules a fill may carry ("stops": one map per hole, keys optional; old
 # clients send none): max_lines > 0 ends a hole after that many newline-terminated lines
 # with content; dedent_below >= 0 ends it before a later line whose content starts at a
-# column below that (the engine's HoleSpec; docs/architecture.md, engine contract).
-STOP_KEYS = ("max_lines", "dedent_below")
+# column below that; min_depth <= 0 ends it before a closing bracket that takes its depth
+# below that (the engine's HoleSpec; docs/architecture.md, engine contract).
+STOP_KEYS = ("max_lines", "dedent_below", "min_depth")
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,43 @@ def step_cap(budgets: list[int], variable: bool = False) -> int:
     return sum(per) + len(budgets) + STEP_CAP_MARGIN
 
 
-def stop_point(text: str, max_lines: int = 0, dedent_below: int = -1) -> int | None:
+def bracket_stop(text: str, min_depth: int) -> int | None:
+    """Index of the first closing bracket that takes text's bracket depth below min_depth
+    (it would close the enclosing scope); None when there is none yet or min_depth > 0.
+
+    Quotes are skipped within a line so `")"` does not count; a string that spans lines
+    or a bracket in a comment can still miscount, so this only stops decoding early
+    and finalize, which knows the language, cuts the fill again.
+    """
+    if min_depth > 0:
+        return None
+    depth, quote, escaped = 0, "", False
+    for i, ch in enumerate(text):
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote or ch == "\n":
+                quote = ""
+        elif ch in "\"'`":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < min_depth:
+                return i
+    return None
+
+
+def stop_point(text: str, max_lines: int = 0, dedent_below: int = -1, min_depth: int = 1) -> int | None:
+    """The earliest stop of the line rules below (`_line_stop`) and of `bracket_stop`."""
+    cuts = [c for c in (_line_stop(text, max_lines, dedent_below), bracket_stop(text, min_depth)) if c is not None]
+    return min(cuts) if cuts else None
+
+
+def _line_stop(text: str, max_lines: int = 0, dedent_below: int = -1) -> int | None:
     """Where a hole's text ends under its stop rule, once the text shows it; None: not yet.
 
     max_lines > 0: after that many newline-terminated lines with content; the fill ends

@@ -8,7 +8,7 @@ from diffusion_core.engine import Engine, HoleSpec
 from diffusion_core.errors import CoreError
 from diffusion_core.model import Transformer
 from diffusion_core.params import FillParams
-from diffusion_core.sampler import step_cap, stop_point
+from diffusion_core.sampler import bracket_stop, step_cap, stop_point
 
 from .fakes import FakePredictor
 
@@ -94,6 +94,25 @@ def test_dedent_stops_a_block_hole(tiny_dir):
     eng, _ = causal_engine(tiny_dir, "foo(1)\n    bar = 2\nx", ["def f():\n    ", "\n"])
     res = eng.fill(["def f():\n    ", "\n"], [HoleSpec(30, dedent_below=4)], FillParams(strategy="ar"))
     assert res.texts[0] == "foo(1)\n    bar = 2"
+
+
+def test_bracket_stop_finds_the_closer_of_the_enclosing_scope():
+    assert bracket_stop("return a\n}", 0) == 9
+    assert bracket_stop('f(")")\n}', 0) == 7  # a bracket inside quotes does not count
+    assert bracket_stop('s = "a\\"}" + x)', 0) == 14  # nor an escaped quote's neighbour
+    assert bracket_stop("x)", -1) is None and bracket_stop("x))", -1) == 2  # may close one opened before
+    assert bracket_stop("g(a)[0]", 0) is None  # balanced: no stop
+    assert bracket_stop("x}", 1) is None  # 1: no rule
+    assert stop_point("a\n}", 0, -1, 0) == 2 and stop_point("a\nb\n", 1, -1, 0) == 1
+
+
+def test_a_brace_block_hole_stops_before_the_enclosing_close(tiny_dir):
+    eng, _ = causal_engine(tiny_dir, "foo(1);\n}\nint y;", ["int f() {\n  ", "\n}"])
+    free = eng.fill(["int f() {\n  ", "\n}"], [HoleSpec(30)], FillParams(strategy="ar"))
+    assert free.texts[0] == "foo(1);\n}\nint y;"
+    res = eng.fill(["int f() {\n  ", "\n}"], [HoleSpec(30, min_depth=0)], FillParams(strategy="ar"))
+    assert res.texts[0] == "foo(1);\n"
+    assert res.stats.forward_passes < free.stats.forward_passes
 
 
 class NaNFake(FakePredictor):

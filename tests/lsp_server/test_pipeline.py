@@ -106,15 +106,19 @@ async def test_the_marker_setting_reaches_the_planner(core):
 async def test_stop_rules_travel_with_the_request(core):
     doc = Document("def f(x):\n    y = \n    return y\n", language_id="python")
     await pipeline.fill_at(core, doc, doc.offset_at(1, 8), Settings())
-    assert core.last_stops == [{"max_lines": 1, "dedent_below": -1}]  # a line hole ends at its newline
+    # a line hole ends at its newline, or before a bracket closing what it did not open
+    assert core.last_stops == [{"max_lines": 1, "dedent_below": -1, "min_depth": 0}]
     body = Document("def f(x):\n    \n", language_id="python")
     out = await pipeline.fill_at(core, body, body.offset_at(1, 4), Settings())
-    assert out.plan.kind == "block" and core.last_stops == [{"max_lines": 0, "dedent_below": 4}]
+    assert out.plan.kind == "block" and core.last_stops == [{"max_lines": 0, "dedent_below": 4, "min_depth": 0}]
     holes = Document("a = <|fill|>\nb = <|fill|>\n", language_id="python")
     from grammars.holes import find_holes
 
     await pipeline.fill_plans(core, holes, find_holes(holes), Settings())
-    assert core.last_stops == [{"max_lines": 1, "dedent_below": -1}] * 2
+    assert core.last_stops == [{"max_lines": 1, "dedent_below": -1, "min_depth": 0}] * 2
+    braces = Document("int f(int a) {\n  \n}\n", language_id="c")
+    out = await pipeline.fill_at(core, braces, braces.offset_at(1, 2), Settings())
+    assert core.last_stops[0]["min_depth"] == 0  # a C body may not close the function's brace
 
 
 async def test_budget_capped_and_params_sent(core):
