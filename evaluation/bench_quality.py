@@ -299,6 +299,23 @@ def _summarize_heldout(records: list[dict]) -> tuple[dict, str]:
 
 # -- HumanEval-Infilling -----------------------------------------------------------------
 
+def problem_stop(prob) -> dict:
+    """The stop rule an editor's plan would give the hole, from what the model sees: a
+    single-line task ends at its newline; any hole ends before a bracket it did not open
+    and, in a function body, at the first line dedented below the body (the indent of the
+    prompt's last code line, or of the suffix's first, whichever is smaller: never the
+    solution's)."""
+    from grammars.text import leading_ws
+
+    if prob.single_line:
+        return {"max_lines": 1, "min_depth": 0}
+    head = prob.prompt.split("\n")
+    start = max((i for i, l in enumerate(head) if l.startswith("def ")), default=0) + 1  # after the def line
+    lines = [l for l in head[start:] + prob.suffix.split("\n") if l.strip()]
+    body = min((len(leading_ws(l)) for l in lines), default=0)
+    return {"dedent_below": body, "min_depth": 0} if body else {"min_depth": 0}
+
+
 def infill_problem(engine, prob, params, budget: int, post: str) -> tuple[str, Outcome]:
     """The fill of one problem's hole (the model fills between prompt and suffix;
     eval_infilling.finalize_fill post-processes) and its outcome."""
@@ -307,7 +324,7 @@ def infill_problem(engine, prob, params, budget: int, post: str) -> tuple[str, O
     from .infilling import finalize_fill
 
     b = budget or (gb.LINE_BUDGET if prob.single_line else gb.BLOCK_BUDGET)
-    out = fill(engine, [prob.prompt, prob.suffix], b, params)
+    out = fill(engine, [prob.prompt, prob.suffix], b, params, problem_stop(prob))
     if post == "raw":
         text = out.raw.split("\n", 1)[0] if prob.single_line else out.raw
         if prob.whole_lines and not text.endswith("\n"):

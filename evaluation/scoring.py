@@ -24,13 +24,14 @@ class Outcome:
     error: str = ""
 
 
-def fill(engine, segments: list[str], budget: int, params) -> Outcome:
-    """One timed Engine.fill of a single hole between segments[0] and segments[1]."""
+def fill(engine, segments: list[str], budget: int, params, stop: dict | None = None) -> Outcome:
+    """One timed Engine.fill of a single hole between segments[0] and segments[1];
+    stop: the hole's stop rule (`protocol.STOP_KEYS`), as the pipeline sends it."""
     from diffusion_core.engine import HoleSpec
 
     t0 = time.perf_counter()
     try:
-        res = engine.fill(segments, [HoleSpec(budget=int(budget))], params)
+        res = engine.fill(segments, [HoleSpec(budget=int(budget), **(stop or {}))], params)
     except CoreError as exc:
         return Outcome("", (time.perf_counter() - t0) * 1e3, 0, 0.0, str(exc))
     ms = (time.perf_counter() - t0) * 1e3
