@@ -82,7 +82,7 @@ def run_case(engine: Engine, pre: str, suf: str, budget: int, params: FillParams
             if i == 0:
                 engine.fill([pre, suf], [HoleSpec(budget)], params)  # prime the cache
         else:
-            engine._store.clear()  # cold: nothing cached
+            engine.forget_contexts()  # cold: nothing cached
             prefix = pre + f"# request {i}\n"
         sync(engine.device)
         t0 = time.perf_counter()

@@ -120,7 +120,7 @@ class CausalJob:
             # The last context token (<|fim_middle|>) stays out of the cache: its output
             # predicts the hole's first token, so the first step forwards it.
             st = FillStats()
-            self.stored = self._engine._encode_context(torch.tensor(self.ctx[:-1], dtype=torch.long), st)
+            self.stored = self._engine.encode_context(torch.tensor(self.ctx[:-1], dtype=torch.long), st)
             self.cache = self.stored.cache
             self.stats.reused_tokens += st.reused_tokens
         else:
