@@ -12,7 +12,7 @@ from evaluation.infilling import load_problems
 from diffusion_core.params import FillParams
 from diffusion_core.tiny_model import make_tiny_model
 from lsp_server.pipeline import segments_at
-from lsp_server.settings import Settings
+from lsp_server.settings import ContextSettings, Settings
 
 from .corpus_fixture import write_corpus
 
@@ -43,7 +43,7 @@ class OracleEngine:
 
 
 def _args(**kw):
-    base = dict(prefix_bytes=6000, suffix_bytes=2000, budget=0, post="finalize", canonical=False, timeout=20.0,
+    base = dict(prefix_bytes=ContextSettings().prefix_bytes, suffix_bytes=ContextSettings().suffix_bytes, budget=0, post="finalize", canonical=False, timeout=20.0,
                 memory_mb=1024, dataset=str(FIXTURE))
     base.update(kw)
     return argparse.Namespace(**base)
