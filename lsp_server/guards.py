@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -230,6 +231,14 @@ def stdin_reader(stdin: BinaryIO) -> Callable[[], Any]:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes] = asyncio.Queue(_READ_QUEUE)
     read1 = getattr(stdin, "read1", stdin.read)
+    try:
+        # A real file descriptor is read with os.read: a daemon thread blocked inside a
+        # BufferedReader holds its lock, and the interpreter aborts at exit ("could not
+        # acquire lock for <stdin> at interpreter shutdown") when it tries to take it.
+        fd = stdin.fileno()
+        read1 = lambda n: os.read(fd, n)  # noqa: E731
+    except (AttributeError, OSError, ValueError):
+        pass
 
     def pump() -> None:
         while True:

@@ -296,6 +296,9 @@ class DiffillServer(LanguageServer):
         enc = self.encoding
         cursor = doc.offset_at(line, character, encoding=enc)  # the one conversion of this request
         try:
+            # Let the request this one superseded run its cancellation first (it tells the
+            # core to drop its fill), so a burst never fills the core's per-client queue.
+            await asyncio.sleep(0)
             outcome = self.from_cache(uri, doc, cursor)
             if outcome is None:
                 if debounce:
