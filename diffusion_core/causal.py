@@ -43,9 +43,10 @@ from .sampler import sample_tokens, step_cap, stop_point
 if TYPE_CHECKING:  # the engine builds CausalJobs: an import at run time would be a cycle
     from .engine import Engine
 
-# Drafts per forward. A CPU forward of the 0.5B base over 1K cached tokens costs 70 ms for 1
-# new token and 89 ms for 16 (it is bound by reading the weights), so verifying 8 drafts
-# costs little more than committing one token.
+# Drafts per forward. A decode forward of the 0.5B base is bound by reading its weights: on
+# the 2-core dev CPU in fp32 one new token costs ~200 ms over 1.6K cached tokens and 16 new
+# tokens' hidden states ~380 ms (docs/benchmarks.md), so verifying 8 drafts costs well under
+# two single-token steps. Not swept.
 DRAFT_TOKENS = 8
 # Prompt lookup tries the longest n-gram first: a longer match is a better predictor.
 NGRAM_MAX = 3

@@ -31,7 +31,7 @@ import torch
 
 from .config import ModelConfig, read_json
 from .errors import CoreError
-from .infill_formats import CAUSAL_MASK_TOKEN, CAUSAL_MAX_CONTEXT
+from .infill_formats import CAUSAL_EOS_TOKEN, CAUSAL_MASK_TOKEN, CAUSAL_MAX_CONTEXT, FIM_TOKENS
 from .weights import read_tensors, weight_files
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,6 @@ LLADA_MASK_TOKEN = "<|mdm_mask|>"  # LLaDA's mask when config.json has no mask_t
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
-# Plain AR FIM coders: role -> token string (Qwen2.5-Coder's tokenizer_config.json names).
-FIM_TOKENS = {"pre": "<|fim_prefix|>", "suf": "<|fim_suffix|>", "mid": "<|fim_middle|>", "pad": "<|fim_pad|>"}
-CAUSAL_EOS_TOKEN = "<|endoftext|>"  # Qwen2.5-Coder's end of a FIM middle when config.json names none
 
 DREAM_MODEL_TYPES = ("dream",)
 QWEN2_MODEL_TYPES = ("qwen2",)

@@ -24,26 +24,16 @@ import torch
 
 from .config import ModelConfig
 from .errors import CoreError
+from .infill_formats import CAUSAL_EOS_TOKEN as EOS_TOKEN
+from .infill_formats import CAUSAL_MASK_TOKEN, CAUSAL_MAX_CONTEXT, FILE_SEP_TOKEN, FIM_TOKENS
 
-# The FIM token strings of Qwen2.5-Coder (its tokenizer_config.json). The base GGUF carries no
-# fim_* ids in its metadata, so they are found by name in tokenizer.ggml.tokens; a file that
-# does carry tokenizer.ggml.fim_*_token_id wins (see special_names).
-FIM_TOKENS = {
-    "pre": "<|fim_prefix|>",
-    "suf": "<|fim_suffix|>",
-    "mid": "<|fim_middle|>",
-    "pad": "<|fim_pad|>",
-}
-EOS_TOKEN = "<|endoftext|>"  # Qwen2.5-Coder's end of a FIM middle (and of a file)
-FILE_SEP_TOKEN = "<|file_sep|>"  # repository-level FIM: the next file starts, so the hole ended
+# The FIM tokens (infill_formats.FIM_TOKENS) are found by name in tokenizer.ggml.tokens; a
+# file that carries tokenizer.ggml.fim_*_token_id wins (see special_names).
 # Metadata keys of the optional FIM ids (llama.cpp writes them for models it knows as FIM coders).
 FIM_ID_KEYS = {"pre": "tokenizer.ggml.fim_pre_token_id", "suf": "tokenizer.ggml.fim_suf_token_id",
                "mid": "tokenizer.ggml.fim_mid_token_id", "pad": "tokenizer.ggml.fim_pad_token_id"}
 
 ARCHITECTURES = ("qwen2", "llama")
-# Context diffill keeps around a hole by default (the engine's window; the file's own context
-# length is kept as max_position_embeddings).
-CAUSAL_MAX_CONTEXT = 2048
 
 # Pre-tokenizer splits, by tokenizer.ggml.pre. qwen2: the regex of Qwen2's tokenizer.json
 # (checkpoints.QWEN2_SPLIT); llama-bpe: Llama 3's, which differs only in \p{N}{1,3}.
@@ -236,8 +226,6 @@ def special_names(reader, tokens: list[str]) -> dict[str, str]:
     up in the vocabulary. eot: the metadata's eos_token_id when it is another token (an
     instruct model's <|im_end|>); it also ends a hole.
     """
-    from .infill_formats import CAUSAL_MASK_TOKEN
-
     src = source_name(reader)
     index = {t: i for i, t in enumerate(tokens)}
 

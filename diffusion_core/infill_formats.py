@@ -42,8 +42,14 @@ DREAMON_INITIAL_MASKS = 4
 CAUSAL_MASK_TOKEN = "<|vision_pad|>"
 # Context tokens a causal-layout model keeps around its hole (ModelConfig.max_context). The
 # suffix follows the prefix in PSM order, so a keystroke re-encodes everything after it:
-# at 2.7 s of CPU prefill per 1K tokens of the 0.5B base, a longer window costs latency.
+# at ~7 ms of fp32 CPU prefill per token of the 0.5B base (docs/benchmarks.md), a longer
+# window costs latency.
 CAUSAL_MAX_CONTEXT = 2048
+# The FIM token strings of Qwen2.5-Coder (its tokenizer_config.json), role -> token: found by
+# name in a folder's or GGUF's vocabulary (the base GGUF carries no fim_* ids).
+FIM_TOKENS = {"pre": "<|fim_prefix|>", "suf": "<|fim_suffix|>", "mid": "<|fim_middle|>", "pad": "<|fim_pad|>"}
+CAUSAL_EOS_TOKEN = "<|endoftext|>"  # Qwen2.5-Coder's end of a FIM middle (and of a file)
+FILE_SEP_TOKEN = "<|file_sep|>"  # repository-level FIM: the next file starts, so the hole ended
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ FORMATS = {
     # ends a hole too, beside <|endoftext|> (the config's eos), <|fim_pad|> (the pad role)
     # and <|file_sep|> (the next file of a repository-level prompt: this file is over).
     "causal": InfillFormat("causal", bos=False, eos_after_suffix=False,
-                           stop_tokens=("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|im_end|>")),
+                           stop_tokens=(CAUSAL_EOS_TOKEN, FIM_TOKENS["pad"], FILE_SEP_TOKEN, "<|im_end|>")),
 }
 
 

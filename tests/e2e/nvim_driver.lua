@@ -109,6 +109,13 @@ local function answer_items(a)
   return items
 end
 
+-- After either accept path: record the buffer, leave insert mode, fill the holes.
+local function after_accept()
+  out.lines_after_accept = lines()
+  vim.api.nvim_feedkeys(vim.keycode("<Esc>"), "n", false)
+  step_fill_holes()
+end
+
 local function step_accept_ghost_text()
   local items_seen
   when("ghost text shown", function()
@@ -125,11 +132,7 @@ local function step_accept_ghost_text()
     vim.api.nvim_feedkeys(vim.keycode("<Tab>"), "m", false) -- the plugin's mapping
     when("accepted", function()
       return not vim.deep_equal(lines(), out.lines_before_accept)
-    end, function()
-      out.lines_after_accept = lines()
-      vim.api.nvim_feedkeys(vim.keycode("<Esc>"), "n", false)
-      step_fill_holes()
-    end)
+    end, after_accept)
   end)
 end
 
@@ -144,11 +147,7 @@ local function step_accept_menu_item()
     vim.api.nvim_feedkeys(vim.keycode("<C-y>"), "n", false)
     when("accepted", function()
       return vim.fn.mode() == "i" and #vim.fn.complete_info({ "items" }).items == 0
-    end, function()
-      out.lines_after_accept = lines()
-      vim.api.nvim_feedkeys(vim.keycode("<Esc>"), "n", false)
-      step_fill_holes()
-    end)
+    end, after_accept)
   end)
 end
 
