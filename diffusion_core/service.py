@@ -41,11 +41,25 @@ log = logging.getLogger("diffill.core")
 SERVER_NAME = "diffill-core"
 LATENCY_WINDOW = 512  # recent fills behind status()'s p50/p95
 
+# Bytes of unfinished frames the core holds for all its connections together. Each
+# connection may send a frame of up to protocol.MAX_FRAME_BYTES, and it stays in memory
+# until its last byte arrives; without a total, N token holders that each stall inside a
+# 15 MiB frame make the core hold N x 15 MiB (4 grew it by 65 MB, issue 17). Twice the
+# largest frame: one largest legitimate frame always arrives in full while another
+# connection holds up to a largest frame of its own. Past the total, the connection
+# holding the MOST unfinished bytes is answered bad_frame and closed (it may be the one
+# that just sent), so a hog cannot keep the budget from a client sending a small frame.
+MAX_PARTIAL_FRAME_BYTES = 2 * protocol.MAX_FRAME_BYTES
+# A frame body is read in pieces of at most this many bytes, so what is buffered is
+# counted as it arrives (asyncio's readexactly would buffer the announced length whole).
+FRAME_READ_CHUNK = 256 * 1024
+
 
 @dataclass
 class ServiceConfig:
     token: str | None = None  # required in hello when set (always set for TCP)
     max_frame_bytes: int = protocol.MAX_FRAME_BYTES
+    max_partial_bytes: int = MAX_PARTIAL_FRAME_BYTES  # all connections' unfinished frames together
     # Replies buffered for one connection beyond what the socket takes. A client that
     # stops reading hits this and is disconnected; it never holds up anyone else.
     write_queue: int = 256
@@ -104,6 +118,7 @@ class Connection:
         self.closing = False
         self.tickets: dict[Any, Ticket] = {}
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.partial = bytearray()  # the body of the frame arriving now (CoreServer.hold counts it)
 
     # ------------------------------------------------------------ writing
 
@@ -152,10 +167,10 @@ class Connection:
             while not self.closing:
                 try:
                     if self.authed:
-                        message = await protocol.read_message(self.reader, self.server.config.max_frame_bytes)
+                        message = await self.read_frame(self.server.config.max_frame_bytes)
                     else:
                         message = await asyncio.wait_for(
-                            protocol.read_message(self.reader, protocol.MAX_HELLO_BYTES), max(deadline - loop.time(), 0))
+                            self.read_frame(protocol.MAX_HELLO_BYTES), max(deadline - loop.time(), 0))
                 except asyncio.TimeoutError:
                     log.warning("client %d sent no hello within %.0f s; closing", self.cid, self.server.config.hello_timeout)
                     self.send(protocol.error(None, protocol.E_HANDSHAKE, "no hello in time"))
@@ -170,6 +185,31 @@ class Connection:
                 self.dispatch(message)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             return
+
+    async def read_frame(self, max_bytes: int) -> dict | None:
+        """The next message, like protocol.read_message, but its body is read in pieces and
+        each piece counted against the server's partial-frame total as it arrives (see
+        MAX_PARTIAL_FRAME_BYTES). None at a clean end of stream or once this connection was
+        closed for holding too much; ProtocolError for a bad frame or when it must close."""
+        try:
+            header = await self.reader.readexactly(protocol.HEADER_BYTES)
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                return None
+            raise
+        length = protocol.frame_length(header, max_bytes)
+        while len(self.partial) < length:
+            chunk = await self.reader.read(min(length - len(self.partial), FRAME_READ_CHUNK))
+            if self.closing:  # closed by CoreServer.hold while we waited
+                return None
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"", length)
+            self.partial += chunk
+            self.server.hold(self, len(chunk))
+        try:
+            return protocol.decode_body(self.partial)
+        finally:
+            self.server.release(self)
 
     def dispatch(self, message: dict) -> None:
         try:
@@ -279,6 +319,7 @@ class Connection:
     def drop(self) -> None:
         """The connection ended: cancel its fills so the engine stops spending steps on them."""
         self.closing = True
+        self.server.release(self)
         for ticket in list(self.tickets.values()):
             self.server.scheduler.cancel(ticket)
         self.tickets.clear()
@@ -297,6 +338,7 @@ class CoreServer:
         self.unauthenticated: collections.OrderedDict[int, Connection] = collections.OrderedDict()
         self.auth_limiter = AuthLimiter(self.config.auth_fail_burst, self.config.auth_fail_rate)
         self.latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        self.partial_bytes = 0  # sum of len(conn.partial) over connections (hold / release)
         self.address: protocol.Address | None = None
         self.started = time.monotonic()
         self._server: asyncio.AbstractServer | None = None
@@ -348,6 +390,30 @@ class CoreServer:
             self._tasks.discard(writer_task)
             if not writer.is_closing():
                 writer.transport.abort()
+
+    def hold(self, conn: Connection, nbytes: int) -> None:
+        """conn's unfinished frame grew by nbytes. Past config.max_partial_bytes in all, the
+        connection holding the most unfinished bytes is answered bad_frame and closed: a
+        ProtocolError when that is conn itself, else the other one is closed from here."""
+        self.partial_bytes += nbytes
+        limit = self.config.max_partial_bytes
+        while self.partial_bytes > limit:
+            hog = max([conn, *self.connections.values()], key=lambda c: len(c.partial))
+            held = len(hog.partial)
+            assert held > 0, "partial_bytes counts only bytes some connection holds"
+            message = (f"{held} bytes of an unfinished frame: the core holds at most {limit} bytes of unfinished "
+                       f"frames for all connections together; closing the connection holding the most")
+            log.warning("client %d: %s", hog.cid, message)
+            self.release(hog)
+            if hog is conn:
+                raise protocol.ProtocolError(protocol.E_BAD_FRAME, message)
+            hog.send(protocol.error(None, protocol.E_BAD_FRAME, message))
+            hog.close_after_flush()
+
+    def release(self, conn: Connection) -> None:
+        """conn's unfinished frame is complete, dropped or given up: stop counting it."""
+        self.partial_bytes -= len(conn.partial)
+        conn.partial = bytearray()
 
     def status(self) -> dict:
         sched = self.scheduler.snapshot()
