@@ -20,14 +20,20 @@ Owns what differs between families once their weights are loaded (see `checkpoin
     earlier fills committed into its prefix and the later holes left empty in its suffix
     (`causal_context`): a later hole then sees what the earlier ones became, which a joint
     fill of a function body needs, and no hole is asked to predict text it cannot see.
+    Two suffix-first orders can be selected (`FIM_ORDERS`): with the suffix first, a
+    keystroke (the prefix grows at its end) only appends to the cached context instead of
+    re-encoding the suffix window; whether the base fills as well in them is measured in
+    docs/benchmarks.md ("FIM order").
 
 It knows nothing of caches, batching or the sampler's schedule; the engine calls it.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from .config import ModelConfig
+from .errors import CoreError
 from .layout import Layout, build_natural_framed
 from .tokenizer import SpecialIds, Tokenizer
 
@@ -50,6 +56,18 @@ CAUSAL_MAX_CONTEXT = 2048
 FIM_TOKENS = {"pre": "<|fim_prefix|>", "suf": "<|fim_suffix|>", "mid": "<|fim_middle|>", "pad": "<|fim_pad|>"}
 CAUSAL_EOS_TOKEN = "<|endoftext|>"  # Qwen2.5-Coder's end of a FIM middle (and of a file)
 FILE_SEP_TOKEN = "<|file_sep|>"  # repository-level FIM: the next file starts, so the hole ended
+# The orders a causal hole's context can take (Bavarian et al. 2022, "Efficient Training of
+# Language Models to Fill in the Middle", Sec. 3 and App. D):
+#   psm          <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|>   (Qwen2.5-Coder's
+#                published FIM format; a keystroke re-encodes the suffix window)
+#   spm          <|fim_suffix|> suffix <|fim_prefix|> prefix <|fim_middle|>   (llama.cpp's
+#                --spm-infill; a keystroke re-encodes its new tokens and <|fim_middle|>)
+#   spm-variant  <|fim_prefix|> <|fim_suffix|> suffix <|fim_middle|> prefix   (the SPM form
+#                StarCoder trained on: the prefix runs straight into the middle, so a keystroke
+#                only appends, and a fill the user types along with stays cached too)
+FIM_ORDERS = ("psm", "spm", "spm-variant")
+DEFAULT_FIM_ORDER = "psm"
+FIM_ORDER_ENV = "DIFFILL_FIM_ORDER"  # debugging / benchmark switch: the order when none is passed
 
 
 @dataclass(frozen=True)
@@ -97,9 +115,17 @@ def build(seg_ids: list[list[int]], budgets: list[int], sp: SpecialIds, fmt: Inf
     return build_natural_framed(seg_ids, budgets, sp, bos=fmt.bos, eos=fmt.eos_after_suffix and suffix_complete)
 
 
-def causal_context(prefix: list[int], suffix: list[int], sp: SpecialIds) -> list[int]:
-    """The context of one causal hole, up to and including `<|fim_middle|>` (PSM order)."""
-    return [sp.pre, *prefix, sp.suf, *suffix, sp.mid]
+def causal_context(prefix: list[int], suffix: list[int], sp: SpecialIds, order: str | None = None) -> list[int]:
+    """The context of one causal hole, whose next token is the hole's first, in `order`
+    (one of FIM_ORDERS; None: the FIM_ORDER_ENV debugging switch, else DEFAULT_FIM_ORDER)."""
+    order = order or os.environ.get(FIM_ORDER_ENV) or DEFAULT_FIM_ORDER
+    if order == "psm":
+        return [sp.pre, *prefix, sp.suf, *suffix, sp.mid]
+    if order == "spm":
+        return [sp.suf, *suffix, sp.pre, *prefix, sp.mid]
+    if order == "spm-variant":
+        return [sp.pre, sp.suf, *suffix, sp.mid, *prefix]
+    raise CoreError(f"fim order (or ${FIM_ORDER_ENV}): {order!r} is not one of {', '.join(FIM_ORDERS)}")
 
 
 def end_ids(tokenizer: Tokenizer, fmt: InfillFormat | None) -> tuple[int, ...]:
