@@ -56,11 +56,12 @@ SUBCOMMANDS = {
     "tokenizer": "train the byte-level BPE tokenizer on a corpus",
     "run": "train (or resume) a model from a config file",
     "ship": "copy a trained run into the package as the default model",
+    "draft": "train (or resume) the default model's mask-row drafting adapter",
 }
 
 
 def usage() -> str:
-    lines = ["usage: diffill train {corpus,tokenizer,run,ship} [args...]", "", "commands:"]
+    lines = ["usage: diffill train {corpus,tokenizer,run,ship,draft} [args...]", "", "commands:"]
     lines += [f"  {name:<9}  {text}" for name, text in SUBCOMMANDS.items()]
     lines += ["", "example:", "  diffill train corpus --out corpus", "",
               "`diffill train NAME --help` lists a command's options."]
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv[0] == "corpus":
             from .corpus import main as corpus_main
             return corpus_main(argv[1:])
+        if argv[0] == "draft":
+            from .draft import main as draft_main
+            return draft_main(argv[1:])
         if argv[0] == "ship":
             from .ship import main as ship_main
             return ship_main(argv[1:])

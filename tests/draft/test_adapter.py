@@ -1,0 +1,110 @@
+"""The mask-row adapter: no effect on clean rows, the training streams equal a plain masked
+forward, and its file round-trips and rejects what does not fit."""
+import random
+
+import pytest
+import torch
+
+from diffusion_core.draft_adapter import AdapterSpec, MaskAdapter, load_adapter, read_spec
+from diffusion_core.errors import CoreError
+from diffusion_core.model import Transformer
+from diffusion_core.tiny_model import tiny_config
+from training.draft import block_mask, chain_length, clean_pass, mask_pass
+
+MASK = 7
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    m = Transformer(tiny_config(64))
+    m.init_weights(std=0.2, generator=torch.Generator().manual_seed(seed))
+    m.requires_grad_(False)
+    return m
+
+
+def adapter(m, seed=1):
+    a = MaskAdapter(m, AdapterSpec(4, 8.0, 3, MASK))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in a.parameters():  # B starts at zero (a no-op): make the delta real
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return a
+
+
+def causal(T):
+    return torch.ones(T, T, dtype=torch.bool).tril()[None, None]
+
+
+def test_clean_rows_are_the_base_exactly_and_mask_rows_change():
+    m = tiny()
+    ids = torch.tensor([[3, 9, 11, 4, 20, MASK, MASK, MASK]])
+    pos = torch.arange(8)[None]
+    base = m(ids, pos, causal(8))
+    a = adapter(m).attach(m)
+    with_adapter = m(ids, pos, causal(8))
+    assert torch.equal(with_adapter[:, :5], base[:, :5])  # bit for bit: the rule, not a tolerance
+    assert not torch.allclose(with_adapter[:, 5:], base[:, 5:])
+    a.detach()
+    assert torch.equal(m(ids, pos, causal(8)), base)
+
+
+def test_training_streams_equal_one_masked_forward():
+    """clean_pass + mask_pass over several blocks == a full forward of each block after its anchor."""
+    m = tiny()
+    adapter(m).attach(m)
+    ids = torch.tensor([3, 9, 11, 4, 20, 30, 31, 12, 14, 5])
+    anchors, k = [2, 5, 7], 3
+    kv, hidden = clean_pass(m, ids)
+    fast = mask_pass(m, kv, anchors, k, MASK)
+    for b, a in enumerate(anchors):
+        seq = torch.cat((ids[: a + 1], torch.full((k,), MASK)))[None]
+        ref = m(seq, torch.arange(a + 1 + k)[None], causal(a + 1 + k))[0, a + 1:]
+        assert torch.allclose(fast[b * k:(b + 1) * k], ref, atol=1e-5)
+    full = m(ids[None], torch.arange(10)[None], causal(10))[0]
+    assert torch.allclose(m.lm_head(hidden), full, atol=1e-5)
+
+
+def test_block_mask_keeps_blocks_apart():
+    mk = block_mask([1, 3], 2, 5)
+    assert mk.shape == (4, 9)
+    assert mk[0, :5].tolist() == [True, True, False, False, False]
+    assert mk[2, :5].tolist() == [True, True, True, True, False]
+    assert mk[1, 5:].tolist() == [True, True, False, False]  # own block, causally
+    assert mk[3, 5:].tolist() == [False, False, True, True]  # never the other block
+
+
+def test_chain_length_counts_leading_agreements():
+    agree = torch.tensor([[1, 1, 0, 1], [0, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    assert chain_length(agree) == pytest.approx((2 + 0 + 4) / 3)
+
+
+def test_gradients_reach_only_the_adapter():
+    m = tiny()
+    a = MaskAdapter(m, AdapterSpec(4, 8.0, 3, MASK)).attach(m)
+    kv, _ = clean_pass(m, torch.tensor([3, 9, 11, 4, 20]))
+    mask_pass(m, kv, [1, 2], 2, MASK).sum().backward()
+    assert all(p.grad is None for p in m.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in a.parameters())
+
+
+def test_file_round_trip_and_errors(tmp_path):
+    m = tiny()
+    a = adapter(m)
+    a.save(tmp_path / "a.safetensors", {"note": "x"}, torch.float32)
+    spec, extra = read_spec(tmp_path / "a.safetensors")
+    assert spec == a.spec and extra == {"note": "x"}
+    m2 = tiny()
+    b = load_adapter(tmp_path / "a.safetensors", m2)
+    ids = torch.tensor([[3, 9, MASK, MASK]])
+    a.attach(m)
+    assert torch.equal(m(ids, torch.arange(4)[None], causal(4)), m2(ids, torch.arange(4)[None], causal(4)))
+    assert b.spec.draft_len == 3
+    with pytest.raises(CoreError, match="does not fit"):
+        load_adapter(tmp_path / "a.safetensors", Transformer(tiny_config(64, hidden_size=32)))
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CoreError, match="not a readable adapter"):
+        read_spec(tmp_path / "junk.safetensors")
+    spec_sha = MaskAdapter(m, AdapterSpec(4, 8.0, 3, MASK, "a" * 64))
+    spec_sha.save(tmp_path / "s.safetensors")
+    with pytest.raises(CoreError, match="trained on base"):
+        load_adapter(tmp_path / "s.safetensors", tiny(), base_sha256="b" * 64)
