@@ -8,7 +8,9 @@ code from a model folder (no trust_remote_code, no pickle) and never downloads.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -82,6 +84,36 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+# torch.nn.init functions the layers' reset_parameters call. On the meta device they only
+# cost time, and a lot of it: the first meta uniform_ imports and traces torch's Python
+# decompositions (Qwen2.5-Coder-0.5B: building the meta model took 0.37 s idle and 2.7 s
+# on the loaded 2-core CPU, 0.03 s without them; evaluation/bench_core_start.py), which
+# is on the path of every core (re)start. assign_weights replaces every parameter.
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "kaiming_uniform_",
+                   "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_")
+_NO_INIT_LOCK = threading.Lock()  # the patch is process-wide: one meta build at a time
+
+
+@contextlib.contextmanager
+def _skip_init():
+    """Build modules without running their weight initialisers (they are about to be replaced)."""
+    with _NO_INIT_LOCK:
+        saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+        try:
+            for name in saved:
+                setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+            yield
+        finally:
+            for name, fn in saved.items():
+                setattr(torch.nn.init, name, fn)
+
+
+def meta_model(cfg: ModelConfig) -> Transformer:
+    """The network on the meta device, uninitialised, ready for `assign_weights`."""
+    with torch.device("meta"), _skip_init():
+        return Transformer(cfg)
+
+
 def written_by_diffill(folder: Path) -> bool:
     """A config.json that diffill wrote (ModelConfig.to_dict) has a "layout" key; HF configs never do.
 
@@ -127,8 +159,7 @@ def load_model(folder: str | Path | None = None, device: str = "auto", dtype: to
     tokenizer = Tokenizer(folder / "tokenizer.json", special_names)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CoreError(f"{folder / 'tokenizer.json'}: vocabulary of {tokenizer.vocab_size} exceeds config vocab_size {cfg.vocab_size}")
-    with torch.device("meta"):
-        model = Transformer(cfg)
+    model = meta_model(cfg)
     assign_weights(model, tensors, str(folder), dev, dtype)
     model.eval().requires_grad_(False)
     return LoadedModel(model, tokenizer, cfg, folder)

@@ -530,8 +530,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads for torch (0: torch's default); 1 is often faster on a busy CPU")
     p.add_argument("--exit-with-parent", action="store_true",
                    help="shut down when the parent process dies (private cores)")
+    p.add_argument("--warm-up", action="store_true",
+                   help="run one tiny fill before listening, so the first real one is as fast as later ones "
+                        "(the LSP server's standby core)")
     p.add_argument("--log-level", default="INFO", help="DEBUG | INFO | WARNING")
     return p
+
+
+# What --warm-up fills: any text the tokenizer knows; one token is enough.
+WARM_UP_SEGMENTS = ("def f(x):\n    return ", "\n")
+
+
+def warm_up(engine: Any) -> None:
+    """One one-token fill, then its cached context forgotten (later fills start as on a
+    fresh core, so their outputs are the same). It touches every weight page of the
+    memory-mapped model in this process and runs each kernel once: a restarted core's
+    first fill was ~0.3 s slower than its second (evaluation/bench_core_start.py)."""
+    from diffusion_core.engine import HoleSpec
+
+    engine.fill(list(WARM_UP_SEGMENTS), [HoleSpec(budget=1)])
+    engine.forget_contexts()
 
 
 def resolve_listen(args: argparse.Namespace) -> tuple[protocol.Address, str | None, bool]:
@@ -643,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         backend = EngineBackend(Engine.load(model_dir=args.model, device=args.device))
+        if args.warm_up:
+            warm_up(backend.engine)
     except ValueError as exc:  # CoreError: one line naming the file or value at fault
         print(f"diffill core: {exc}", file=sys.stderr)
         return 1
