@@ -22,6 +22,13 @@ Owns the causal layout's request state and its per-step rules:
     made after a wrong draft instead (Fast-dLLM's rule read literally) is not an option:
     that prediction is conditioned on a token that is not in the text, and a confident
     model copies its own garbage (a bigram fake did, in the tests).
+  * mask drafts (block diffusion): when the engine's model carries a mask-row adapter
+    (`draft_adapter`), a forward also carries k mask tokens after its drafts; the adapter
+    denoises them in parallel into the k tokens after the model's own next token, and they
+    are the next forward's drafts when every draft of this one was kept (else they were
+    conditioned on a rejected token and are dropped). The adapter acts on mask rows only
+    and mask rows come last, so the verified rows and the cache stay the base's: "lossless"
+    still commits exactly the "ar" tokens.
 
 It knows nothing of packing several jobs into one forward (the engine does that) or of
 the wire protocol. The engine calls `plan()` then `apply(logits)` once per step.
@@ -116,7 +123,7 @@ class CausalJob:
         self.stats.truncated_tokens += cut
         self.ctx = infill_formats.causal_context(prefix, suffix, self._sp)
         self.stats.context_tokens += len(self.ctx)
-        self.budget, self.committed, self.guess = self.specs[i].budget, [], []
+        self.budget, self.committed, self.guess, self.mask_guess = self.specs[i].budget, [], [], []
         if self.mode == "exact":
             # The last context token (<|fim_middle|>) stays out of the cache: its output
             # predicts the hole's first token, so the first step forwards it.
@@ -159,22 +166,29 @@ class CausalJob:
         room = self.budget - len(self.committed) - 1  # a draft's output would predict past the budget
         if self.params.strategy != "ar" and room > 0:
             k = min(DRAFT_TOKENS, room)
-            drafts = prompt_lookup(tokens, NGRAM_MAX, k) or self.guess[:k]
-        ids = pending + drafts
+            drafts = self.mask_guess[:k] or prompt_lookup(tokens, NGRAM_MAX, k) or self.guess[:k]
+        # Mask rows predict the tokens after this forward's last commit: only worth their
+        # rows when all of them can still land inside the budget.
+        drafter = self._engine.drafter if self.params.drafts == "auto" and self.params.strategy != "ar" else None
+        masks = min(drafter.spec.draft_len, room - len(drafts)) if drafter is not None else 0
+        masks = max(0, masks)
+        ids = pending + drafts + [drafter.spec.mask_id] * masks if masks else pending + drafts
         T = len(ids)
         self.cache.reserve(n + T + 16)
         dev = self._engine.device
         seg = Segment(0, T, self.cache, "append", attention_mask("causal", 0, n, T, n + T, dev))
-        self._step = (n, len(pending), drafts)
+        self._step = (n, len(pending), drafts, masks)
         return (torch.tensor(ids, dtype=torch.long), torch.arange(n, n + T), seg,
                 torch.arange(len(pending) - 1, T))
 
     def apply(self, logits: torch.Tensor) -> int:
-        """Commit this step's tokens from logits [len(drafts) + 1, V]; returns how many."""
-        n, n_pending, drafts = self._step
+        """Commit this step's tokens from logits [len(drafts) + 1 + masks, V]; returns how many."""
+        n, n_pending, drafts, masks = self._step
         eng = self._engine
         y, conf = sample_tokens(logits, self.params, self.gen, eng.banned)
         y = y.tolist()
+        y, mask_y = y[: len(y) - masks], y[len(y) - masks:]
+        logits = logits[: logits.shape[0] - masks]
         near: list[bool] = []
         if self.params.strategy == "threshold" and drafts:
             logp = torch.log_softmax(logits[: len(drafts)].float(), dim=-1)
@@ -206,6 +220,13 @@ class CausalJob:
             matched += 1
         self.cache.truncate(n + n_pending + matched)
         self.guess = y[keep + 1:]
+        # The mask rows sat after the last draft: they continue the text only if every draft stayed.
+        self.mask_guess = []
+        if keep == len(drafts) and not over:
+            for t in mask_y:
+                if t in eng.end_ids:
+                    break
+                self.mask_guess.append(t)
         self.steps += 1
         self.stats.tokens_committed += len(new)
         if over:

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from .errors import CoreError
 
+PACKAGED = Path(__file__).parent / "adapters"  # shipped adapters, one per base they were trained on
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FORMAT = "diffill-mask-adapter/1"
 
@@ -175,3 +176,23 @@ def load_adapter(path: str | Path, model: nn.Module, base_sha256: str | None = N
         adapter.mask_embed.copy_(tensors["mask_embed"])
     adapter.requires_grad_(False)
     return adapter.attach(model)
+
+
+def packaged_for(model: nn.Module, base_sha256: str | None) -> MaskAdapter | None:
+    """The shipped adapter trained on this base (by its GGUF sha256), attached; None if none is.
+
+    A damaged shipped file costs the drafts, not the model: one line on stderr, decoding goes
+    on with context drafts (lossless either way).
+    """
+    import sys
+
+    if not base_sha256 or not PACKAGED.is_dir():
+        return None
+    for path in sorted(PACKAGED.glob("*.safetensors")):
+        try:
+            spec, _ = read_spec(path)
+            if spec.base_sha256 == base_sha256:
+                return load_adapter(path, model, base_sha256)
+        except CoreError as e:
+            print(f"diffill: mask drafts off: {e}", file=sys.stderr)
+    return None

@@ -29,7 +29,7 @@ import torch
 
 from .errors import CoreError, FillCancelled
 from .fill_types import FillResult, FillStats, HoleSpec, StepInfo  # noqa: F401 (the engine contract names them here)
-from . import infill_formats, textcut
+from . import draft_adapter, infill_formats, textcut
 from .causal import CausalJob
 from .layout import Layout, attention_mask, build_diffill, fit_context, full_mask, logit_source
 from .base_model import load_base
@@ -177,6 +177,9 @@ class Engine:
         self.static = (StaticSteps(self.model, compile=self.device.type == "cuda")
                        if static_steps and self.config.layout == "diffill" else None)
         self._store: list[_StoredContext] = []
+        # The causal layout's block drafter, when one was trained on this very base (issue 13).
+        self.drafter = (draft_adapter.packaged_for(self.model, read_provenance(loaded.path).get("gguf_sha256"))
+                        if self.config.layout == "causal" else None)
         sp = self.tokenizer.special
         if self.config.layout in ("diffill", "causal") and None in (sp.suf, sp.pre, sp.mid):
             raise CoreError(f"{loaded.path}: the {self.config.layout} layout needs suf/pre/mid special tokens in tokenizer.json")
@@ -213,6 +216,8 @@ class Engine:
             "device": str(self.device), "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
             "parameters": self.model.num_parameters(), "vocab_size": cfg.vocab_size,
             "max_context": cfg.max_context, "layout": cfg.layout,
+            "drafter": ({"kind": "mask-row adapter", "rank": self.drafter.spec.rank,
+                         "draft_len": self.drafter.spec.draft_len} if self.drafter is not None else None),
         }
 
     # -- request lifecycle -------------------------------------------------------------

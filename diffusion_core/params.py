@@ -17,6 +17,10 @@ STRATEGIES = ("auto", "threshold", "topk", "ar", "lossless")
 CAUSAL_ONLY = ("ar", "lossless")
 CONFIDENCES = ("prob", "margin", "entropy")
 CACHE_MODES = ("auto", "exact", "dual", "none")
+# Where the causal layout's drafts come from: "auto" uses the model's mask-row adapter when it
+# has one (draft_adapter), then context n-grams; "context": n-grams and the previous forward's
+# predictions only (the decoding benchmark compares the two).
+DRAFT_SOURCES = ("auto", "context")
 MAX_BUDGET = MAX_HOLE_TOKENS  # tokens in one hole (the one cap, protocol.py); more is rejected, not truncated
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 100.0  # besides 0 (greedy)
 MIN_TOP_P = 1e-6
@@ -38,6 +42,7 @@ class FillParams:
     top_p: float = 1.0
     seed: int = 0
     cache: str = "auto"  # "exact" for models with a causal context, "dual" (approximate) for bidirectional ones
+    drafts: str = "auto"  # causal layout: DRAFT_SOURCES
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -46,6 +51,8 @@ class FillParams:
             raise CoreError(f"params.confidence: {self.confidence!r} is not one of {', '.join(CONFIDENCES)}")
         if self.cache not in CACHE_MODES:
             raise CoreError(f"params.cache: {self.cache!r} is not one of {', '.join(CACHE_MODES)}")
+        if self.drafts not in DRAFT_SOURCES:
+            raise CoreError(f"params.drafts: {self.drafts!r} is not one of {', '.join(DRAFT_SOURCES)}")
         if not 0.0 <= self.threshold <= 1.0:
             raise CoreError(f"params.threshold: {self.threshold} is outside [0, 1]")
         if self.block_size < 1:

@@ -24,7 +24,8 @@ import time
 
 MODES = {
     "ar": {"strategy": "ar"},
-    "lossless": {"strategy": "lossless"},
+    "lossless": {"strategy": "lossless"},  # mask drafts from the model's adapter, then context n-grams
+    "lossless-ctx": {"strategy": "lossless", "drafts": "context"},  # context n-grams and Jacobi only
     "tau0.9": {"strategy": "threshold", "threshold": 0.9},
     "tau0.8": {"strategy": "threshold", "threshold": 0.8},
     "tau0.7": {"strategy": "threshold", "threshold": 0.7},
@@ -57,6 +58,7 @@ def run(args) -> dict:
     from lsp_server.settings import ContextSettings, Settings
 
     from . import metrics as M
+    from . import scoring as S
     from .heldout import load_files, sample_holes
 
     torch.set_num_threads(args.threads)
@@ -68,10 +70,18 @@ def run(args) -> dict:
         from diffusion_core.base_model import load_base
 
         engine = Engine(load_base("cpu", dtype))
+    if args.adapter:
+        from diffusion_core.draft_adapter import load_adapter
+
+        if engine.drafter is not None:
+            engine.drafter.detach()
+        engine.drafter = load_adapter(args.adapter, engine.model)
     load_s = time.perf_counter() - t0
     holes = [h for h in sample_holes(load_files(args.heldout), args.n * 3, seed=args.seed) if h.kind in KINDS]
     holes = [h for k in KINDS for h in [h for h in holes if h.kind == k][: args.n]]
-    settings = Settings(context=ContextSettings(prefix_bytes=args.prefix_bytes, suffix_bytes=args.suffix_bytes))
+    ctx = ContextSettings()
+    settings = Settings(context=ContextSettings(prefix_bytes=args.prefix_bytes or ctx.prefix_bytes,
+                                                suffix_bytes=ctx.suffix_bytes if args.suffix_bytes is None else args.suffix_bytes))
     modes = [m for m in args.modes.split(",") if m]
     engine.fill(["def f(x):\n    return ", "\n"], [stop_spec(holes[0].plan, 4)], FillParams(strategy="ar"))  # warm-up
     rows: dict[tuple[str, str], list[dict]] = {}
@@ -79,6 +89,7 @@ def run(args) -> dict:
         segs = segments_at(hole.doc, hole.plan, settings)
         spec = stop_spec(hole.plan, min(hole.plan.budget, args.max_budget))
         order = modes[i % len(modes):] + modes[: i % len(modes)]
+        truth_errors = S.errors_with(hole, hole.truth)
         outs = {}
         for mode in order:
             t = time.perf_counter()
@@ -90,7 +101,8 @@ def run(args) -> dict:
             rows.setdefault((hole.kind, mode), []).append(dict(
                 ms=ms, encode_ms=st.encode_ms, denoise_ms=st.denoise_ms, forwards=st.forward_passes,
                 tokens=st.tokens_committed, reused=st.reused_tokens, context=st.context_tokens,
-                em=M.exact_match(shown, hole.truth), es=M.edit_similarity(shown, hole.truth), ids=res.token_ids[0]))
+                em=M.exact_match(shown, hole.truth), es=M.edit_similarity(shown, hole.truth), ids=res.token_ids[0],
+                valid=S.score(hole, shown, truth_errors)["valid"]))
         for mode in order:
             if "ar" in outs:
                 rows[(hole.kind, mode)][-1]["same_as_ar"] = outs[mode] == outs["ar"]
@@ -110,6 +122,7 @@ def run(args) -> dict:
             context_mean=round(sum(r["context"] for r in rs) / len(rs), 1),
             exact_match=round(M.mean([float(r["em"]) for r in rs]), 3),
             edit_similarity=round(M.mean([r["es"] for r in rs]), 3),
+            parses=M.rate(r["valid"] for r in rs),
             same_as_ar=round(M.mean([float(r.get("same_as_ar", False)) for r in rs]), 3))
     return dict(bench="decoding", model=engine.info()["model"], dtype=args.dtype, threads=args.threads,
                 load_s=round(load_s, 1), holes=len(holes), machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -128,16 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--max-budget", type=int, default=64, help="cap on a hole's token budget")
-    ap.add_argument("--prefix-bytes", type=int, default=3000)
-    ap.add_argument("--suffix-bytes", type=int, default=1000)
+    ap.add_argument("--prefix-bytes", type=int, help="context before the hole (default: the editor's setting)")
+    ap.add_argument("--suffix-bytes", type=int, help="context after the hole (default: the editor's setting, 256)")
+    ap.add_argument("--adapter", help="a mask-row adapter file to draft with (default: the one shipped for the model)")
     args = ap.parse_args(argv)
     report = run(args)
     print(f"{'kind/mode':<22}{'p50 ms':>8}{'p95 ms':>8}{'enc p50':>8}{'fwd':>6}{'tok/fwd':>8}{'reused':>8}"
-          f"{'EM':>6}{'ES':>6}{'=AR':>6}", file=sys.stderr)
+          f"{'EM':>6}{'ES':>6}{'parse':>6}{'=AR':>6}", file=sys.stderr)
     for k, r in report["results"].items():
         print(f"{k:<22}{r['p50_ms']:>8.0f}{r['p95_ms']:>8.0f}{r['encode_p50_ms']:>8.0f}{r['forwards_mean']:>6.1f}"
               f"{r['tokens_per_forward']:>8.2f}{r['reused_mean']:>8.0f}{r['exact_match']:>6.2f}{r['edit_similarity']:>6.2f}"
-              f"{r['same_as_ar']:>6.2f}", file=sys.stderr)
+              f"{r['parses'] if r['parses'] is not None else float('nan'):>6.2f}{r['same_as_ar']:>6.2f}", file=sys.stderr)
     print(json.dumps(report))
     return 0
 
