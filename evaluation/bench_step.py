@@ -1,0 +1,124 @@
+"""Where one decode step's time goes, on the default model (issue 13, item 5).
+
+Owns one measurement: a causal-layout step as the engine runs it -- R new rows (1 = AR-exact;
+1 + drafts + mask rows for lossless) over a cached context of C tokens -- timed whole, and
+split by torch's profiler into the layers' weight matmuls, the LM head, attention, and the
+rest (norms, RoPE, cache writes, casts), beside the floor set by reading the weights once at
+the machine's measured memory bandwidth. Also the two host-side costs a step pays after the
+forward: the fp32 copy of the logits and the sampler. A table on stderr, one JSON line last.
+
+    python -m evaluation.bench_step --context 1600 --rows 1,9,16 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+
+
+def _classify(name: str, shapes) -> str:
+    if name in ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::bmm"):
+        flat = [d for s in shapes or [] for d in (s or [])]
+        return "lm head" if any(d > 100_000 for d in flat) else "layer matmuls"
+    if "scaled_dot_product" in name or "_flash_attention" in name or name == "aten::_softmax":
+        return "attention"
+    return "other"
+
+
+def bandwidth_gbs() -> float:
+    """GB/s of a large copy on this machine (the floor's denominator)."""
+    import torch
+
+    a = torch.empty(256 * 1024 * 1024 // 4)
+    b = torch.empty_like(a)
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        b.copy_(a)
+        times.append(time.perf_counter() - t)
+    return 2 * a.numel() * 4 / min(times) / 1e9  # read + write
+
+
+def run(args) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from diffusion_core.base_model import load_base
+    from diffusion_core.layout import attention_mask
+    from diffusion_core.model import Segment
+    from diffusion_core.params import FillParams
+    from diffusion_core.sampler import sample_tokens
+
+    torch.set_num_threads(args.threads)
+    loaded = load_base("cpu", torch.float32)
+    model = loaded.model
+    weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    gbs = bandwidth_gbs()
+    C = args.context
+    ids = torch.randint(0, 150_000, (C,))
+    cache = model.new_cache(C + 64)
+    with torch.inference_mode():
+        model.forward_packed(ids, torch.arange(C), [Segment(0, C, cache, "append", attention_mask("causal", 0, 0, C, C))],
+                             torch.tensor([C - 1]))
+    results = {}
+    for R in args.rows:
+        new = torch.randint(0, 150_000, (R,))
+
+        def step():
+            seg = Segment(0, R, cache, "append", attention_mask("causal", 0, C, R, C + R))
+            out = model.forward_packed(new, torch.arange(C, C + R), [seg], torch.arange(R))
+            cache.truncate(C)
+            return out
+
+        with torch.inference_mode():
+            for _ in range(2):
+                step()
+            walls = []
+            for _ in range(args.reps):
+                t = time.perf_counter()
+                logits = step()
+                walls.append((time.perf_counter() - t) * 1e3)
+            t = time.perf_counter()
+            lf = logits.float().cpu()
+            copy_ms = (time.perf_counter() - t) * 1e3
+            t = time.perf_counter()
+            sample_tokens(lf, FillParams(strategy="lossless"), None, (0, 1, 2))
+            sample_ms = (time.perf_counter() - t) * 1e3
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                step()
+        parts = {"layer matmuls": 0.0, "lm head": 0.0, "attention": 0.0, "other": 0.0}
+        for ev in prof.key_averages(group_by_input_shape=True):
+            parts[_classify(ev.key, ev.input_shapes)] += ev.self_cpu_time_total / 1e3
+        total = sum(parts.values()) or 1.0
+        wall = statistics.median(walls)
+        results[R] = {"wall_p50_ms": round(wall, 1), "floor_ms": round(weight_bytes / gbs / 1e6, 1),
+                      **{f"{k} %": round(100 * v / total, 1) for k, v in parts.items()},
+                      "logits copy ms": round(copy_ms, 2), "sampler ms": round(sample_ms, 2)}
+    return {"bench": "step", "model": "Qwen2.5-Coder-0.5B", "dtype": "fp32", "threads": args.threads,
+            "context": C, "weight_mb": round(weight_bytes / 1e6), "bandwidth_gbs": round(gbs, 1),
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "command": "python -m evaluation.bench_step " + " ".join(sys.argv[1:]), "results": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m evaluation.bench_step", description=__doc__.splitlines()[0])
+    ap.add_argument("--context", type=int, default=1600, help="cached context tokens")
+    ap.add_argument("--rows", type=lambda s: [int(x) for x in s.split(",")], default=[1, 9, 16],
+                    help="new rows per step, comma-separated")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    report = run(args)
+    keys = ["wall_p50_ms", "floor_ms", "layer matmuls %", "lm head %", "attention %", "other %", "logits copy ms", "sampler ms"]
+    print(f"{'rows':>5}" + "".join(f"{k:>17}" for k in keys), file=sys.stderr)
+    for R, r in report["results"].items():
+        print(f"{R:>5}" + "".join(f"{r[k]:>17}" for k in keys), file=sys.stderr)
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
