@@ -30,6 +30,9 @@ MODES = {
     "tau0.8": {"strategy": "threshold", "threshold": 0.8},
     "tau0.7": {"strategy": "threshold", "threshold": 0.7},
 }
+# The peer a user would pick instead (evaluation.peer_llamacpp): llama.cpp on the same GGUF,
+# same prompt window and stop rule, interleaved with diffill's modes; needs the [llamacpp] extra.
+PEER = "llama.cpp"
 KINDS = ("single-line", "block")
 DEFAULT_HELDOUT = "/work/corpus/holdout.jsonl"
 
@@ -83,6 +86,15 @@ def run(args) -> dict:
     settings = Settings(context=ContextSettings(prefix_bytes=args.prefix_bytes or ctx.prefix_bytes,
                                                 suffix_bytes=ctx.suffix_bytes if args.suffix_bytes is None else args.suffix_bytes))
     modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES and m != PEER]
+    if bad:
+        raise SystemExit(f"decoding: unknown mode {bad[0]!r} (known: {', '.join([*MODES, PEER])})")
+    peer = None
+    if PEER in modes:
+        from .peer_llamacpp import LlamaCppPeer, default_gguf_file
+
+        peer = LlamaCppPeer(default_gguf_file(), threads=args.threads)
+        peer.fill("def f(x):\n    return ", "\n", 4, single_line=True)  # warm-up
     engine.fill(["def f(x):\n    return ", "\n"], [stop_spec(holes[0].plan, 4)], FillParams(strategy="ar"))  # warm-up
     rows: dict[tuple[str, str], list[dict]] = {}
     for i, hole in enumerate(holes):
@@ -92,11 +104,22 @@ def run(args) -> dict:
         truth_errors = S.errors_with(hole, hole.truth)
         outs = {}
         for mode in order:
+            if mode == PEER:
+                text, pst = peer.fill(segs[0], segs[1], spec.budget, max_lines=spec.max_lines,
+                                      dedent_below=spec.dedent_below, min_depth=spec.min_depth)
+                shown = finalize(hole.doc, hole.plan, text)
+                outs[mode] = text
+                rows.setdefault((hole.kind, mode), []).append(dict(
+                    ms=pst.ms, encode_ms=pst.prompt_ms, denoise_ms=pst.ms - pst.prompt_ms, forwards=pst.forwards,
+                    tokens=pst.tokens, reused=pst.reused_tokens, context=pst.prompt_tokens,
+                    em=M.exact_match(shown, hole.truth), es=M.edit_similarity(shown, hole.truth),
+                    valid=S.score(hole, shown, truth_errors)["valid"]))
+                continue
             t = time.perf_counter()
             res = engine.fill(segs, [spec], FillParams(**MODES[mode]))
             ms = (time.perf_counter() - t) * 1e3
             shown = finalize(hole.doc, hole.plan, res.texts[0])
-            outs[mode] = res.token_ids[0]
+            outs[mode] = res.texts[0]  # text, not ids: the peer's ids come from another tokenizer
             st = res.stats
             rows.setdefault((hole.kind, mode), []).append(dict(
                 ms=ms, encode_ms=st.encode_ms, denoise_ms=st.denoise_ms, forwards=st.forward_passes,
@@ -137,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heldout", nargs="*", default=[DEFAULT_HELDOUT], help="held-out corpus jsonl files")
     ap.add_argument("--n", type=int, default=6, help="holes per kind")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--modes", default="ar,lossless,tau0.9", help=f"comma-separated, of {', '.join(MODES)}")
+    ap.add_argument("--modes", default="ar,lossless,tau0.9", help=f"comma-separated, of {', '.join([*MODES, PEER])}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--max-budget", type=int, default=64, help="cap on a hole's token budget")
