@@ -28,7 +28,9 @@ Owns the causal layout's request state and its per-step rules:
     are the next forward's drafts when every draft of this one was kept (else they were
     conditioned on a rejected token and are dropped). The adapter acts on mask rows only
     and mask rows come last, so the verified rows and the cache stay the base's: "lossless"
-    still commits exactly the "ar" tokens.
+    still commits exactly the "ar" tokens. "threshold" also commits the block's leading
+    predictions whose confidence passes tau at once, unverified (Fast-dLLM's parallel rule,
+    Wu et al. 2025): more tokens per forward, exact only where the model was right.
 
 It knows nothing of packing several jobs into one forward (the engine does that) or of
 the wire protocol. The engine calls `plan()` then `apply(logits)` once per step.
@@ -164,12 +166,14 @@ class CausalJob:
         assert pending, "a causal step always forwards the last committed token"
         drafts: list[int] = []
         room = self.budget - len(self.committed) - 1  # a draft's output would predict past the budget
+        drafter = self._engine.drafter if self.params.drafts == "auto" and self.params.strategy != "ar" else None
         if self.params.strategy != "ar" and room > 0:
             k = min(DRAFT_TOKENS, room)
-            drafts = self.mask_guess[:k] or prompt_lookup(tokens, NGRAM_MAX, k) or self.guess[:k]
+            # With a drafter, no Jacobi guesses: they are mostly wrong, and a rejected draft
+            # also voids the mask block behind it; a forward without drafts always yields one.
+            drafts = self.mask_guess[:k] or prompt_lookup(tokens, NGRAM_MAX, k) or ([] if drafter else self.guess[:k])
         # Mask rows predict the tokens after this forward's last commit: only worth their
         # rows when all of them can still land inside the budget.
-        drafter = self._engine.drafter if self.params.drafts == "auto" and self.params.strategy != "ar" else None
         masks = min(drafter.spec.draft_len, room - len(drafts)) if drafter is not None else 0
         masks = max(0, masks)
         ids = pending + drafts + [drafter.spec.mask_id] * masks if masks else pending + drafts
@@ -202,18 +206,7 @@ class CausalJob:
             left = self.budget - len(self.committed)
             forced = math.ceil(left / max(1, self.params.steps - self.steps))
         keep = accepted(drafts, y, near, self.params, forced)
-        spec = self.specs[len(self.fills)]
-        new, over, cut = [], False, None
-        for t in drafts[:keep] + [y[keep]]:
-            if t in eng.end_ids:
-                over = True
-                break
-            new.append(t)
-            self.committed.append(t)
-            cut = stop_point(eng.tokenizer.decode(self.committed), spec.max_lines, spec.dedent_below, spec.min_depth)
-            if cut is not None or len(self.committed) >= self.budget:
-                over = True
-                break
+        new, over, cut = self._commit(drafts[:keep] + [y[keep]])
         # Keys/values written for drafts that became the committed tokens stay; the rest go.
         matched = 0
         while matched < min(len(drafts), len(new)) and drafts[matched] == new[matched]:
@@ -227,11 +220,38 @@ class CausalJob:
                 if t in eng.end_ids:
                     break
                 self.mask_guess.append(t)
+            if self.params.strategy == "threshold" and self.mask_guess:
+                # Fast-dLLM's parallel rule on the denoised block: its leading predictions the
+                # model is confident of (>= tau) are committed now, unverified, beside the AR
+                # token they were decoded with; the rest stay drafts for the next forward.
+                mask_conf = conf[conf.shape[0] - masks:].tolist()
+                sure = 0
+                while sure < len(self.mask_guess) and mask_conf[sure] >= self.params.threshold:
+                    sure += 1
+                if sure:
+                    more, over, cut = self._commit(self.mask_guess[:sure])
+                    new += more
+                    self.mask_guess = [] if over else self.mask_guess[sure:]
         self.steps += 1
         self.stats.tokens_committed += len(new)
         if over:
             self._end_hole(cut)
         return len(new)
+
+    def _commit(self, tokens: list[int]) -> tuple[list[int], bool, int | None]:
+        """Append tokens to the hole until an end token, its stop rule or its budget:
+        (the tokens appended, whether the hole is over, where its text is cut)."""
+        eng, spec = self._engine, self.specs[len(self.fills)]
+        new, cut = [], None
+        for t in tokens:
+            if t in eng.end_ids:
+                return new, True, None
+            new.append(t)
+            self.committed.append(t)
+            cut = stop_point(eng.tokenizer.decode(self.committed), spec.max_lines, spec.dedent_below, spec.min_depth)
+            if cut is not None or len(self.committed) >= self.budget:
+                return new, True, cut
+        return new, False, cut
 
     def masked_left(self) -> int:
         return 0 if self.done else self.budget - len(self.committed)

@@ -82,8 +82,10 @@ def test_forwards_carry_mask_rows_after_the_drafts(engine):
         assert all(t == mask for t in s[first:]) and len(s) - first <= 3
 
 
-def test_an_oracle_drafter_is_accepted_whole(engine):
-    """Mask rows replaced by the AR continuation: every draft lands, forwards drop ~(k+1)x."""
+@pytest.mark.parametrize("strategy", ["lossless", "threshold"])
+def test_an_oracle_drafter_is_accepted_whole(engine, strategy):
+    """Mask rows replaced by the AR continuation: every draft lands, forwards drop ~(k+1)x;
+    threshold commits the (certain) block at once, so it needs fewer forwards still."""
     k, budget = 4, 30
     ar = fill(engine, PREFIX, SUFFIX, budget, strategy="ar").token_ids[0]
     a = with_random_drafter(engine, k=k, seed=1)
@@ -108,11 +110,14 @@ def test_an_oracle_drafter_is_accepted_whole(engine):
     n_ctx.append(len(prefix_ids) + len(suffix_ids) + 3)  # <|fim_prefix|> ... <|fim_suffix|> ... <|fim_middle|>
     engine.model.forward_packed = oracle
     try:
-        ll = fill(engine, PREFIX, SUFFIX, budget, strategy="lossless", drafts="auto")
+        ll = fill(engine, PREFIX, SUFFIX, budget, strategy=strategy, threshold=0.5)
     finally:
         engine.model.forward_packed = orig
         a.detach()
         engine.drafter = None
     assert ll.token_ids[0] == ar
-    # First forward: 1 token + k mask drafts; then k drafts + 1 bonus per forward.
-    assert ll.stats.forward_passes <= 1 + -(-(len(ar) - 1) // (k + 1)) + 1
+    if strategy == "lossless":  # first forward: 1 token + k mask drafts; then k drafts + 1 bonus each
+        assert ll.stats.forward_passes <= 1 + -(-(len(ar) - 1) // (k + 1)) + 1
+    else:  # each forward commits its AR token and the whole certain block (context n-gram
+        # drafts, wrong on a random model, cost at most one forward each)
+        assert ll.stats.forward_passes <= 2 * -(-len(ar) // (k + 1)) + 1
