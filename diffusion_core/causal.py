@@ -172,27 +172,40 @@ class CausalJob:
             # With a drafter, no Jacobi guesses: they are mostly wrong, and a rejected draft
             # also voids the mask block behind it; a forward without drafts always yields one.
             drafts = self.mask_guess[:k] or prompt_lookup(tokens, NGRAM_MAX, k) or ([] if drafter else self.guess[:k])
-        # Mask rows predict the tokens after this forward's last commit: only worth their
-        # rows when all of them can still land inside the budget.
-        masks = min(drafter.spec.draft_len, room - len(drafts)) if drafter is not None else 0
-        masks = max(0, masks)
-        ids = pending + drafts + [drafter.spec.mask_id] * masks if masks else pending + drafts
+        # Two mask blocks: "after" the drafts (the next drafts when every draft is kept) and,
+        # when there are drafts, "beside" them -- at the drafts' own positions, seeing only the
+        # verified tokens -- the next drafts when the first draft fails, the commonest miss.
+        # No more rows than can land inside the budget.
+        k = drafter.spec.draft_len if drafter is not None else 0
+        after = max(0, min(k, room - len(drafts)))
+        beside = max(0, min(k, room)) if drafts else 0
+        p, m = len(pending), len(drafts)
+        ids = pending + drafts + [drafter.spec.mask_id] * (beside + after) if k else pending + drafts
         T = len(ids)
         self.cache.reserve(n + T + 16)
         dev = self._engine.device
-        seg = Segment(0, T, self.cache, "append", attention_mask("causal", 0, n, T, n + T, dev))
-        self._step = (n, len(pending), drafts, masks)
-        return (torch.tensor(ids, dtype=torch.long), torch.arange(n, n + T), seg,
-                torch.arange(len(pending) - 1, T))
+        mask = attention_mask("causal", 0, n, T, n + T, dev)  # over cache slots, in row order
+        pos = torch.arange(n, n + T)
+        if beside:
+            rows = slice(p + m, p + m + beside)
+            mask[rows, n + p : n + p + m] = False  # the beside block never sees the drafts
+            mask[p + m + beside:, n + p + m : n + p + m + beside] = False  # nor the after block it
+            pos[rows] = torch.arange(n + p, n + p + beside)
+            pos[p + m + beside:] = torch.arange(n + p + m, n + p + m + after)
+        seg = Segment(0, T, self.cache, "append", mask)
+        self._step = (n, p, drafts, beside, after)
+        return (torch.tensor(ids, dtype=torch.long), pos, seg, torch.arange(p - 1, T))
 
     def apply(self, logits: torch.Tensor) -> int:
         """Commit this step's tokens from logits [len(drafts) + 1 + masks, V]; returns how many."""
-        n, n_pending, drafts, masks = self._step
+        n, n_pending, drafts, beside, after = self._step
         eng = self._engine
         y, conf = sample_tokens(logits, self.params, self.gen, eng.banned)
-        y = y.tolist()
-        y, mask_y = y[: len(y) - masks], y[len(y) - masks:]
-        logits = logits[: logits.shape[0] - masks]
+        y, conf = y.tolist(), conf.tolist()
+        v = len(drafts) + 1  # the verifying rows come first, then the beside block, then the after block
+        blocks = {"beside": (y[v : v + beside], conf[v : v + beside]), "after": (y[v + beside:], conf[v + beside:])}
+        y = y[:v]
+        logits = logits[:v]
         near: list[bool] = []
         if self.params.strategy == "threshold" and drafts:
             logp = torch.log_softmax(logits[: len(drafts)].float(), dim=-1)
@@ -213,9 +226,12 @@ class CausalJob:
             matched += 1
         self.cache.truncate(n + n_pending + matched)
         self.guess = y[keep + 1:]
-        # The mask rows sat after the last draft: they continue the text only if every draft stayed.
+        # A mask block continues the text only if the tokens it saw are the ones kept: the
+        # after block when every draft stayed, the beside block when none did.
         self.mask_guess = []
-        if keep == len(drafts) and not over:
+        block = "after" if keep == len(drafts) else "beside" if keep == 0 else None
+        if block is not None and not over:
+            mask_y, mask_conf = blocks[block]
             for t in mask_y:
                 if t in eng.end_ids:
                     break
@@ -224,7 +240,6 @@ class CausalJob:
                 # Fast-dLLM's parallel rule on the denoised block: its leading predictions the
                 # model is confident of (>= tau) are committed now, unverified, beside the AR
                 # token they were decoded with; the rest stay drafts for the next forward.
-                mask_conf = conf[conf.shape[0] - masks:].tolist()
                 sure = 0
                 while sure < len(self.mask_guess) and mask_conf[sure] >= self.params.threshold:
                     sure += 1

@@ -64,22 +64,33 @@ def test_forwards_carry_mask_rows_after_the_drafts(engine):
     orig = engine.model.forward_packed
 
     def spy(ids, pos, segments, out_rows=None):
-        seen.append(ids.tolist())
+        seen.append((ids.tolist(), pos.tolist(), segments[0].mask.clone(), segments[0].cache.n))
         return orig(ids, pos, segments, out_rows)
 
+    prefix = PREFIX + "self.x = x\n" + PREFIX  # context n-grams: forwards with drafts and two blocks
     engine.model.forward_packed = spy
     try:
-        fill(engine, "x" + PREFIX, SUFFIX, 20, strategy="lossless")
+        fill(engine, prefix, SUFFIX, 24, strategy="lossless")
     finally:
         engine.model.forward_packed = orig
         a.detach()
         engine.drafter = None
     mask = engine.tokenizer.special.mask
-    steps = [s for s in seen if mask in s]
+    steps = [s for s in seen if mask in s[0]]
     assert steps, "no forward carried mask rows"
-    for s in steps:  # masks come last, as a block: the rule that keeps clean rows exact
-        first = s.index(mask)
-        assert all(t == mask for t in s[first:]) and len(s) - first <= 3
+    two_blocks = 0
+    for ids, pos, attend, n in steps:  # masks come last: the rule that keeps clean rows exact
+        first = ids.index(mask)
+        assert all(t == mask for t in ids[first:]) and len(ids) - first <= 6
+        clean = attend[:first, n + first:]
+        assert not clean.any(), "a clean row attends to a mask row"
+        if len(ids) - first > 3:  # beside block (3 rows at the drafts' positions), then after block
+            two_blocks += 1
+            m = pos[first] - pos[0]  # pending rows before the drafts
+            assert pos[first:first + 3] == pos[m:m + 3]
+            assert not attend[first:first + 3, n + m:n + first].any(), "the beside block sees the drafts"
+            assert attend[first + 3:, n + m:n + first].all(), "the after block must see the drafts"
+    assert two_blocks, "no forward carried both blocks"
 
 
 @pytest.mark.parametrize("strategy", ["lossless", "threshold"])
