@@ -176,7 +176,7 @@ class CausalJob:
         # when there are drafts, "beside" them -- at the drafts' own positions, seeing only the
         # verified tokens -- the next drafts when the first draft fails, the commonest miss.
         # No more rows than can land inside the budget.
-        k = drafter.spec.draft_len if drafter is not None else 0
+        k = min(drafter.spec.draft_len, self._engine.mask_rows) if drafter is not None else 0
         after = max(0, min(k, room - len(drafts)))
         beside = max(0, min(k, room)) if drafts else 0
         p, m = len(pending), len(drafts)

@@ -79,6 +79,8 @@ def run(args) -> dict:
         if engine.drafter is not None:
             engine.drafter.detach()
         engine.drafter = load_adapter(args.adapter, engine.model)
+    if args.mask_rows:
+        engine.mask_rows = args.mask_rows
     load_s = time.perf_counter() - t0
     holes = [h for h in sample_holes(load_files(args.heldout), args.n * 3, seed=args.seed) if h.kind in KINDS]
     holes = [h for k in KINDS for h in [h for h in holes if h.kind == k][: args.n]]
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-budget", type=int, default=64, help="cap on a hole's token budget")
     ap.add_argument("--prefix-bytes", type=int, help="context before the hole (default: the editor's setting)")
     ap.add_argument("--suffix-bytes", type=int, help="context after the hole (default: the editor's setting, 256)")
+    ap.add_argument("--mask-rows", type=int, help="mask rows per block (default: the engine's MASK_ROWS)")
     ap.add_argument("--adapter", help="a mask-row adapter file to draft with (default: the one shipped for the model)")
     args = ap.parse_args(argv)
     report = run(args)
