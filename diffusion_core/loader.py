@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 from safetensors.torch import save_file
+from torch.overrides import TorchFunctionMode
 
 from .checkpoints import converter_for
 from .config import ModelConfig
@@ -84,14 +85,28 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-# torch.nn.init functions the layers' reset_parameters call. On the meta device they only
-# cost time, and a lot of it: the first meta uniform_ imports and traces torch's Python
-# decompositions (Qwen2.5-Coder-0.5B: building the meta model took 0.37 s idle and 2.7 s
-# on the loaded 2-core CPU, 0.03 s without them; evaluation/bench_core_start.py), which
-# is on the path of every core (re)start. assign_weights replaces every parameter.
+# Building the network on the meta device took 0.37 s idle and 4.8 s on the loaded 2-core
+# CPU (Qwen2.5-Coder-0.5B; evaluation/bench_core_start.py), on the path of every core
+# (re)start, though no weight is ever computed there: under torch.device("meta") every
+# factory call goes to the meta device, and the first meta arange (the rope buffer) and
+# meta uniform_ (the layers' initialisers) run torch's Python reference implementations,
+# whose first use imports and traces a large part of torch. So only torch.empty, what
+# nn.Linear and nn.Embedding make their weights with, goes to the meta device; small
+# tensors (norm weights, the rope buffer) stay ordinary CPU tensors; the initialisers do
+# nothing. assign_weights replaces every parameter and rebuilds the buffer.
 _INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "kaiming_uniform_",
                    "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_")
-_NO_INIT_LOCK = threading.Lock()  # the patch is process-wide: one meta build at a time
+_NO_INIT_LOCK = threading.Lock()  # the initialiser patch is process-wide: one build at a time
+
+
+class _MetaEmpty(TorchFunctionMode):
+    """torch.empty on the meta device; every other call as usual."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.empty:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -109,8 +124,8 @@ def _skip_init():
 
 
 def meta_model(cfg: ModelConfig) -> Transformer:
-    """The network on the meta device, uninitialised, ready for `assign_weights`."""
-    with torch.device("meta"), _skip_init():
+    """The network with its large weights on the meta device, uninitialised, for `assign_weights`."""
+    with _MetaEmpty(), _skip_init():
         return Transformer(cfg)
 
 

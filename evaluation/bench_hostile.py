@@ -1,7 +1,8 @@
 """Hostile-input measurements (issue 17): the four figures docs/security.md quotes.
 
 Owns: four small experiments against real processes, each timed from outside:
-  * recovery: a private core killed with -9, time until the next fill succeeds;
+  * recovery: a private core killed with -9, time until the next fill succeeds (median of
+    5 kills; recovery_nostandby: the same without the client's standby core, 3 kills);
   * nesting: the LSP server (on the fake core of tests/lsp_server/fakes.py) answering
     inline completions inside 50k nested brackets, worst request;
   * huge: one 15 MB fill to a core, the core's peak RSS before and after;
@@ -10,7 +11,7 @@ Owns: four small experiments against real processes, each timed from outside:
 
 Must not know: engine internals; it talks over the protocol and LSP as clients do.
 
-    python -m evaluation.bench_hostile [--model DIR] [--only recovery,nesting,huge,flood]
+    python -m evaluation.bench_hostile [--model DIR] [--only recovery,recovery_nostandby,nesting,huge,flood]
 
 Without --model it uses the default model (Qwen2.5-Coder-0.5B). Prints a table, then one JSON line last.
 """
@@ -47,27 +48,91 @@ def _rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-async def recovery(model: str | None, tries: int = 3) -> dict:
-    client = CoreClient(model_dir=model, device="cpu", core_args=["--threads", "1"], backoff=(0.0, 1.0))
+def _mem_mb(pid: int) -> dict:
+    """RssAnon (the process's own pages) and RssFile (mapped files, here the cached weights,
+    shared through the page cache) of a process, in MB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                out[key] = round(int(value.split()[0]) / 1024)
+    return out
+
+
+_PROBES = iter(range(1 << 30))
+
+
+def _fresh() -> list[str]:
+    """The probe fill under a text no core has seen, so no context is reused: a core that
+    took over has none of the dead one's cached contexts, and the warm baseline must not
+    either."""
+    return [f"# probe {next(_PROBES)}\n" + SEGMENTS[0], SEGMENTS[1]]
+
+
+async def _fill_s(client: CoreClient, budget: int) -> float:
+    t0 = time.perf_counter()
+    out = await client.fill(_fresh(), [budget], {})
+    assert out.get("texts") and out["texts"][0], "the probe fill came back empty"
+    return time.perf_counter() - t0
+
+
+async def recovery(model: str | None, tries: int = 5, budget: int = 8, standby: bool = True) -> dict:
+    """kill -9 of a private core, `tries` times: seconds until the next good completion.
+
+    With the standby (the default client) each kill waits first until a standby is ready,
+    as it is in an editor a while after any earlier crash; without it each kill meets a
+    whole core start. Every probe is a text not seen before (`_fresh`), and the same kind of
+    fill on a live, warm core is timed too: recovery minus that is what the crash itself
+    costs (death noticed, takeover or restart, a process's first fill)."""
+    tag = "recovery" if standby else "recovery_nostandby"
+    died: list[float] = []
+    client = CoreClient(model_dir=model, device="cpu", core_args=["--threads", "1"], backoff=(0.0, 1.0),
+                        standby=standby, on_event=lambda kind, msg: died.append(time.perf_counter()) if kind == "died" else None)
     await client.start()
-    await client.fill(SEGMENTS, [8], {})
-    times = []
+
+    async def standby_ready() -> None:
+        while standby and not (client._standby and client._standby.conn and not client._standby.conn.lost):
+            await asyncio.sleep(0.05)
+
+    await _fill_s(client, budget)  # the first fill starts the standby: time the live core after it is up
+    await standby_ready()
+    warm = [await _fill_s(client, budget) for _ in range(3)]
+    times, detect, mem = [], [], {}
     try:
         for _ in range(tries):
+            await standby_ready()
             pid = client._proc.pid
+            mem = {"live": _mem_mb(pid)}
+            if standby:
+                mem["standby"] = _mem_mb(client._standby.proc.pid)
+            died.clear()
+            probe = _fresh()
             os.kill(pid, signal.SIGKILL)
             t0 = time.perf_counter()
             while True:
                 try:
-                    out = await client.fill(SEGMENTS, [8], {})
-                    if out.get("texts") is not None:
+                    out = await client.fill(probe, [budget], {})
+                    if out.get("texts") and out["texts"][0]:
                         break
                 except Exception:
                     await asyncio.sleep(0.02)
             times.append(time.perf_counter() - t0)
+            detect.append((died[0] - t0) * 1e3 if died else float("nan"))
     finally:
         await client.close()
-    return {"recovery_s": [round(t, 2) for t in times], "recovery_max_s": round(max(times), 2)}
+    warm_s = statistics.median(warm)
+    rec = statistics.median(times)
+    out = {f"{tag}_s": [round(t, 2) for t in times], f"{tag}_median_s": round(rec, 2),
+           f"{tag}_max_s": round(max(times), 2), f"{tag}_warm_fill_s": round(warm_s, 2),
+           f"{tag}_over_warm_median_s": round(rec - warm_s, 2),
+           f"{tag}_death_seen_ms": round(statistics.median(detect), 1), f"{tag}_budget": budget}
+    out.update({f"{tag}_{who}_{k}_mb": v for who, m in mem.items() for k, v in m.items()})
+    return out
+
+
+async def recovery_nostandby(model: str | None, budget: int = 8) -> dict:
+    return await recovery(model, tries=3, budget=budget, standby=False)
 
 
 def _lsp_frame(obj: dict) -> bytes:
@@ -230,14 +295,19 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog="example:\n  diffill bench hostile", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None)
     p.add_argument("--only", default="recovery,nesting,huge,flood")
+    p.add_argument("--budget", type=int, default=8, help="tokens of the recovery probe fill (1: the smallest completion)")
     args = p.parse_args(argv)
-    out: dict = {"machine": f"{platform.node()} {os.cpu_count()} cpu", "model": args.model or "bundled"}
+    out: dict = {"machine": f"{platform.node()} {os.cpu_count()} cpu", "model": args.model or "default",
+                 "load_average": os.getloadavg()[0]}
     for name in args.only.split(","):
         t0 = time.perf_counter()
         if name == "nesting":
             out.update(nesting())
+        elif name.startswith("recovery"):
+            run = recovery if name == "recovery" else recovery_nostandby
+            out.update(asyncio.run(run(args.model, budget=args.budget)))
         else:
-            out.update(asyncio.run({"recovery": recovery, "huge": huge, "flood": flood}[name](args.model)))
+            out.update(asyncio.run({"huge": huge, "flood": flood}[name](args.model)))
         print(f"{name:10s} done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     width = max(len(k) for k in out)
     for k, v in out.items():
