@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"machine": f"{platform.node()} {os.cpu_count()} cpu", "model": args.model or "default",
            "threads": runs[0]["threads"], "runs": args.runs, "median_s": med, "to_ready_s": ready,
            "mem_loaded_mb": runs[-1]["loaded"], "mem_after_fill_mb": runs[-1]["filled"],
-           "outputs_identical": all(r["same"] and r["text"] == runs[0]["text"] for r in runs)}
+           "first_text": runs[0]["text"], "outputs_identical": all(r["same"] and r["text"] == runs[0]["text"] for r in runs)}
     print(json.dumps(out))
     return 0
 

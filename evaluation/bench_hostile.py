@@ -1,17 +1,18 @@
-"""Hostile-input measurements (issue 17): the four figures docs/security.md quotes.
+"""Hostile-input measurements (issue 17): the figures docs/security.md quotes.
 
-Owns: four small experiments against real processes, each timed from outside:
+Owns: small experiments against real processes, each timed from outside:
   * recovery: a private core killed with -9, time until the next fill succeeds (median of
     5 kills; recovery_nostandby: the same without the client's standby core, 3 kills);
   * nesting: the LSP server (on the fake core of tests/lsp_server/fakes.py) answering
     inline completions inside 50k nested brackets, worst request;
   * huge: one 15 MB fill to a core, the core's peak RSS before and after;
+  * stall: 4 token holders each stalling inside a 15 MiB frame, the core's RssAnon growth;
   * flood: a TCP core with 1,000 hostile connections open (idle and frame-trickling),
     a legitimate client's fill latency.
 
 Must not know: engine internals; it talks over the protocol and LSP as clients do.
 
-    python -m evaluation.bench_hostile [--model DIR] [--only recovery,recovery_nostandby,nesting,huge,flood]
+    python -m evaluation.bench_hostile [--model DIR] [--only recovery,recovery_nostandby,nesting,huge,stall,flood]
 
 Without --model it uses the default model (Qwen2.5-Coder-0.5B). Prints a table, then one JSON line last.
 """
@@ -290,11 +291,63 @@ async def flood(model: str | None, hostile: int = 1000, fills: int = 10) -> dict
             "flood_fill_max_ms_during": round(max(under), 1), "flood_new_client_hello_fill_ms": round(newcomer_ms, 1)}
 
 
+async def stall(model: str | None, conns: int = 4, mib: int = 15) -> dict:
+    """Token holders each stalling one byte short of a `mib` MiB frame (issue 17: 4 of them
+    grew the core by 65 MB): the core's RssAnon before and after, how many it closed, and
+    a legitimate fill while the rest hold their bytes."""
+    import socket as so
+    import struct
+
+    token = "bench-" + os.urandom(8).hex()
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = Path(tmp) / "token"
+        tok.write_text(token)
+        tok.chmod(0o600)
+        s = so.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        proc = await _start_core(model, f"--listen 127.0.0.1:{port} --token-file {tok}")
+        try:
+            client = await _wait_client(f"tcp:127.0.0.1:{port}", token)
+            await client.fill(SEGMENTS, [1], {})
+            before = _mem_mb(proc.pid)["RssAnon"]
+            raws, closed = [], 0
+            for _ in range(conns):
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+                w.write(protocol.encode(protocol.request(1, "hello", {"version": protocol.PROTOCOL_VERSION,
+                                                                      "token": token})))
+                assert "result" in await protocol.read_message(r)
+                w.write(struct.pack(">I", mib << 20) + b"\0" * ((mib << 20) - 1))
+                await w.drain()
+                raws.append((r, w))
+                await asyncio.sleep(1.0)  # let the core read what it will
+            for r, _ in raws:
+                try:
+                    reply = await asyncio.wait_for(protocol.read_message(r), 0.5)
+                    closed += bool(reply and reply.get("error", {}).get("code") == protocol.E_BAD_FRAME)
+                except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    pass
+            held = _mem_mb(proc.pid)["RssAnon"]
+            t0 = time.perf_counter()
+            await client.fill(SEGMENTS, [1], {})
+            fill_ms = (time.perf_counter() - t0) * 1e3
+            for _, w in raws:
+                w.close()
+            await client.close()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return {"stall_connections": conns, "stall_frame_mib": mib, "stall_closed_bad_frame": closed,
+            "stall_rss_anon_before_mb": before, "stall_rss_anon_held_mb": held, "stall_growth_mb": held - before,
+            "stall_fill_ms_during": round(fill_ms, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="diffill bench hostile", description=__doc__.split("\n")[0],
                                 epilog="example:\n  diffill bench hostile", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None)
-    p.add_argument("--only", default="recovery,nesting,huge,flood")
+    p.add_argument("--only", default="recovery,nesting,huge,stall,flood")
     p.add_argument("--budget", type=int, default=8, help="tokens of the recovery probe fill (1: the smallest completion)")
     args = p.parse_args(argv)
     out: dict = {"machine": f"{platform.node()} {os.cpu_count()} cpu", "model": args.model or "default",
@@ -307,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             run = recovery if name == "recovery" else recovery_nostandby
             out.update(asyncio.run(run(args.model, budget=args.budget)))
         else:
-            out.update(asyncio.run({"huge": huge, "flood": flood}[name](args.model)))
+            out.update(asyncio.run({"huge": huge, "flood": flood, "stall": stall}[name](args.model)))
         print(f"{name:10s} done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     width = max(len(k) for k in out)
     for k, v in out.items():
