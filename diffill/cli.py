@@ -40,6 +40,7 @@ BENCHES: dict[str, Command] = {
     "decoding": Command("evaluation.decoding", "main", "decoding strategies of a pretrained coder, side by side"),
     "load": Command("evaluation.bench_load", "main", "GGUF load time: first conversion into the cache, then warm loads"),
     "hostile": Command("evaluation.bench_hostile", "main", "what hostile input costs the server and the core"),
+    "core-start": Command("evaluation.bench_core_start", "main", "where a core's start goes, phase by phase, and its memory"),
 }
 
 EXAMPLES = """examples:

@@ -10,7 +10,7 @@ the same cached weights), and its minor page faults.
 
 Must not know: engine internals beyond its public load path; it changes nothing.
 
-    python -m evaluation.bench_core_start [--model DIR] [--runs 3] [--threads 1]
+    diffill bench core-start [--model DIR] [--runs 3] [--threads 1]
 
 Without --model: the default model (Qwen2.5-Coder-0.5B, from its converted cache).
 Prints a table, then one JSON line last.
@@ -105,7 +105,7 @@ READY = PHASES[:8]  # what a restarted core spends before it can answer hello
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="diffill bench core-start", description=__doc__.split("\n")[0],
-                                epilog="example:\n  python -m evaluation.bench_core_start --runs 3",
+                                epilog="example:\n  diffill bench core-start --runs 3",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None)
     p.add_argument("--runs", type=int, default=3)

@@ -124,3 +124,35 @@ async def test_a_lost_standby_is_replaced_and_without_one_the_core_restarts(tiny
         assert (await plain.status())["pid"] not in (pid, live)
     finally:
         await plain.close()
+
+
+def test_meta_build_skips_initialisers_and_loads_the_same_network(tiny_dir):
+    """A core (re)start builds the network with only torch.empty on the meta device and no
+    initialisers run (loader.meta_model: 4.8 s -> 0.05 s on the loaded CPU for the default
+    model); what loads is the network the plain meta-device build gives."""
+    import torch
+
+    from diffusion_core.config import ModelConfig
+    from diffusion_core.loader import assign_weights, load_model, meta_model
+    from diffusion_core.model import Transformer
+    from diffusion_core.weights import read_tensors, weight_files
+
+    originals = {name: getattr(torch.nn.init, name) for name in ("uniform_", "normal_", "kaiming_uniform_")}
+    cfg = ModelConfig.load(tiny_dir / "config.json")
+    built = meta_model(cfg)
+    assert {name: getattr(torch.nn.init, name) for name in originals} == originals  # the patch is undone
+    big = {n for n, p in built.named_parameters() if p.dim() == 2}
+    assert big and all(built.get_parameter(n).is_meta for n in big)
+
+    with torch.device("meta"):  # the reference: the build as it was
+        reference = Transformer(cfg)
+    assign_weights(reference, read_tensors(weight_files(tiny_dir)), str(tiny_dir), torch.device("cpu"), torch.float32)
+    loaded = load_model(tiny_dir, "cpu", torch.float32).model
+    ids = torch.arange(1, 12).unsqueeze(0)
+    assert not any(p.is_meta for p in loaded.parameters()) and not loaded.inv_freq.is_meta
+    assert torch.equal(loaded.inv_freq, reference.inv_freq)
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in loaded.state_dict().items())
+    pos = torch.arange(ids.shape[1]).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, pos, None), reference(ids, pos, None))
