@@ -101,6 +101,10 @@ async def test_a_lost_standby_is_replaced_and_without_one_the_core_restarts(tiny
         standby = await _standby_ready(client)
         os.kill(standby, signal.SIGKILL)  # the standby dies: the live core is untouched
         assert await _gone(standby)
+        for _ in range(int(T / 0.01)):  # the client notices; the next answered fill starts another
+            if client._standby is None:
+                break
+            await asyncio.sleep(0.01)
         assert (await client.fill(*FILL))["texts"] == first["texts"]
         assert (await client.status())["pid"] == live
         second = await _standby_ready(client, not_pid=standby)  # started after that fill
