@@ -51,11 +51,13 @@ STALE_DIR_AGE_S = 600.0
 # A private core that dies is replaced by its standby: a second private core, started once
 # the live one has answered a fill, loaded and warmed up (service --warm-up), waiting
 # connected and idle. Restarting instead puts a whole start between a crash and the next
-# completion: 4.8 s to ready for the 0.5B default on this 2-core CPU idle, import torch
-# alone 1.3 s (evaluation/bench_core_start.py); taking over is a swap of connections. Its
-# price is its private memory only: the weights are the model cache's files, memory-mapped
-# and never written, so both cores share one copy in the page cache (RssAnon of a warmed
-# standby ~300 MB against ~2.3 GB resident for a live core; the same script prints both).
+# completion: 6.9 s to ready for the 0.5B default on the loaded 2-core CPU, import torch
+# alone 4.5 s there and 1.3 s idle (evaluation/bench_core_start.py); taking over is a swap
+# of connections (kill -9 to the next one-token completion: 25 s median without, 2.2 s
+# with, of which 1.9 s the fill itself; evaluation/bench_hostile.py). Its price is its
+# private memory only: the weights are the model cache's files, memory-mapped and never
+# written, so both cores share one copy in the page cache (RssAnon of a warmed standby
+# 230-290 MB; each core's RssFile 1.98 GB is the same pages).
 STANDBY_ARGS = ("--warm-up",)
 
 
