@@ -22,10 +22,11 @@ Owns the llama.cpp side of the side-by-side benchmark (issue 13, item 7):
     llama-server with cache_prompt), and diffill reuses its own context cache by longest
     common prefix too; each fill reports how many prompt tokens it reused and evaluated.
 
-Must not know diffill's engine, model or tensors: it shares only the prompt text rules,
-the token strings and the stop rule with it. llama-cpp-python is a benchmark-only extra
-(`pip install -e .[llamacpp]`); nothing else imports this module, and only the class
-needs it.
+Must not know diffill's engine, model or tensors (it shares only the prompt text rules,
+the token strings and the stop rule with it), nor the benchmarks that call it
+(evaluation.decoding's "llama.cpp" mode, evaluation.bench_llamacpp): they import it, so it
+imports neither. llama-cpp-python is a benchmark-only extra (`pip install -e .[llamacpp]`);
+only the class needs it.
 
 Contract (what evaluation.decoding's interleaved mode calls):
 
@@ -37,19 +38,16 @@ Contract (what evaluation.decoding's interleaved mode calls):
 `text` is the raw fill (pass it through `finalize`), `stats` a `PeerStats`.
 `single_line=True` is the same as `max_lines=1`.
 
-    python -m evaluation.peer_llamacpp --n 8 --threads 2
+    python -m evaluation.bench_llamacpp --n 8 --threads 2        # the peer alone
+    python -m evaluation.decoding --n 8 --modes ar,llama.cpp     # interleaved with diffill
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
-import platform
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -202,7 +200,14 @@ class PeerStats:
 
 
 class LlamaCppPeer:
-    """One llama.cpp context on a GGUF file, filling holes in FIM form, greedily."""
+    """One llama.cpp context on a GGUF file, filling holes in FIM form, greedily.
+
+    threads: ggml's worker threads wait for each other at spinning barriers many times a
+    token, so with every core busy elsewhere a descheduled worker stalls the rest. On the
+    2-core dev machine with a training run beside it (nice 10), 2 threads cost 8,353 ms a
+    decoded token against 143 ms with 1 thread (prompt eval: 25.8 s vs 1.6 s for 28 tokens).
+    On a quiet machine use one thread per core; under load, 1.
+    """
 
     def __init__(self, gguf_path: str | Path, threads: int = 2, n_ctx: int = N_CTX,
                  prompt_cache: bool = True):
@@ -290,132 +295,3 @@ class LlamaCppPeer:
         return {"n_ctx": self.n_ctx, "threads": self.threads, "prompt_cache": self.prompt_cache,
                 "end_ids": sorted(self.end_ids), "banned_ids": self.banned}
 
-
-# -- the standalone benchmark --------------------------------------------------------------------
-
-def heldout_holes(paths: list[str], n: int, seed: int) -> list:
-    """The holes `python -m evaluation.decoding --n N --seed S` fills: n of each of its kinds."""
-    from .decoding import KINDS
-    from .heldout import load_files, sample_holes
-
-    holes = [h for h in sample_holes(load_files(paths), n * 3, seed=seed) if h.kind in KINDS]
-    return [h for k in KINDS for h in [h for h in holes if h.kind == k][:n]]
-
-
-def diffill_prompt(tokenizer_json: Path) -> Callable[[str, str], list[int]]:
-    """diffill's prompt ids of (prefix, suffix), from its converted model's tokenizer.json
-    (to check that llama.cpp is asked the same thing, token for token)."""
-    from tokenizers import Tokenizer
-
-    from diffusion_core.textcut import cut_segments
-
-    tok = Tokenizer.from_file(str(tokenizer_json))
-    marks = {role: tok.token_to_id(FIM_TOKENS[role]) for role in ("pre", "suf", "mid")}
-
-    def ids(prefix: str, suffix: str) -> list[int]:
-        p, s = (e.ids for e in tok.encode_batch(cut_segments([prefix, suffix], CAUSAL_MAX_CONTEXT),
-                                                 add_special_tokens=False))
-        return prompt_ids(p, s, marks)
-    return ids
-
-
-def _default_tokenizer_json() -> Path | None:
-    """The default model's converted tokenizer.json, if a diffill run converted it already."""
-    import torch
-
-    from diffusion_core.base_model import BASE_SHA256
-    from diffusion_core.model_cache import model_dir
-
-    found = [d / "tokenizer.json" for d in (model_dir(BASE_SHA256, torch.float32), model_dir(BASE_SHA256))
-             if (d / "tokenizer.json").is_file()]
-    return found[0] if found else None
-
-
-def run(args) -> dict:
-    from grammars.postprocess import finalize
-    from lsp_server.pipeline import segments_at
-    from lsp_server.settings import ContextSettings, Settings
-
-    from . import metrics as M
-    from .decoding import percentile, stop_spec
-
-    gguf = Path(args.gguf) if args.gguf else default_gguf_file()
-    t0 = time.perf_counter()
-    peer = LlamaCppPeer(gguf, threads=args.threads, n_ctx=args.n_ctx, prompt_cache=not args.no_prompt_cache)
-    load_s = time.perf_counter() - t0
-    holes = heldout_holes(args.heldout, args.n, args.seed)
-    settings = Settings(context=ContextSettings(prefix_bytes=args.prefix_bytes, suffix_bytes=args.suffix_bytes))
-    peer.fill("def f(x):\n    return ", "\n", 4, single_line=True)  # warm-up, as evaluation.decoding
-    tok_json = None if args.gguf else _default_tokenizer_json()
-    theirs = diffill_prompt(tok_json) if tok_json else None
-    same_prompt: list[bool] = []
-    rows: dict[str, list[dict]] = {}
-    for i, hole in enumerate(holes):
-        segs = segments_at(hole.doc, hole.plan, settings)
-        assert len(segs) == 2, "one plan: the text before and after its hole"
-        spec = stop_spec(hole.plan, min(hole.plan.budget, args.max_budget))
-        if theirs is not None:  # outside the timed fill
-            same_prompt.append(peer.prompt(segs[0], segs[1], spec.budget) == theirs(segs[0], segs[1]))
-        text, st = peer.fill(segs[0], segs[1], spec.budget, max_lines=spec.max_lines,
-                             dedent_below=spec.dedent_below, min_depth=spec.min_depth)
-        shown = finalize(hole.doc, hole.plan, text)
-        rows.setdefault(hole.kind, []).append(dict(asdict(st), em=M.exact_match(shown, hole.truth),
-                                                   es=M.edit_similarity(shown, hole.truth)))
-        print(f"hole {i + 1}/{len(holes)} {hole.kind}: {st.ms:.0f} ms, prompt {st.prompt_eval_tokens}/{st.prompt_tokens} "
-              f"tok {st.prompt_ms:.0f} ms, {st.tokens} tok ({st.ended})", file=sys.stderr)
-    summary = {}
-    for kind, rs in rows.items():
-        gen = sum(r["forwards"] - 1 for r in rs)
-        summary[kind] = dict(
-            fills=len(rs), p50_ms=round(percentile([r["ms"] for r in rs], 0.5), 1),
-            p95_ms=round(percentile([r["ms"] for r in rs], 0.95), 1),
-            first_token_p50_ms=round(percentile([r["first_token_ms"] for r in rs], 0.5), 1),
-            prompt_p50_ms=round(percentile([r["prompt_ms"] for r in rs], 0.5), 1),
-            prompt_tokens_mean=round(M.mean([r["prompt_tokens"] for r in rs]), 1),
-            reused_mean=round(M.mean([r["reused_tokens"] for r in rs]), 1),
-            tokens_mean=round(M.mean([r["tokens"] for r in rs]), 2),
-            ms_per_decode_token=round(sum(r["decode_ms"] for r in rs) / gen, 1) if gen else 0.0,
-            ended={w: sum(r["ended"] == w for r in rs) for w in ("end", "stop", "budget", "stream")},
-            exact_match=round(M.mean([float(r["em"]) for r in rs]), 3),
-            edit_similarity=round(M.mean([r["es"] for r in rs]), 3))
-    from importlib.metadata import version
-
-    return dict(bench="peer_llamacpp", peer=f"llama-cpp-python {version('llama-cpp-python')}", gguf=gguf.name,
-                **peer.info(), load_s=round(load_s, 1), holes=len(holes),
-                machine=f"{platform.machine()} {platform.processor() or ''}".strip(), cpus=os.cpu_count(),
-                prompts_same_as_diffill=f"{sum(same_prompt)}/{len(same_prompt)}" if theirs else None,
-                command="python -m evaluation.peer_llamacpp " + " ".join(sys.argv[1:]), results=summary)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m evaluation.peer_llamacpp", description=__doc__.splitlines()[0],
-                                 epilog="example:\n  python -m evaluation.peer_llamacpp --n 8 --threads 2",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gguf", help="a .gguf file (default: the default model's parts, joined once into the cache)")
-    ap.add_argument("--heldout", nargs="*", default=None, help="held-out corpus jsonl files")
-    ap.add_argument("--n", type=int, default=6, help="holes per kind")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--n-ctx", type=int, default=N_CTX)
-    ap.add_argument("--no-prompt-cache", action="store_true", help="evaluate every prompt from its first token")
-    ap.add_argument("--max-budget", type=int, default=64, help="cap on a hole's token budget")
-    ap.add_argument("--prefix-bytes", type=int, default=3000)
-    ap.add_argument("--suffix-bytes", type=int, default=256)
-    args = ap.parse_args(argv)
-    if args.heldout is None:
-        from .decoding import DEFAULT_HELDOUT
-
-        args.heldout = [DEFAULT_HELDOUT]
-    report = run(args)
-    print(f"{'kind':<14}{'p50 ms':>8}{'p95 ms':>8}{'1st p50':>8}{'prompt':>8}{'ptok':>6}{'reused':>7}{'tok':>6}"
-          f"{'ms/tok':>7}{'EM':>6}{'ES':>6}", file=sys.stderr)
-    for k, r in report["results"].items():
-        print(f"{k:<14}{r['p50_ms']:>8.0f}{r['p95_ms']:>8.0f}{r['first_token_p50_ms']:>8.0f}{r['prompt_p50_ms']:>8.0f}"
-              f"{r['prompt_tokens_mean']:>6.0f}{r['reused_mean']:>7.0f}{r['tokens_mean']:>6.1f}"
-              f"{r['ms_per_decode_token']:>7.1f}{r['exact_match']:>6.2f}{r['edit_similarity']:>6.2f}", file=sys.stderr)
-    print(json.dumps(report))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
