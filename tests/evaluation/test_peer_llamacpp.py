@@ -5,7 +5,6 @@ GGUF written by the checkpoint tests' fixture, never on the real model.
 """
 import hashlib
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -147,9 +146,9 @@ def test_parts_that_do_not_match_the_pin_leave_no_file(tmp_path):
 
 # -- llama.cpp itself (the benchmark extra) -----------------------------------------------------
 
-def test_llamacpp_fills_greedily_stops_at_the_line_and_reuses_its_prompt(tmp_path):
+def test_llamacpp_fills_greedily_stops_at_the_line_and_reuses_its_prompt(tmp_path, monkeypatch):
     pytest.importorskip("llama_cpp")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "checkpoints"))
     from gguf_fixtures import make_gguf, split_file
 
     from evaluation.peer_llamacpp import LlamaCppPeer
