@@ -108,3 +108,49 @@ def test_file_round_trip_and_errors(tmp_path):
     spec_sha.save(tmp_path / "s.safetensors")
     with pytest.raises(CoreError, match="trained on base"):
         load_adapter(tmp_path / "s.safetensors", tiny(), base_sha256="b" * 64)
+
+
+def test_training_run_saves_resumes_and_keeps_the_best(tmp_path):
+    """Three steps, then a resumed run to five: counters continue, files are safetensors/JSON."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
+    pytest.importorskip("transformers")
+    from test_causal import make_causal_lm
+
+    from diffusion_core.loader import load_model
+    from training.draft import DraftConfig, train
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = random.Random(0)
+    lines = lambda: "".join(f"    x{rng.randint(0, 9)} = y + {rng.randint(0, 99)}\n" for _ in range(12))
+    for split in ("train", "valid"):
+        with open(corpus / f"{split}.jsonl", "w") as f:
+            for _ in range(5):
+                f.write(json.dumps({"text": "def f(y):\n" + lines() + "    return x1\n"}) + "\n")
+    loaded = load_model(make_causal_lm(tmp_path / "m", seed=2), "cpu", torch.float32)
+    cfg = DraftConfig(corpus=str(corpus), out=str(tmp_path / "run"), rank=2, draft_len=2, max_steps=3,
+                      eval_every=2, eval_examples=2, save_every=1, device="cpu")
+    run = train(cfg, loaded)
+    counters = json.loads((run / "counters.json").read_text())
+    assert counters["step"] == 3 and counters["tokens"] > 0
+    assert [e["step"] for e in counters["evals"]] == [0, 2]
+    assert (run / "best.safetensors").is_file() and (run / "optim.safetensors").is_file()
+    before = load_file_tensors(run / "last.safetensors")
+    cfg.max_steps = 5
+    train(cfg, load_model(tmp_path / "m", "cpu", torch.float32))
+    counters = json.loads((run / "counters.json").read_text())
+    assert counters["step"] == 5 and [e["step"] for e in counters["evals"]] == [0, 2, 4]
+    after = load_file_tensors(run / "last.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the resumed run trained on
+    spec, _ = read_spec(run / "best.safetensors")
+    assert spec.base_sha256 == "" and spec.draft_len == 2
+
+
+def load_file_tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
