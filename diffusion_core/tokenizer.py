@@ -49,6 +49,10 @@ class Tokenizer:
         ids.update(extra_ids or {})
         self.special = SpecialIds(**{k: v for k, v in ids.items() if k in SpecialIds.__dataclass_fields__})
         self.vocab_size = self._tok.get_vocab_size()
+        # Text is text: a document that contains the string "<|fim_prefix|>" (or any special
+        # token's text) must not become that token, or a file could rewrite the frame its own
+        # fill is decoded in. The layouts insert special ids themselves, never through encode.
+        self._tok.encode_special_tokens = True
 
     def encode(self, text: str) -> list[int]:
         if not text:

@@ -46,6 +46,7 @@ def diffill_prompt(tokenizer_json: Path) -> Callable[[str, str], list[int]]:
     from diffusion_core.textcut import cut_segments
 
     tok = Tokenizer.from_file(str(tokenizer_json))
+    tok.encode_special_tokens = True  # as diffusion_core.tokenizer: marker text in code stays text
     marks = {role: tok.token_to_id(FIM_TOKENS[role]) for role in ("pre", "suf", "mid")}
 
     def ids(prefix: str, suffix: str) -> list[int]:

@@ -10,9 +10,9 @@ Owns the llama.cpp side of the side-by-side benchmark (issue 13, item 7):
     from `infill_formats.causal_context`; llama.cpp's own tokenizer encodes the prefix and
     the suffix, and `textcut.cut_segments` then `layout.fit_context` cut them to the same
     window as diffill's engine (2,048 context tokens, markers and hole on top). Special-token
-    text inside the code is parsed as the special token, because diffill's tokenizer does
-    that too (HF tokenizers match added tokens in any text); the benchmark checks that both
-    tokenizers give the same prompt ids;
+    text inside the code stays text (llama.cpp's `special=False`), as diffill's tokenizer
+    keeps it (`encode_special_tokens`); the benchmark checks that both tokenizers give the
+    same prompt ids;
   * the decoding: greedy (argmax of the last row's logits, diffill's banned ids at -inf so
     neither side can emit a FIM marker or the mask placeholder), ending at diffill's end
     tokens, at the budget, or as soon as `sampler.stop_point` says the planner's stop rule is
@@ -235,7 +235,8 @@ class LlamaCppPeer:
         return self.llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
 
     def _encode(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8", "surrogatepass"), add_bos=False, special=True) if text else []
+        # special=False: marker text inside the code stays text, as diffill's tokenizer keeps it.
+        return self.llm.tokenize(text.encode("utf-8", "surrogatepass"), add_bos=False, special=False) if text else []
 
     def fill(self, prefix: str, suffix: str, budget_tokens: int, single_line: bool = False, *,
              max_lines: int = 0, dedent_below: int = -1, min_depth: int = 1) -> tuple[str, PeerStats]:
