@@ -38,17 +38,18 @@ DEFAULT_HELDOUT = "/work/corpus/holdout.jsonl"
 
 
 def stop_spec(plan, budget: int):
-    """The planner's StopRules as the engine's HoleSpec (docs/architecture.md, engine contract)."""
+    """The planner's stop rule as the engine's HoleSpec: the LSP pipeline's own (one place)."""
     from diffusion_core.engine import HoleSpec
+    from lsp_server.pipeline import stop_spec as pipeline_stop
 
-    st = plan.stop
-    lines = 1 if st.single_line else (st.max_lines or 0)
-    return HoleSpec(budget, max_lines=lines, dedent_below=len(plan.indent) if st.dedent else -1)
+    return HoleSpec(budget, **pipeline_stop(plan))
 
 
 def percentile(values: list[float], q: float) -> float:
-    v = sorted(values)
-    return v[min(len(v) - 1, max(0, int(round(q * (len(v) - 1)))))] if v else 0.0
+    """q in [0, 1]; protocol.percentile's nearest rank, the one convention of diffill's p50/p95."""
+    from diffusion_core.protocol import percentile as nearest_rank
+
+    return nearest_rank(values, 100 * q) or 0.0
 
 
 def run(args) -> dict:
