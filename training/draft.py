@@ -69,6 +69,7 @@ class DraftConfig:
     device: str = "auto"  # a lent GPU trains this in minutes; the CPU run is what this machine allows
     threads: int = 1  # on 2 cores shared with other work, 1 thread ran a step 3x faster than 2 (measured)
     seed: int = 0
+    init: str = ""  # an adapter file to start a new run from (e.g. an earlier run's best)
 
 
 # -- examples ------------------------------------------------------------------------------
@@ -221,18 +222,24 @@ def _save_state(run: Path, adapter: MaskAdapter, opt, counters: dict) -> None:
     (run / "counters.tmp").replace(run / "counters.json")
 
 
+def _load_weights(path: Path, adapter: MaskAdapter) -> None:
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path))
+    with torch.no_grad():
+        for k in adapter.A:
+            adapter.A[k].copy_(saved[f"A.{k}"])
+            adapter.B[k].copy_(saved[f"B.{k}"])
+        adapter.mask_embed.copy_(saved["mask_embed"])
+
+
 def _resume(run: Path, adapter: MaskAdapter, opt) -> dict:
     from safetensors.torch import load_file
 
     if not (run / "counters.json").is_file():
         return {"step": 0, "examples": 0, "tokens": 0, "mask_rows": 0, "seconds": 0.0, "best": -1.0, "evals": []}
     counters = json.loads((run / "counters.json").read_text())
-    saved = load_file(str(run / "last.safetensors"))
-    with torch.no_grad():
-        for k in adapter.A:
-            adapter.A[k].copy_(saved[f"A.{k}"])
-            adapter.B[k].copy_(saved[f"B.{k}"])
-        adapter.mask_embed.copy_(saved["mask_embed"])
+    _load_weights(run / "last.safetensors", adapter)
     state = load_file(str(run / "optim.safetensors"))
     for i, p in enumerate(adapter.parameters()):
         if f"{i}.exp_avg" in state:
@@ -277,6 +284,8 @@ def train(cfg: DraftConfig, loaded=None) -> Path:
     adapter = MaskAdapter(model, AdapterSpec(cfg.rank, cfg.alpha, cfg.draft_len, mask_id, base_sha)).attach(model)
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=0.0)
     counters = _resume(run, adapter, opt)
+    if counters["step"] == 0 and cfg.init:
+        _load_weights(Path(cfg.init), adapter)
     corpus = Path(cfg.corpus)
     train_texts, valid_texts = _texts(corpus / "train.jsonl"), _texts(corpus / "valid.jsonl")
     rng = random.Random(cfg.seed + counters["step"])
@@ -328,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--out", required=True, help="run folder; an existing one resumes")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--init", default="", help="adapter file to start a new run from")
     for f in ("rank", "draft_len", "eval_every", "eval_examples", "threads", "max_steps", "seed"):
         ap.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(DraftConfig, f))
     for f in ("alpha", "lr", "minutes"):
