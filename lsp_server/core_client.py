@@ -521,12 +521,18 @@ class CoreClient:
     async def _start_standby(self) -> None:
         folder = _new_private_dir()
         path = os.path.join(folder, PRIVATE_SOCKET)
+        launch = asyncio.ensure_future(self._launch(path, STANDBY_ARGS))
         try:
-            proc, tail = await self._launch(path, STANDBY_ARGS)
+            proc, tail = await asyncio.shield(launch)
         except OSError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             log.warning("cannot start a standby core: %s", exc)
             return
+        except asyncio.CancelledError:  # close() while spawning: leave no core or folder behind
+            with contextlib.suppress(Exception):
+                await _stop((await launch)[0])
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         standby = self._standby = _Standby(proc, folder, tail)
         try:
             conn = await asyncio.wait_for(self._connect(protocol.Address("unix", path=path), standby),
