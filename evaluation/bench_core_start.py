@@ -84,7 +84,7 @@ def child(model: str | None, threads: int, t_exec: float) -> None:
     assign_weights(net, tensors, str(folder), dev, dtype)
     net.eval().requires_grad_(False)
     engine = Engine(LoadedModel(net, tokenizer, cfg, folder))
-    mark("assign_weights")
+    mark("assign_weights_engine")  # Engine() attaches a packaged draft adapter, if one fits
     mem_loaded = _mem()
     first = engine.fill(SEGMENTS, [HoleSpec(budget=BUDGET)])
     mark("first_fill")
@@ -99,7 +99,7 @@ def child(model: str | None, threads: int, t_exec: float) -> None:
 
 
 PHASES = ("python_start", "import_torch", "import_diffill", "locate_and_check", "open_weights", "tokenizer",
-          "build_meta_model", "assign_weights", "first_fill", "first_encode", "second_fill", "second_encode")
+          "build_meta_model", "assign_weights_engine", "first_fill", "first_encode", "second_fill", "second_encode")
 READY = PHASES[:8]  # what a restarted core spends before it can answer hello
 
 

@@ -51,10 +51,10 @@ STALE_DIR_AGE_S = 600.0
 # A private core that dies is replaced by its standby: a second private core, started once
 # the live one has answered a fill, loaded and warmed up (service --warm-up), waiting
 # connected and idle. Restarting instead puts a whole start between a crash and the next
-# completion: 6.9 s to ready for the 0.5B default on the loaded 2-core CPU, import torch
-# alone 4.5 s there and 1.3 s idle (evaluation/bench_core_start.py); taking over is a swap
-# of connections (kill -9 to the next one-token completion: 25 s median without, 2.2 s
-# with, of which 1.9 s the fill itself; evaluation/bench_hostile.py). Its price is its
+# completion: 4.5 s to ready for the 0.5B default on the 2-core CPU at load ~3, import
+# torch alone 3.0 s there and 1.3 s idle (evaluation/bench_core_start.py); taking over is a
+# swap of connections (kill -9 to the next one-token completion: 6.5 s median without,
+# 1.46 s with, of which 1.35 s the fill itself; evaluation/bench_hostile.py). Its price is its
 # private memory only: the weights are the model cache's files, memory-mapped and never
 # written, so both cores share one copy in the page cache (RssAnon of a warmed standby
 # 230-290 MB; each core's RssFile 1.98 GB is the same pages).
