@@ -7,7 +7,7 @@ strategy, `finalize`) once per FIM order of `infill_formats.FIM_ORDERS`, orders 
 from hole to hole; per order: exact match, edit similarity and parse rate (no more syntax
 errors than the truth, `scoring.score`), and how many fills equal PSM's.
 
-Then a typing replay per order: a few single-line holes' truths are typed into the prefix
+First a typing replay per order: a few single-line holes' truths are typed into the prefix
 one character at a time (the context window recut around the cursor each keystroke, as the
 editor's request would be), and each keystroke's fill reports the context tokens it had to
 encode (context - reused from the engine's longest-common-prefix store) and its encode ms.
@@ -147,9 +147,11 @@ def run(args) -> dict:
     holes = sample_holes(load_files(args.heldout), args.n, seed=args.seed)
     before = os.environ.get(FIM_ORDER_ENV)
     try:
-        q = quality(engine, holes, orders, settings, params, args.max_budget) if orders else {}
+        # The typing replay first: it is short, and a quality run cut short is still summed up
+        # from its per-hole lines (any prefix of the holes is balanced across kinds).
         singles = [h for h in holes if h.kind == "single-line"][: args.typing_holes]
         ty = typing(engine, singles, typing_orders, settings, params, args.typing_budget, args.keys) if singles else {}
+        q = quality(engine, holes, orders, settings, params, args.max_budget) if orders else {}
     finally:
         if before is None:
             os.environ.pop(FIM_ORDER_ENV, None)
