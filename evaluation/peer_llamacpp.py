@@ -126,7 +126,7 @@ def fim_prompt(prefix: str, suffix: str) -> str:
 def prompt_ids(prefix_ids: list[int], suffix_ids: list[int], marks: dict[str, int],
                max_context: int = CAUSAL_MAX_CONTEXT) -> list[int]:
     """The FIM prompt's ids: prefix and suffix cut to max_context tokens as diffill cuts them
-    (`layout.fit_context`), framed in PSM order (`infill_formats.causal_context`).
+    (`layout.fit_context`), framed in the engine's FIM order (`infill_formats.causal_context`).
 
     marks: FIM_TOKENS role ("pre", "suf", "mid") -> id in this vocabulary.
     """

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from ckpt_fixtures import _tokenizer_config, write_tokenizer
 from diffusion_core import causal
+from diffusion_core.infill_formats import causal_context
 from diffusion_core.checkpoints import converter_for, convert_causal_lm
 from diffusion_core.engine import Engine, HoleSpec
 from diffusion_core.errors import CoreError
@@ -69,7 +70,7 @@ def hf_greedy(folder: Path, eng: Engine, prefix: str, suffix: str, budget: int) 
     """transformers' own greedy FIM generation (PSM), with the engine's end and banned ids."""
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     sp, tok = eng.tokenizer.special, eng.tokenizer
-    prompt = [sp.pre, *tok.encode(prefix), sp.suf, *tok.encode(suffix), sp.mid]
+    prompt = causal_context(tok.encode(prefix), tok.encode(suffix), sp)  # the default FIM order
     out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                          max_new_tokens=budget, do_sample=False, eos_token_id=list(eng.end_ids),
                          suppress_tokens=list(eng.banned), pad_token_id=sp.eos)
@@ -178,8 +179,10 @@ def test_lossless_equals_ar_exact(qwen_dir, seed):
     print(f"seed {seed}: lossless {total_tok / max(total_fwd, 1):.2f} tokens per forward")
 
 
-def test_lossless_accepts_copied_ngrams(engine):
+def test_lossless_accepts_copied_ngrams(engine, monkeypatch):
     """A hole that repeats the context: the model copies, the n-gram drafts are accepted."""
+    # PSM: the copy sits right after the context's first PREFIX (this random model copies there).
+    monkeypatch.setenv("DIFFILL_FIM_ORDER", "psm")
     ar = fill(engine, [PREFIX, SUFFIX], [30], strategy="ar")
     text = engine.tokenizer.decode(ar.token_ids[0])
     # Put the model's own continuation in the context, so prompt lookup proposes it.

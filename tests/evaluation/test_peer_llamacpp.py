@@ -19,7 +19,7 @@ MARKS = {"pre": 900, "suf": 901, "mid": 902}
 
 @pytest.fixture(autouse=True)
 def _psm_and_private_cache(monkeypatch, tmp_path):
-    monkeypatch.delenv("DIFFILL_FIM_ORDER", raising=False)  # the default order, whatever the shell says
+    monkeypatch.setenv("DIFFILL_FIM_ORDER", "psm")  # the prompt tests below spell the PSM frame
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # hashes.json stays out of the user's cache
 
 
