@@ -12,20 +12,20 @@ Owns what differs between families once their weights are loaded (see `checkpoin
     DreamOn's expansion rule),
   * DreamOn's variable length (Wu et al. 2025, "DreamOn"): holes start short
     (`DREAMON_INITIAL_MASKS`); the grow / shrink rule itself is the sampler's `resize_holes`.
-  * the "causal" format of a pretrained autoregressive FIM coder (Qwen2.5-Coder): the
-    prefix-suffix-middle order `<|fim_prefix|> s0 <|fim_suffix|> s1 <|fim_middle|> H1`, the
-    order the model was trained on (12 of 26 single-line problems of a public infilling
-    benchmark passed in this order, 4 of 26 in suffix-prefix-middle order). PSM has room for
-    one middle, so several holes are filled one after another, left to right, each with the
-    earlier fills committed into its prefix and the later holes left empty in its suffix
-    (`causal_context`): a later hole then sees what the earlier ones became, which a joint
-    fill of a function body needs, and no hole is asked to predict text it cannot see.
-    Two suffix-first orders can be selected (`FIM_ORDERS`): with the suffix first, a
+  * the "causal" format of a pretrained autoregressive FIM coder (Qwen2.5-Coder): its
+    published prefix-suffix-middle order `<|fim_prefix|> s0 <|fim_suffix|> s1 <|fim_middle|>
+    H1` (12 of 26 single-line problems of a public infilling benchmark passed in this order,
+    4 of 26 in suffix-prefix-middle order) or a suffix-first one (`FIM_ORDERS`, below). A
+    frame has room for one middle, so several holes are filled one after another, left to
+    right, each with the earlier fills committed into its prefix and the later holes left
+    empty in its suffix (`causal_context`): a later hole then sees what the earlier ones
+    became, which a joint fill of a function body needs, and no hole is asked to predict
+    text it cannot see. With the suffix first (DEFAULT_FIM_ORDER is such an order), a
     keystroke (the prefix grows at its end) only appends to the cached context instead of
     re-encoding the suffix window (~50 tokens a keystroke at the 256-byte default). On 64
-    held-out holes the base filled as well in "spm-variant" (exact 0.250 vs PSM's 0.266, edit
-    similarity 0.582 vs 0.514) and failed in "spm" (no exact fill in 32): docs/benchmarks.md,
-    "FIM order".
+    held-out holes the base filled as well in "spm-variant" (exact 0.250 vs PSM's 0.266,
+    edit similarity 0.582 vs 0.514) and failed in "spm" (no exact fill in 32):
+    docs/benchmarks.md, "FIM order".
 
 It knows nothing of caches, batching or the sampler's schedule; the engine calls it.
 """
