@@ -1,8 +1,10 @@
 """Decoding holes with a pretrained autoregressive FIM coder (layout "causal"): one job's steps.
 
 Owns the causal layout's request state and its per-step rules:
-  * the frame: `<|fim_prefix|> s0 <|fim_suffix|> s1 <|fim_middle|> H1`, one hole at a time,
-    left to right, earlier fills committed into the next hole's prefix (infill_formats);
+  * the frame: `<|fim_prefix|> <|fim_suffix|> s1 <|fim_middle|> s0 H1` by default (the
+    spm-variant order: the prefix runs into the hole, so typing appends to the cached
+    context; `infill_formats.causal_context`), one hole at a time, left to right, earlier
+    fills committed into the next hole's prefix;
   * Dream's shift: the output at position p - 1 predicts the token at p, so with every
     position attending causally, committing one token per step is the base model's greedy
     AR decoding token for token ("ar");

@@ -14,8 +14,8 @@ Two layouts:
 * "natural" (fully bidirectional checkpoints such as Dream or LLaDA): the text in reading
   order with each hole as mask tokens, every token attending to every token.
 
-* "causal" (a pretrained autoregressive FIM coder): `<|fim_prefix|> s0 <|fim_suffix|> s1
-  <|fim_middle|> H1` (infill_formats.causal_context), every token attending to the tokens
+* "causal" (a pretrained autoregressive FIM coder): `<|fim_prefix|> <|fim_suffix|> s1
+  <|fim_middle|> s0 H1` by default (infill_formats.causal_context), every token attending to the tokens
   at or before it. A mask is never attended by an earlier position, and a committed hole
   token's keys/values are final, so the cache holds the context and the committed tokens.
 

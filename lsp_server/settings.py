@@ -74,10 +74,10 @@ class DebounceSettings:
 class ContextSettings:
     # utf-8 bytes of text sent to the core around the hole; cut at line starts.
     prefix_bytes: int = 6000
-    # The default model's FIM order puts the suffix after the prefix, so every keystroke
-    # re-encodes the suffix window (~7 ms a token in fp32 on the 2-core dev CPU). On 30
-    # held-out holes 256 bytes scored as well as 2000 (all: exact 0.30 vs 0.23, edit
-    # similarity 0.56 vs 0.56; docs/benchmarks.md) at about a seventh of the tokens.
+    # On 30 held-out holes 256 bytes scored as well as 2000 (all: exact 0.30 vs 0.23, edit
+    # similarity 0.56 vs 0.56; docs/benchmarks.md) at about a seventh of the tokens, which a
+    # cold request encodes at ~7 ms a token in fp32 on the 2-core dev CPU (chosen when the
+    # FIM order was PSM and every keystroke re-encoded the window; spm-variant appends).
     suffix_bytes: int = 256
 
 
