@@ -208,6 +208,22 @@ class Engine:
             return cls(load_base(device, kw.get("dtype"), kw.get("progress")), static_steps)
         return cls(load_model(model_dir, device, **kw), static_steps)
 
+    def auto_strategy(self) -> str:
+        """What "auto" means for this model on this device.
+
+        Causal layout: "ar" on a CPU, "lossless" elsewhere. Both commit the same tokens; they
+        differ in cost. On the 2-core dev CPU a decode forward of the 0.5B base costs 165 ms
+        for 1 row and 354 / 389 / 454 ms for 4 / 8 / 16 (small GEMMs run far below the
+        single-row GEMV's speed; evaluation.bench_step), so verifying drafts only pays above
+        ~2.1 tokens per forward, and the drafts reached 1.40 (single-line) and 1.74 (block):
+        on 14 held-out holes AR was faster, p50 736 vs 1,538-1,845 ms single-line and 3,656
+        vs 4,992-5,826 ms block (evaluation.decoding, docs/benchmarks.md). On a GPU a forward
+        is bound by reading the weights until far more rows than that.
+        """
+        if self.config.layout != "causal":
+            return "threshold"
+        return "ar" if self.device.type == "cpu" else "lossless"
+
     def forget_contexts(self) -> None:
         """Drop every cached context (benchmarks measuring a cold start)."""
         self._store.clear()
@@ -243,7 +259,7 @@ class Engine:
         budgets = [h.budget for h in specs]
         causal = self.config.layout == "causal"
         if params.strategy == "auto":
-            params = replace(params, strategy="lossless" if causal else "threshold")
+            params = replace(params, strategy=self.auto_strategy())
         if params.strategy in CAUSAL_ONLY and not causal:
             raise CoreError(f"params.strategy: {params.strategy!r} needs a causal-layout model (a pretrained AR coder)")
         stats = FillStats()

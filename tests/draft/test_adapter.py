@@ -154,3 +154,20 @@ def load_file_tensors(path):
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def test_packaged_adapters_attach_only_to_their_own_base(tmp_path, monkeypatch, capsys):
+    """A shipped adapter (diffusion_core/adapters/) loads for the base it names, not another;
+    a damaged one costs the drafts with one line on stderr, not the model."""
+    from diffusion_core import draft_adapter
+
+    monkeypatch.setattr(draft_adapter, "PACKAGED", tmp_path)
+    m = tiny()
+    MaskAdapter(m, AdapterSpec(4, 8.0, 3, MASK, "a" * 64)).save(tmp_path / "a.safetensors")
+    assert draft_adapter.packaged_for(tiny(), "b" * 64) is None
+    assert draft_adapter.packaged_for(tiny(), None) is None
+    got = draft_adapter.packaged_for(tiny(), "a" * 64)
+    assert got is not None and got.spec.base_sha256 == "a" * 64
+    (tmp_path / "a.safetensors").write_bytes(b"junk" * 10)
+    assert draft_adapter.packaged_for(tiny(), "a" * 64) is None
+    assert "mask drafts off" in capsys.readouterr().err
