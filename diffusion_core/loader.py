@@ -24,7 +24,7 @@ from .config import ModelConfig
 from .errors import CoreError
 from .model import Transformer
 from .tokenizer import Tokenizer
-from .weights import INDEX_NAME, SINGLE_NAME, read_tensors, weight_files  # noqa: F401 (re-exported)
+from .weights import INDEX_NAME, SINGLE_NAME, read_tensors, untranspose, weight_files  # noqa: F401 (re-exported)
 
 SHARD_BYTES = 15 * 1024 * 1024  # one safetensors file at most; larger models get an index
 GGUF_SUFFIX = ".gguf"
@@ -56,6 +56,7 @@ def assign_weights(model: Transformer, tensors: dict[str, torch.Tensor], source:
                    device: torch.device, dtype: torch.dtype) -> None:
     """Load tensors into a meta-device model with assign; any mismatch is one CoreError line."""
     cfg = model.config
+    tensors = untranspose(tensors)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if cfg.tie_word_embeddings:
         expected.pop("lm_head.weight", None)

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from .errors import CoreError
 from .gguf_model import Progress, read_gguf
+from .weights import TRANSPOSED_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,16 @@ HASHES_NAME = "hashes.json"
 MODELS_DIR_NAME = "models"
 PROVENANCE_NAME = "provenance.json"
 CACHE_DTYPE = torch.bfloat16  # half the bytes of fp32; the loader casts to the run dtype
-FLOAT32_SUFFIX = "-float32"  # folder name suffix of an fp32 copy
+# Folder name suffix of an fp32 copy, whose projection and head weights are stored transposed
+# (weights.TRANSPOSED_SUFFIX: a 2x faster one-row decode step on a CPU). "-t": copies in the
+# earlier layout ("-float32") are not reused; remove ~/.cache/diffill/models/*-float32 by hand.
+FLOAT32_SUFFIX = "-float32-t"
+
+
+def stored_name(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> str:
+    """The name a converted tensor is stored under: fp32 matmul weights transposed."""
+    transposed = dtype == torch.float32 and len(shape) == 2 and (name.endswith("_proj.weight") or name == "lm_head.weight")
+    return name + TRANSPOSED_SUFFIX if transposed else name
 # Tensors are dequantized and written one shard at a time, so a conversion holds at most one
 # shard (plus the tensor being dequantized) in memory, not the whole model.
 CACHE_SHARD_BYTES = 256 * 1024 * 1024
@@ -173,7 +183,8 @@ def _write_converted(parts: list[Path], folder: Path, provenance: dict, progress
         for _ in shard:
             name, w, nbytes = next(stream)
             assert file_of[name] == file_of[shard[0]], "the reader yields tensors in file order"
-            pending[name] = w
+            key = stored_name(name, tuple(w.shape), dtype)
+            pending[key] = w.t().contiguous() if key != name else w
             done += nbytes
             if progress:
                 progress(done, tensors.total_bytes, f"converting {name}")
@@ -181,7 +192,8 @@ def _write_converted(parts: list[Path], folder: Path, provenance: dict, progress
         pending.clear()
     item = torch.finfo(dtype).bits // 8
     total = sum(item * int(torch.Size(s).numel()) for s in tensors.shapes.values())
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(file_of.items()))}
+    stored = {stored_name(n, tuple(tensors.shapes[n]), dtype): f for n, f in file_of.items()}
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(stored.items()))}
     (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
     model.tokenizer.save(str(folder / "tokenizer.json"))

@@ -157,6 +157,16 @@ def test_cache_round_trip(tmp_path, cache_home, monkeypatch):
     full = load_model(tiny.path, "cpu", torch.float32)
     assert full.path.name == digest + model_cache.FLOAT32_SUFFIX
     assert torch.equal(full.model.state_dict()["lm_head.weight"], tiny.effective["lm_head.weight"])
+    # ... with its matmul weights stored transposed and loaded as views (the fast CPU layout),
+    # every value the same as the dequantized weight.
+    from diffusion_core.loader import read_tensors, weight_files
+
+    stored = read_tensors(weight_files(full.path))
+    assert "lm_head.weight.T" in stored and "layers.0.self_attn.q_proj.weight.T" in stored
+    q = full.model.layers[0].self_attn.q_proj.weight
+    assert not q.is_contiguous() and q.t().is_contiguous()
+    for name, want in tiny.effective.items():
+        assert torch.equal(full.model.state_dict()[name.removeprefix("model.")], want), name
     # A warm load neither hashes nor parses the GGUF again.
     monkeypatch.setattr(model_cache, "read_gguf", lambda *a: pytest.fail("converted twice"))
     monkeypatch.setattr(model_cache.hashlib, "sha256", lambda *a: pytest.fail("hashed twice"))
