@@ -212,12 +212,12 @@ class Engine:
         """What "auto" means for this model on this device.
 
         Causal layout: "ar" on a CPU, "lossless" elsewhere. Both commit the same tokens; they
-        differ in cost. On the 2-core dev CPU a decode forward of the 0.5B base costs 165 ms
-        for 1 row and 354 / 389 / 454 ms for 4 / 8 / 16 (small GEMMs run far below the
+        differ in cost. On the 2-core dev CPU a decode forward of the 0.5B base costs 131 ms
+        for 1 row and 333 / 338 / 410 ms for 4 / 8 / 16 (small GEMMs run far below the
         single-row GEMV's speed; evaluation.bench_step), so verifying drafts only pays above
-        ~2.1 tokens per forward, and the drafts reached 1.40 (single-line) and 1.74 (block):
-        on 14 held-out holes AR was faster, p50 736 vs 1,538-1,845 ms single-line and 3,656
-        vs 4,992-5,826 ms block (evaluation.decoding, docs/benchmarks.md). On a GPU a forward
+        ~2.5 tokens per forward, and the drafts reached 1.36-1.40 (single-line) and 1.74-1.84
+        (block): on 14 held-out holes AR decoded faster, p50 493 vs 1,199 ms single-line and
+        1,873 vs 4,542 ms block (evaluation.decoding, docs/benchmarks.md). On a GPU a forward
         is bound by reading the weights until far more rows than that.
         """
         if self.config.layout != "causal":
