@@ -37,8 +37,10 @@ PROVENANCE_NAME = "provenance.json"
 CACHE_DTYPE = torch.bfloat16  # half the bytes of fp32; the loader casts to the run dtype
 # Folder name suffix of an fp32 copy, whose projection and head weights are stored transposed
 # (weights.TRANSPOSED_SUFFIX: a 2x faster one-row decode step on a CPU). "-t": copies in the
-# earlier layout ("-float32") are not reused; remove ~/.cache/diffill/models/*-float32 by hand.
+# earlier layout ("-float32") are not reused, and are removed once the new copy is in place
+# (2.4 GB each; a process still mapping one keeps its pages until it exits).
 FLOAT32_SUFFIX = "-float32-t"
+LEGACY_FLOAT32_SUFFIXES = ("-float32",)
 
 
 def stored_name(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> str:
@@ -235,6 +237,12 @@ def converted(parts: list[Path], digest: str, provenance: dict | None = None,
             # another process finished the same conversion first: keep its copy
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if dtype == torch.float32:
+        for suffix in LEGACY_FLOAT32_SUFFIXES:
+            old = root / (digest + suffix)
+            if old.is_dir():
+                log.info("removing %s (an earlier layout of the same model)", old)
+                shutil.rmtree(old, ignore_errors=True)
     return target
 
 

@@ -153,8 +153,13 @@ def test_cache_round_trip(tmp_path, cache_home, monkeypatch):
     for name, want in tiny.effective.items():
         assert state[name.removeprefix("model.")].dtype == torch.bfloat16
         assert torch.equal(state[name.removeprefix("model.")].float(), bf16(want)), name
-    # An fp32 run gets its own fp32 copy, equal to the dequantized weights.
+    # An fp32 run gets its own fp32 copy, equal to the dequantized weights; a copy in the
+    # earlier (untransposed) layout is removed once the new one is in place.
+    legacy = folder.parent / (digest + "-float32")
+    legacy.mkdir()
+    (legacy / "config.json").write_text("{}")
     full = load_model(tiny.path, "cpu", torch.float32)
+    assert not legacy.exists()
     assert full.path.name == digest + model_cache.FLOAT32_SUFFIX
     assert torch.equal(full.model.state_dict()["lm_head.weight"], tiny.effective["lm_head.weight"])
     # ... with its matmul weights stored transposed and loaded as views (the fast CPU layout),
