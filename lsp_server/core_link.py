@@ -69,6 +69,7 @@ def real_core_factory(settings: Settings, on_event: OnEvent) -> CoreConnection:
         model_dir=settings.model.path or None,
         device=settings.model.device,
         token=settings.core.token or None,
+        standby=settings.core.standby,
         on_event=on_event,
     )
 

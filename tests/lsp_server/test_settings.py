@@ -48,3 +48,21 @@ def test_case_mapping_round_trip():
 def test_editor_keys_are_ignored_silently():
     got, bad = s.parse({"command": ["diffill", "lsp"], "trace": {"server": "off"}, "fill": {"maxTokens": 9}})
     assert bad == [] and got.fill.max_tokens == 9
+
+
+def test_core_standby_setting_reaches_the_client(monkeypatch):
+    got, bad = s.parse({"core": {"standby": False}})
+    assert bad == [] and got.core.standby is False and s.Settings().core.standby is True
+    assert s.parse({"core": {"standby": "no"}})[1] == ["core.standby"]
+    from lsp_server import core_link
+
+    made = {}
+
+    class FakeClient:
+        def __init__(self, **kw):
+            made.update(kw)
+
+    import lsp_server.core_client as cc
+    monkeypatch.setattr(cc, "CoreClient", FakeClient)
+    core_link.real_core_factory(got, lambda *a: None)
+    assert made["standby"] is False
