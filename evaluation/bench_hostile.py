@@ -226,18 +226,23 @@ async def huge(model: str | None, mb: int = 15) -> dict:
             "huge_context_tokens": out["stats"].get("context_tokens"), "small_fill_after_ms": round(small_after_ms, 1)}
 
 
-async def flood(model: str | None, hostile: int = 1000, fills: int = 10) -> dict:
+def _tcp_setup(tmp: str) -> tuple[str, Path, int]:
+    """(token, its 0600 token file in tmp, a free loopback port) for a TCP core."""
+    import socket
+
     token = "bench-" + os.urandom(8).hex()
-    with tempfile.TemporaryDirectory() as tmp:
-        tok = Path(tmp) / "token"
-        tok.write_text(token)
-        tok.chmod(0o600)
-        port_file = None
-        import socket as so
-        s = so.socket()
+    tok = Path(tmp) / "token"
+    tok.write_text(token)
+    tok.chmod(0o600)
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        s.close()
+    return token, tok, port
+
+
+async def flood(model: str | None, hostile: int = 1000, fills: int = 10) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        token, tok, port = _tcp_setup(tmp)
         # prlimit: the same 1,024 descriptors the attack in issue 17 exhausted
         proc = await _start_core(model, f"--listen 127.0.0.1:{port} --token-file {tok}")
         try:
@@ -295,18 +300,10 @@ async def stall(model: str | None, conns: int = 4, mib: int = 15) -> dict:
     """Token holders each stalling one byte short of a `mib` MiB frame (issue 17: 4 of them
     grew the core by 65 MB): the core's RssAnon before and after, how many it closed, and
     a legitimate fill while the rest hold their bytes."""
-    import socket as so
     import struct
 
-    token = "bench-" + os.urandom(8).hex()
     with tempfile.TemporaryDirectory() as tmp:
-        tok = Path(tmp) / "token"
-        tok.write_text(token)
-        tok.chmod(0o600)
-        s = so.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
+        token, tok, port = _tcp_setup(tmp)
         proc = await _start_core(model, f"--listen 127.0.0.1:{port} --token-file {tok}")
         try:
             client = await _wait_client(f"tcp:127.0.0.1:{port}", token)
