@@ -25,10 +25,11 @@ Owns the causal layout's request state and its per-step rules:
     that prediction is conditioned on a token that is not in the text, and a confident
     model copies its own garbage (a bigram fake did, in the tests).
   * mask drafts (block diffusion): when the engine's model carries a mask-row adapter
-    (`draft_adapter`), a forward also carries k mask tokens after its drafts; the adapter
-    denoises them in parallel into the k tokens after the model's own next token, and they
-    are the next forward's drafts when every draft of this one was kept (else they were
-    conditioned on a rejected token and are dropped). The adapter acts on mask rows only
+    (`draft_adapter`), a forward also carries a block of k mask tokens after its drafts and
+    one beside them (at their positions, seeing only verified tokens); the adapter denoises
+    each in parallel into the k tokens after the model's own next token, and the after
+    block gives the next forward's drafts when every draft was kept, the beside block when
+    none was (otherwise both saw a rejected token and are dropped). The adapter acts on mask rows only
     and mask rows come last, so the verified rows and the cache stay the base's: "lossless"
     still commits exactly the "ar" tokens. "threshold" also commits the block's leading
     predictions whose confidence passes tau at once, unverified (Fast-dLLM's parallel rule,
@@ -54,10 +55,9 @@ from .sampler import sample_tokens, step_cap, stop_point
 if TYPE_CHECKING:  # the engine builds CausalJobs: an import at run time would be a cycle
     from .engine import Engine
 
-# Drafts per forward. A decode forward of the 0.5B base is bound by reading its weights: on
-# the 2-core dev CPU in fp32 one new token costs ~200 ms over 1.6K cached tokens and 16 new
-# tokens' hidden states ~380 ms (docs/benchmarks.md), so verifying 8 drafts costs well under
-# two single-token steps. Not swept.
+# Drafts per forward. Verifying them is cheap where a forward is bound by reading the weights
+# (a GPU); on the 2-core dev CPU a 1-row forward costs 131 ms and 4 / 16 rows 333 / 410 ms
+# (evaluation.bench_step), which is why "auto" is "ar" there (Engine.auto_strategy). Not swept.
 DRAFT_TOKENS = 8
 # Prompt lookup tries the longest n-gram first: a longer match is a better predictor.
 NGRAM_MAX = 3
@@ -129,8 +129,8 @@ class CausalJob:
         self.stats.context_tokens += len(self.ctx)
         self.budget, self.committed, self.guess, self.mask_guess = self.specs[i].budget, [], [], []
         if self.mode == "exact":
-            # The last context token (<|fim_middle|>) stays out of the cache: its output
-            # predicts the hole's first token, so the first step forwards it.
+            # The last context token stays out of the cache: its output predicts the hole's
+            # first token, so the first step forwards it.
             st = FillStats()
             self.stored = self._engine.encode_context(torch.tensor(self.ctx[:-1], dtype=torch.long), st)
             self.cache = self.stored.cache
