@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dataset", metavar="FILE", help="HumanEval-Infilling jsonl or jsonl.gz: execution-based pass@1")
     ap.add_argument("--budget", type=int, default=0, help="dataset hole budget in tokens (0: the planner's line/block budget)")
     ap.add_argument("--post", choices=("finalize", "raw"), default="finalize", help="dataset fills: grammars post-processing or raw (first line for single-line tasks)")
+    ap.add_argument("--cursor", choices=("harness", "column0", "indent"), default="harness",
+                    help="dataset holes: harness (the model fills between prompt and suffix, finalize_fill cuts) or "
+                         "as an editor asks: the hole's line left blank with the cursor at column 0 or at the "
+                         "solution's indentation, filled through the LSP pipeline (fill_at)")
     ap.add_argument("--canonical", action="store_true", help="run the dataset's canonical solutions instead of the model (harness check)")
     ap.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds per candidate program")
     ap.add_argument("--memory-mb", type=int, default=MEMORY_MB, help="address-space limit per candidate program")
@@ -343,6 +347,8 @@ def infilling_section(engine, params, args, limit) -> tuple[dict, str]:
     with Progress("infilling", len(problems)) as progress:
         recs = _run_problems(engine, problems, params, args, progress)
     out: dict = {"dataset": str(args.dataset), "problems": len(recs), "canonical": bool(args.canonical), "post": args.post,
+                 "cursor": args.cursor, "multi_line_fills": sum(r["single_line"] and r["lines"] > 1 for r in recs),
+                 "unindented_fills": sum(r["unindented"] for r in recs), "empty_fills": sum(r["lines"] == 0 for r in recs),
                  "budget": args.budget, "pass@1": M.rate(r["passed"] for r in recs),
                  "timeouts": sum(r["status"] == "timeout" for r in recs),
                  "ms_mean": M.mean([r["ms"] for r in recs]), "forward_passes_mean": M.mean([r["fwd"] for r in recs])}
@@ -352,25 +358,60 @@ def infilling_section(engine, params, args, limit) -> tuple[dict, str]:
         if sel:
             out.setdefault("by_variant", {})[name] = {"problems": len(sel), "pass@1": M.rate(r["passed"] for r in sel)}
             rows.append([name, len(sel), M.rate(r["passed"] for r in sel), M.mean([r["ms"] for r in sel]), M.mean([r["fwd"] for r in sel])])
-    title = f"HumanEval-Infilling format: {args.dataset} ({'canonical solutions' if args.canonical else 'model'}, post={args.post})"
+    title = (f"HumanEval-Infilling format: {args.dataset} ({'canonical solutions' if args.canonical else 'model'}, "
+             f"post={args.post}, cursor={args.cursor})")
     return out, table(title, ["variant", "problems", "pass@1", "ms", "fwd"], rows) + "\n"
 
 
 def _run_problems(engine, problems, params, args, progress) -> list[dict]:
-    from .infilling import program
+    from diffusion_core.local_core import LocalCore
+
+    from .infilling import fill_shape, program
     from .sandbox import run_program
 
+    core = LocalCore(engine, base=params)
     recs = []
     for i, prob in enumerate(problems):
         if args.canonical:
             text, out = prob.canonical_solution, Outcome(prob.canonical_solution, 0.0, 0, 0.0)
+            source, fill_text = program(prob, text), text
+        elif args.cursor != "harness":
+            doc_text, fill_text, out = asyncio.run(editor_problem(core, prob, args))
+            source = f"{doc_text}\n\n{prob.test}\n\ncheck({prob.entry_point})\n"
         else:
-            text, out = infill_problem(engine, prob, params, args.budget, args.post)
-        res = run_program(program(prob, text), args.timeout, args.memory_mb)
+            fill_text, out = infill_problem(engine, prob, params, args.budget, args.post)
+            source = program(prob, fill_text)
+        res = run_program(source, args.timeout, args.memory_mb)
+        lines, unindented = fill_shape(prob, fill_text)
         recs.append({"task_id": prob.task_id, "single_line": prob.single_line, "passed": res.passed,
-                     "status": res.status, "ms": out.ms, "fwd": out.forward_passes})
+                     "status": res.status, "ms": out.ms, "fwd": out.forward_passes, "lines": lines,
+                     "unindented": unindented})
         progress.update(i + 1)
     return recs
+
+
+async def editor_problem(core, prob, args) -> tuple[str, str, Outcome]:
+    """One problem as an editor asks for it: the hole's line blank, the cursor at column 0
+    or at the solution's indentation, the pipeline's top candidate applied. Returns the
+    document's text with the fill, the fill as it lands on the line, and the outcome."""
+    from .infilling import editor_fill
+
+    doc, cursor = editor_fill(prob, args.cursor)
+    hole = _EditorHole(doc, cursor)
+    text, out = await shipped_fill(core, hole, bench_settings(args))
+    new = doc.source[:cursor].decode() + text + doc.source[cursor:].decode()
+    ws = new[len(prob.prompt):len(new) - len(prob.suffix)]
+    return new, ws, out
+
+
+class _EditorHole:
+    """What shipped_fill reads from a held-out hole: the document and the cursor."""
+
+    def __init__(self, doc, cursor: int) -> None:
+        from types import SimpleNamespace
+
+        self.doc = doc
+        self.plan = SimpleNamespace(start_byte=cursor)
 
 
 if __name__ == "__main__":

@@ -122,3 +122,25 @@ def finalize_fill(prob: Problem, raw: str) -> str:
         p = replace(p, stop=replace(p.stop, single_line=True, max_lines=1))
     text = finalize(doc, p, raw)
     return ws + text + "\n" if prob.whole_lines else text
+
+
+def editor_fill(prob: Problem, cursor: str):
+    """The document an editor holds for a whole-line problem and the cursor's byte offset:
+    the hole's lines replaced by one blank line, the cursor at its column 0 ("column0") or
+    after the canonical solution's indentation ("indent")."""
+    from grammars.document import Document
+    from grammars.text import leading_ws
+
+    ws = leading_ws(prob.canonical_solution) if cursor == "indent" else ""
+    doc = Document(prob.prompt + ws + "\n" + prob.suffix, language_id="python")
+    return doc, len((prob.prompt + ws).encode("utf-8", "surrogatepass"))
+
+
+def fill_shape(prob: Problem, fill: str) -> tuple[int, bool]:
+    """(lines with content, whether the first one lacks the solution's indentation) of the
+    text a fill leaves on the hole's lines."""
+    from grammars.text import leading_ws
+
+    lines = [line for line in fill.split("\n") if line.strip()]
+    want = leading_ws(prob.canonical_solution)
+    return len(lines), bool(lines) and bool(want) and leading_ws(lines[0]) != want

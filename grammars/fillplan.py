@@ -46,6 +46,15 @@ class FillPlan:
     target: str = "line"  # the capture-vocabulary name of what is filled (or "line", "hole")
     leading: str = ""  # text finalize puts before the fill (a newline after `def f():|`)
     trailing: str = ""  # text finalize puts after it (a newline before `}` in `{|}`)
+    # Indentations the fill's first line may take at the model's choice (a column-0 cursor
+    # at the end of a nested block may continue it or an enclosing one); the shallowest is
+    # the scope's floor. Empty: the first line goes at `indent`.
+    levels: tuple[str, ...] = ()
+
+    @property
+    def floor(self) -> str:
+        """The indentation below which a later line of the fill has left its scope."""
+        return min(self.levels, key=len) if self.levels else self.indent
 
 
 def line_stop(scan: BracketScan, before: str, after: str) -> StopRules:

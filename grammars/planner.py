@@ -18,7 +18,8 @@ from grammars import budgets, queries
 from grammars.document import MAX_PARSE_NESTING, Document, decode
 from grammars.fillplan import KINDS, MODES, FillPlan, StopRules, line_stop
 from grammars.holes import DEFAULT_MARKER, hole_at
-from grammars.positions import check_encoding, line_end
+from grammars.positions import check_encoding, line_break, line_end
+from grammars.scope import Scope, blank_line_scope
 from grammars.text import guess_indent_unit, indent_width, is_ident_char, leading_ws, scanner_for
 
 log = logging.getLogger(__name__)
@@ -120,36 +121,53 @@ def _block_plan(doc: Document, off: int, before: str, leading: str, trailing: st
     prev_no, prev = _neighbour(doc, line_no, -1)
     _, nxt = _neighbour(doc, line_no, +1)
     opener = doc.lang.opener if doc.lang else ":{"
-    unit = _indent_unit(doc, line_no)
-    if leading:  # cursor at the end of the opener line itself
-        prev = before
-    prev_ws = leading_ws(prev or "")
-    opens = bool(prev) and prev.rstrip()[-1:] in opener
-    if leading:
-        indent = prev_ws + unit
-    elif before:  # the editor already indented the blank line: trust its column
-        indent = before
-    elif opens:
-        indent = prev_ws + unit
-    elif doc.lang is not None and doc.lang.offside:
-        indent = prev_ws if nxt is not None and leading_ws(nxt) == prev_ws else ""
+    offside = doc.lang is None or doc.lang.offside
+    unit = indent_unit(doc, line_no)
+    eol = _eol(doc, line_no)
+    if leading:  # cursor at the end of the opener line itself: a block the line opens
+        prev_ws = leading_ws(before)
+        scope = Scope(prev_ws + unit, (prev_ws + unit,), False, True)
+        leading, trailing = eol + scope.indent, (eol + prev_ws if trailing else "")
     else:
-        indent = prev_ws
-    empty_scope = bool(trailing) or opens and (
+        above = _lines_near(doc, line_no, -1)
+        scope = blank_line_scope(above, [nxt] if nxt is not None else [], before, opener,
+                                 bool(doc.lang is not None and doc.lang.offside), unit, prev_no == line_no - 1)
+    indent = scope.indent
+    empty_scope = bool(trailing) or scope.opens and (
         nxt is None or indent_width(leading_ws(nxt)) < indent_width(indent) or nxt.strip().startswith("}"))
-    header = prev or ""
+    header = before if leading else (prev or "")
     if doc.lang is not None and doc.lang.offside and not leading and _is_docstring(header):
         # `def f():` / docstring / cursor: the body holds only its docstring so far.
         header = _neighbour(doc, prev_no, -1)[1] or ""
-        empty_scope = bool(before) and (nxt is None or indent_width(leading_ws(nxt)) < indent_width(indent))
+        empty_scope = nxt is None or indent_width(leading_ws(nxt)) < indent_width(indent)
     is_body = empty_scope and _is_body(doc, off, header)
-    offside = doc.lang is None or doc.lang.offside
+    if scope.single_line and not is_body:
+        # Between two lines of one scope: one line, which may not leave the scope either.
+        stop = StopRules(single_line=True, dedent=offside, min_depth=0)
+        return FillPlan(off, off, "insert", "block", budgets.LINE_BUDGET, indent, stop,
+                        target="statement", levels=scope.levels if len(scope.levels) > 1 else ())
     stop = StopRules(dedent=offside, min_depth=0)
     budget = budgets.BODY_BUDGET if is_body else budgets.BLOCK_BUDGET
     return FillPlan(off, off, "insert", "block", budget, indent, stop,
-                    target="body" if is_body else "block",
-                    leading=leading + (indent if leading else ""),
-                    trailing=trailing + (prev_ws if trailing else ""))
+                    target="body" if is_body else "block", leading=leading, trailing=trailing,
+                    levels=scope.levels if len(scope.levels) > 1 else ())
+
+
+def _lines_near(doc: Document, line_no: int, step: int) -> list[str]:
+    """The non-blank lines above (step -1) or below (+1) within _INDENT_WINDOW lines, nearest first."""
+    out = []
+    line = line_no + step
+    while 0 <= line < doc.line_count and abs(line - line_no) <= _INDENT_WINDOW:
+        text = _line_text(doc, line)
+        if text.strip():
+            out.append(text)
+        line += step
+    return out
+
+
+def _eol(doc: Document, line_no: int) -> str:
+    """The document's line break at `line_no` (its own, else the nearest line's above)."""
+    return line_break(doc.source, doc.line_starts, line_no)
 
 
 def _is_body(doc: Document, off: int, opener_line: str) -> bool:
@@ -241,7 +259,8 @@ def _line_text(doc: Document, line: int) -> str:
     return decode(doc.source[start:line_end(doc.source, doc.line_starts, line)])
 
 
-def _indent_unit(doc: Document, line_no: int) -> str:
+def indent_unit(doc: Document, line_no: int) -> str:
+    """The document's indentation step near `line_no` (guessed from up to 64 lines each side)."""
     lo = max(0, line_no - _INDENT_WINDOW)
     hi = min(doc.line_count, line_no + _INDENT_WINDOW)
     lines = [_line_text(doc, i) for i in range(lo, hi)]

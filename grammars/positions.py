@@ -53,6 +53,18 @@ def line_end(source: bytes, starts: list[int], line: int) -> int:
     return end
 
 
+def line_break(source: bytes, starts: list[int], line: int) -> str:
+    """The line break ending `line` ("\\n", "\\r\\n" or "\\r"); for the last line, the
+    nearest earlier line's; "\\n" in a one-line document."""
+    for i in range(min(line, len(starts) - 1), max(-1, line - 64), -1):
+        if i + 1 < len(starts):
+            end = starts[i + 1]
+            if source[end - 2:end] == b"\r\n":
+                return "\r\n"
+            return "\r" if source[end - 1:end] == b"\r" else "\n"
+    return "\n"
+
+
 def _units(ch: str, encoding: str) -> int:
     if encoding == "utf-16":
         return 2 if ord(ch) > 0xFFFF else 1

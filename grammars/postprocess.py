@@ -16,8 +16,11 @@ import logging
 from grammars.document import Document, decode, encode
 from grammars.fillplan import FillPlan
 from grammars.holes import DEFAULT_MARKER
-from grammars.planner import line_context
-from grammars.text import BracketScan, indent_width, leading_ws, make_indent, scanner_for
+from grammars.filters import cut_unreachable, drop_dangling_tail, join_inline, reindent, with_line_breaks
+from grammars.planner import indent_unit, line_context
+from grammars.positions import line_break
+from grammars.scope import pick_level
+from grammars.text import BracketScan, indent_width, leading_ws, scanner_for
 
 log = logging.getLogger(__name__)
 
@@ -49,38 +52,50 @@ def finalize(doc: Document, plan: FillPlan, text: str, tab_size: int = 4, insert
 
 
 def _finalize(doc: Document, plan: FillPlan, text: str, tab_size: int, insert_spaces: bool) -> str:
+    """The chain: each step is a small function of its own (grammars/filters.py for the
+    text-only ones), in this order."""
     scan = scanner_for(doc.lang)
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
     cut = text.find(DEFAULT_MARKER)
     if cut >= 0:
         text = text[:cut]
+    fresh_line = False  # the fill's first line starts a line the model began itself
     if plan.kind == "block":
         lines = text.split("\n")
         while lines and not lines[0].strip():
             lines.pop(0)
+            fresh_line = True
         text = "\n".join(lines)
     lines = apply_stop(plan, text, scan, tab_size)
     if plan.kind == "line":
-        line = trim_line_overlap(doc, plan, lines[0] if lines else "", scan).rstrip()
+        _, ls, le = doc.line_of(plan.start_byte)
+        before, _ = line_context(doc, ls, plan.start_byte, plan.start_byte, le)
+        line = join_inline(before, lines[0] if lines else "")
+        line = trim_line_overlap(doc, plan, line, scan).rstrip()
         return _wrap(plan, line) if line.strip() else ""
+    render = _renderer(doc, plan, tab_size, insert_spaces)
+    if fresh_line and render.model_col is not None:
+        render.model_col = 0
+    lines = cut_unreachable(lines, scan, render.model_col or 0, tab_size)
     lines = trim_block_overlap(doc, plan, lines)
+    lines = drop_dangling_tail(lines, _upcoming(doc, plan))
     if not any(line.strip() for line in lines):
         return ""
-    render = _renderer(doc, plan, tab_size, insert_spaces)
     if doc.tree is not None:
         lines = lines[: syntax_cut(doc, plan, lines, render)]
     return render(lines)
 
 
 def apply_stop(plan: FillPlan, text: str, scan: BracketScan, tab_size: int) -> list[str]:
-    """Lines of `text` up to where the plan's stop rules end it."""
+    """Lines of `text` up to where the plan's stop rules end it (a later line below the
+    scope's floor has left the scope)."""
     stop = plan.stop
     text = text[: scan.cut_below(text, stop.min_depth)]
     lines = text.split("\n")
     if stop.single_line:
         lines = lines[:1]
     if stop.dedent:
-        scope = indent_width(plan.indent, tab_size)
+        scope = indent_width(plan.floor, tab_size)
         for i in range(1, len(lines)):
             if lines[i].strip() and indent_width(leading_ws(lines[i]), tab_size) < scope:
                 lines = lines[:i]
@@ -112,8 +127,7 @@ def trim_block_overlap(doc: Document, plan: FillPlan, lines: list[str]) -> list[
     """Drop trailing fill lines that repeat the next lines of the suffix (ignoring
     whitespace). Lines of closing brackets alone are left to the bracket rule: a
     fill may legitimately end with a `}` of its own."""
-    suffix = decode(doc.source[plan.end_byte:plan.end_byte + _SUFFIX_WINDOW])
-    upcoming = [s.strip() for s in suffix.split("\n") if s.strip()][:_OVERLAP_LINES]
+    upcoming = _upcoming(doc, plan)
     kept = [i for i, line in enumerate(lines) if line.strip()]
     for k in range(min(len(kept), len(upcoming)), 0, -1):
         tail = [lines[i].strip() for i in kept[-k:]]
@@ -122,26 +136,54 @@ def trim_block_overlap(doc: Document, plan: FillPlan, lines: list[str]) -> list[
     return lines
 
 
-def _renderer(doc: Document, plan: FillPlan, tab_size: int, insert_spaces: bool):
-    """A function lines -> final text: first line after the cursor's own whitespace,
-    later lines re-indented to the editor's settings, then plan.leading/trailing."""
-    _, ls, _ = doc.line_of(plan.start_byte)
-    before = decode(doc.source[ls:plan.start_byte])
-    lead = ""
-    if not plan.leading and not before.strip() and plan.indent.startswith(before):
-        lead = plan.indent[len(before):]
-    ends_line = plan.mode == "regenerate" and doc.source[plan.start_byte:plan.end_byte].endswith(b"\n")
+def _upcoming(doc: Document, plan: FillPlan) -> list[str]:
+    """The next non-blank lines of the suffix (stripped), the rest of the hole's line first."""
+    suffix = decode(doc.source[plan.end_byte:plan.end_byte + _SUFFIX_WINDOW])
+    return [s.strip() for s in suffix.replace("\r\n", "\n").replace("\r", "\n").split("\n") if s.strip()][:_OVERLAP_LINES]
 
-    def render(lines: list[str]) -> str:
-        out = [lead + lines[0].lstrip(" \t")] if lines else [lead]
-        for line in lines[1:]:
-            ws = leading_ws(line)
-            body = line[len(ws):].rstrip()
-            out.append(make_indent(indent_width(ws, tab_size), tab_size, insert_spaces) + body if body else "")
-        text = "\n".join(out).rstrip()
-        return _wrap(plan, text) + ("\n" if ends_line else "")
 
-    return render
+class _Renderer:
+    """lines -> final text: the first line at the scope's indentation (one of the plan's
+    levels if the model chose it), later lines shifted with it and re-written in the
+    editor's tab settings, the document's line breaks, then plan.leading/trailing."""
+
+    def __init__(self, doc: Document, plan: FillPlan, tab_size: int, insert_spaces: bool) -> None:
+        line_no, ls, _ = doc.line_of(plan.start_byte)
+        self.plan, self.tab_size, self.insert_spaces = plan, tab_size, insert_spaces
+        self.before = decode(doc.source[ls:plan.start_byte])
+        self.eol = line_break(doc.source, doc.line_starts, line_no)
+        self.unit = indent_width(indent_unit(doc, line_no), tab_size)
+        self.scan = scanner_for(doc.lang)
+        self.ends_line = plan.mode == "regenerate" and doc.source[plan.start_byte:plan.end_byte].endswith(b"\n")
+        # What the model saw on the hole's line before it: the plan's leading text ends it.
+        seen = plan.leading.rsplit("\n", 1)[-1] if "\n" in plan.leading else self.before + plan.leading
+        self.model_col = indent_width(seen, tab_size) if not seen.strip() else None
+
+    def first_indent(self, first: str) -> str:
+        """What goes before the first line's text (after the cursor's own whitespace)."""
+        plan, before = self.plan, self.before
+        if plan.leading or before.strip():
+            return ""
+        level = pick_level(plan.levels, plan.indent, before + leading_ws(first), self.tab_size) \
+            if plan.levels and not before else plan.indent
+        return level[len(before):] if level.startswith(before) else ""
+
+    def __call__(self, lines: list[str]) -> str:
+        plan = self.plan
+        lead = self.first_indent(lines[0]) if lines else self.first_indent("")
+        actual = None
+        if self.model_col is not None:
+            actual = indent_width(plan.indent if plan.leading else self.before + lead, self.tab_size)
+        model = None if self.model_col is None or not lines else self.model_col + indent_width(leading_ws(lines[0]), self.tab_size)
+        out = reindent(lines, model, actual, self.unit, self.scan, self.tab_size, self.insert_spaces)
+        if out:
+            out[0] = lead + out[0].lstrip(" \t")
+        text = with_line_breaks("\n".join(out).rstrip(), self.eol)
+        return _wrap(plan, text) + (self.eol if self.ends_line else "")
+
+
+def _renderer(doc: Document, plan: FillPlan, tab_size: int, insert_spaces: bool) -> _Renderer:
+    return _Renderer(doc, plan, tab_size, insert_spaces)
 
 
 def _wrap(plan: FillPlan, text: str) -> str:

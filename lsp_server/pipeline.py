@@ -155,12 +155,12 @@ def segments_at(doc: Document, plan: FillPlan, settings: Settings) -> list[str]:
 def stop_spec(plan: FillPlan) -> dict:
     """The planner's stop rule as the core applies it while decoding (engine contract in
     docs/architecture.md): a line hole ends at its newline, a dedenting block at the first
-    later line indented less than the hole, any fill before a closing bracket that would close
+    later line indented less than the hole's scope (``plan.floor``), any fill before a closing bracket that would close
     its enclosing scope (``min_depth``). finalize applies the whole StopRules again, with the
     language's own scanner, to whatever comes back."""
     s = plan.stop
     return {"max_lines": 1 if s.single_line else int(s.max_lines or 0),
-            "dedent_below": len(plan.indent) if s.dedent else -1,
+            "dedent_below": len(plan.floor) if s.dedent else -1,
             "min_depth": min(int(s.min_depth), 0)}
 
 
