@@ -17,8 +17,11 @@ Messages (all msgpack maps with string keys):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
+import socket
+import stat
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -274,21 +277,112 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# ---------------------------------------------------------------- local trust
+
+# A token is printable ASCII without spaces, and one a user gives (--token-file, the
+# environment) has at least MIN_TOKEN_CHARS of it: "" or "   " is no token (issue 22: a
+# whitespace-only DIFFILL_CORE_TOKEN stripped to "" opened a 0.0.0.0 core to anyone).
+# The generated one (secrets.token_urlsafe(32)) has 43.
+MIN_TOKEN_CHARS = 16
+MAX_TOKEN_CHARS = 1024
+
+
+def check_token(value: str, source: str, min_chars: int = MIN_TOKEN_CHARS) -> str:
+    """The token in ``value`` (surrounding whitespace dropped); ValueError with one line
+    naming ``source`` when it is empty, whitespace, too short or too long, or holds
+    spaces or control characters."""
+    token = value.strip()
+    if not token:
+        raise ValueError(f"{source}: empty or whitespace only; that is no token")
+    if any(not ("!" <= c <= "~") for c in token):
+        raise ValueError(f"{source}: the token holds spaces, control or non-ASCII characters")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise ValueError(f"{source}: the token has {len(token)} characters, more than {MAX_TOKEN_CHARS}")
+    if len(token) < min_chars:
+        raise ValueError(f"{source}: the token has {len(token)} characters; at least {min_chars} are needed "
+                         "(leave it out and diffill core generates one)")
+    return token
+
+
+def check_private_dir(path: str, what: str, forbid: int = 0o077) -> None:
+    """``path`` must be a real folder, not a symbolic link (opened with O_NOFOLLOW and
+    checked on the open descriptor), owned by this user, with none of the ``forbid``
+    mode bits, inside a folder owned by this user or root that other users cannot write
+    (or that is sticky, as /tmp is), so nobody else can swap it after this check. Another
+    local user can plant /tmp/diffill-<uid> as a link to a folder they later repoint
+    (issue 22); a check that follows links passes it. ValueError, one line naming ``what``."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise ValueError(f"{what} {path} is a symbolic link, not a folder (another user may have planted it); "
+                             "remove it") from None
+        raise ValueError(f"{what} {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise ValueError(f"{what} {path} belongs to uid {st.st_uid}, not to this user ({os.getuid()}); "
+                         "another user may have made it: remove it")
+    if mode & forbid:
+        others = "writable by other users" if mode & forbid & 0o022 else "readable by other users"
+        raise ValueError(f"{what} {path} (mode {mode:04o}) is {others}: it is not private to this user "
+                         f"(use mode {0o777 & ~forbid:04o})")
+    parent = os.path.dirname(os.path.abspath(path))
+    pst = os.stat(parent)
+    if pst.st_uid not in (0, os.getuid()) or (pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX):
+        raise ValueError(f"{what} {path} lies in {parent} (uid {pst.st_uid}, mode {stat.S_IMODE(pst.st_mode):04o}), "
+                         "which another user could rename it out of; use a private folder")
+
+
 def runtime_dir() -> str:
-    """A private (0700) directory for sockets and tokens: $XDG_RUNTIME_DIR/diffill or a temp dir."""
+    """A private (0700) directory for sockets and tokens: $XDG_RUNTIME_DIR/diffill or
+    <tmp>/diffill-<uid>, made if missing and checked without following links
+    (check_private_dir); ValueError with one line when it cannot be trusted."""
     base = os.environ.get("XDG_RUNTIME_DIR")
     path = os.path.join(base, "diffill") if base and os.path.isdir(base) else os.path.join(
         tempfile.gettempdir(), f"diffill-{os.getuid()}"
     )
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(path)
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise ValueError(f"runtime directory {path} is not private to this user (needs mode 0700)")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)  # never follows a planted link: mkdir fails on any existing name
+    check_private_dir(path, "runtime directory")
     return path
 
 
 def default_socket_path() -> str:
     return os.path.join(runtime_dir(), "core.sock")
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
+    """(pid, uid) of the process at the other end of a Unix socket, from the kernel
+    (SO_PEERCRED: whoever called listen() or connect()); None where the platform has no
+    SO_PEERCRED."""
+    opt = getattr(socket, "SO_PEERCRED", None)
+    if opt is None:
+        return None
+    creds = struct.Struct("3i")
+    pid, uid, _gid = creds.unpack(sock.getsockopt(socket.SOL_SOCKET, opt, creds.size))
+    return pid, uid
+
+
+def check_peer(sock: socket.socket, path: str, pid: int | None = None) -> None:
+    """Before a byte of code goes to a Unix socket: its listener must run as this user
+    (and be process ``pid`` when given, a private core we started). Where the kernel
+    gives no credentials, the socket file's owner is checked instead. ValueError."""
+    creds = peer_credentials(sock)
+    if creds is None:
+        peer_pid, peer_uid = None, os.lstat(path).st_uid
+    else:
+        peer_pid, peer_uid = creds
+    if peer_uid != os.getuid():
+        raise ValueError(f"the socket {path} is served by uid {peer_uid}, not by this user ({os.getuid()}): "
+                         "refusing to send it code")
+    if pid is not None and peer_pid is not None and peer_pid != pid:
+        raise ValueError(f"the socket {path} is served by process {peer_pid}, not by the core started as "
+                         f"process {pid}: refusing to send it code")
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusion_core import protocol
+from diffusion_core import lifeline, protocol
 from diffusion_core.scheduler import Busy, Outcome, Scheduler, SchedulerConfig, Ticket
 
 log = logging.getLogger("diffill.core")
@@ -76,6 +76,11 @@ class ServiceConfig:
     auth_fail_burst: int = 20
     auth_fail_rate: float = 5.0
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        # An empty or whitespace token would compare equal to an empty hello token.
+        if self.token is not None and protocol.check_token(self.token, "the core's token", min_chars=1) != self.token:
+            raise ValueError("the core's token has surrounding whitespace")
 
 
 class EngineBackend:
@@ -248,8 +253,9 @@ class Connection:
             self.send(protocol.error(req.id, protocol.E_UNAUTHORIZED, "too many failed handshakes; retry in a second"))
             self.close_after_flush()
             return
-        if expected is not None and not (
-            isinstance(token, str) and hmac.compare_digest(token.encode(), expected.encode())
+        if expected is not None and not (  # "" or an over-long token is no token (protocol.check_token)
+            isinstance(token, str) and 0 < len(token) <= protocol.MAX_TOKEN_CHARS
+            and hmac.compare_digest(token.encode(), expected.encode())
         ):
             log.warning("client %d: wrong or missing token", self.cid)
             self.server.auth_limiter.spend()
@@ -345,12 +351,14 @@ class CoreServer:
         self._shutdown = asyncio.Event()
         self._next_cid = 0
         self._tasks: set[asyncio.Task] = set()
+        self.grace = 5.0  # seconds close() gives the engine's current step (request_shutdown)
 
     async def start(self, address: protocol.Address) -> protocol.Address:
         """Bind and start serving; returns the bound address (a TCP port 0 resolved)."""
         self.scheduler.start()
         if address.kind == "unix":
             _clear_stale_socket(address.path)
+            check_socket_dir(address.path)  # the folder may have been made just now
             old = os.umask(0o177)  # the socket is born 0600; chmod below makes sure
             try:
                 self._server = await asyncio.start_unix_server(self._accept, path=address.path)
@@ -365,6 +373,12 @@ class CoreServer:
         return self.address
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.address is not None and self.address.kind == "unix":
+            creds = protocol.peer_credentials(writer.get_extra_info("socket"))
+            if creds is not None and creds[1] != os.getuid():  # the socket is 0600: only root gets here
+                log.warning("refused a connection from uid %d (pid %d): not this user", creds[1], creds[0])
+                writer.transport.abort()
+                return
         self._next_cid += 1
         conn = Connection(self, reader, writer, self._next_cid)
         self.connections[conn.cid] = conn
@@ -437,7 +451,11 @@ class CoreServer:
             "scheduler": sched,
         }
 
-    def request_shutdown(self) -> None:
+    def request_shutdown(self, grace: float | None = None) -> None:
+        """Close soon; ``grace`` caps the seconds spent finishing the engine's current step
+        and flushing replies (the parent is gone: nobody waits for them)."""
+        if grace is not None:
+            self.grace = min(self.grace, grace)
         self._shutdown.set()
 
     async def wait_closed(self) -> None:
@@ -449,12 +467,13 @@ class CoreServer:
         self._shutdown.set()
         if self._server is not None:
             self._server.close()
-        await asyncio.get_running_loop().run_in_executor(None, self.scheduler.stop)
+        grace = self.grace
+        await asyncio.get_running_loop().run_in_executor(None, self.scheduler.stop, grace)
         await asyncio.sleep(0.05)  # let the shutting_down replies reach the write queues
         for conn in list(self.connections.values()):
             conn.close_after_flush()
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2.0)
+            await asyncio.wait(list(self._tasks), timeout=min(2.0, grace))
         for conn in list(self.connections.values()):
             conn.abort()
         if self.address is not None and self.address.kind == "unix":
@@ -529,7 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (0: torch's default); 1 is often faster on a busy CPU")
     p.add_argument("--exit-with-parent", action="store_true",
-                   help="shut down when the parent process dies (private cores)")
+                   help="shut down when the parent process dies (private cores), also while loading")
+    p.add_argument("--parent-pid", type=int, default=None, metavar="PID",
+                   help="the parent to exit with (implies --exit-with-parent; the LSP server passes its own pid, "
+                        "so a parent that died before this process started is noticed too)")
     p.add_argument("--warm-up", action="store_true",
                    help="run one tiny fill before listening, so the first real one is as fast as later ones "
                         "(the LSP server's standby core)")
@@ -560,17 +582,17 @@ def resolve_listen(args: argparse.Namespace) -> tuple[protocol.Address, str | No
     if args.token_file:
         try:
             with open(args.token_file, encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as exc:
-            raise ValueError(f"--token-file {args.token_file}: {exc.strerror}") from None
-        if not token:
-            raise ValueError(f"--token-file {args.token_file}: the file is empty")
-        mode = stat.S_IMODE(os.stat(args.token_file).st_mode)
+                mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)  # the file read, not the name
+                text = f.read(protocol.MAX_TOKEN_CHARS + 2)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--token-file {args.token_file}: {getattr(exc, 'strerror', None) or 'not utf-8 text'}"
+                             ) from None
         if mode & 0o077:
             raise ValueError(f"--token-file {args.token_file}: mode {mode:04o} lets other users read the token; "
                              "chmod 600 it")
-    elif os.environ.get(protocol.TOKEN_ENV):
-        token = os.environ[protocol.TOKEN_ENV].strip()
+        token = protocol.check_token(text, f"--token-file {args.token_file}")
+    elif os.environ.get(protocol.TOKEN_ENV, "").strip():  # set but blank: no token (so no open 0.0.0.0)
+        token = protocol.check_token(os.environ[protocol.TOKEN_ENV], f"${protocol.TOKEN_ENV}")
     if args.listen:
         host, port = protocol.split_host_port(args.listen)
         if token is None and not protocol.is_loopback(host):
@@ -586,80 +608,155 @@ def resolve_listen(args: argparse.Namespace) -> tuple[protocol.Address, str | No
 
 
 def check_socket_dir(path: str) -> None:
-    """A --socket folder must be ours and not writable by others: whoever can write
-    there can replace the socket with their own and read every request (ValueError)."""
+    """A --socket folder must be a real folder (no symbolic link), ours and not writable
+    by others, in a folder nobody else can swap it in: whoever can write there can
+    replace the socket with their own and read every request (ValueError, one line)."""
     folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.lexists(folder):
+        return  # created 0700 when the core binds, and checked again then
     try:
-        st = os.stat(folder)
-    except FileNotFoundError:
-        return  # created 0700 when the core binds
-    mode = stat.S_IMODE(st.st_mode)
-    if st.st_uid != os.getuid() or mode & 0o022:
-        raise ValueError(f"--socket {path}: folder {folder} (mode {mode:04o}) is writable by other users or not "
-                         "ours; use a private folder (mode 0700)")
+        protocol.check_private_dir(folder, "folder", forbid=0o022)
+    except ValueError as exc:
+        raise ValueError(f"--socket {path}: {exc}") from None
 
 
 def write_token(address: protocol.Address, token: str) -> str:
     path = os.path.join(protocol.runtime_dir(), f"core-tcp-{address.port}.token")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    os.fchmod(fd, 0o600)  # an older file of that name keeps its mode through O_TRUNC
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(token + "\n")
     return path
 
 
-async def watch_parent(server: CoreServer, parent: int, period: float = 1.0) -> None:
-    """Shut down when the process that started us is gone (re-parented), e.g. an editor
-    killed with -9 that could not stop its private core."""
-    while os.getppid() == parent:
-        await asyncio.sleep(period)
-    log.warning("parent process %d is gone; shutting down", parent)
+def _on_signal_while_serving(server: CoreServer, signum: int) -> None:
+    if signum == lifeline.PARENT_DEATH_SIGNAL:  # ignored while the parent lives (lifeline docstring)
+        if lifeline.parent_gone():
+            log.warning("the parent process is gone; shutting down")
+            server.request_shutdown(grace=PARENT_GONE_GRACE_S)
+        return
+    log.info("%s: shutting down", signal.Signals(signum).name)
     server.request_shutdown()
 
 
+# Seconds a core whose parent died gives its engine's current step and its replies: its
+# only client is gone, and it must be gone within 1 s (docs/security.md).
+PARENT_GONE_GRACE_S = 0.3
+
+
 async def serve(backend: Any, address: protocol.Address, config: ServiceConfig, token_out: bool = False,
-                exit_with_parent: bool = False) -> None:
+                watch: dict | None = None) -> None:
+    """Serve until shutdown, SIGINT/SIGTERM or, with ``watch`` (the parent watch of main),
+    the parent's death."""
     server = CoreServer(backend, config)
     bound = await server.start(address)
     if token_out:
         log.info("no token given: generated one in %s", write_token(bound, config.token))
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = [signal.SIGTERM, signal.SIGINT] + ([lifeline.PARENT_DEATH_SIGNAL] if watch is not None else [])
+    for sig in signals:
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, server.request_shutdown)
+            loop.add_signal_handler(sig, _on_signal_while_serving, server, sig)
+    if watch is not None:  # the watcher thread's verdict, from now on through the loop
+        watch["on_gone"] = lambda: loop.call_soon_threadsafe(server.request_shutdown, PARENT_GONE_GRACE_S)
+        if lifeline.parent_gone():  # it died while we loaded, between the checks
+            server.request_shutdown(grace=PARENT_GONE_GRACE_S)
     info = server.info
     log.info("diffill core listening on %s (model %s, device %s, pid %d)", bound, info.get("model", info.get("name")),
              info.get("device"), os.getpid())
-    watcher = asyncio.create_task(watch_parent(server, os.getppid())) if exit_with_parent else None
-    await server.wait_closed()
-    if watcher is not None:
-        watcher.cancel()
-    if exit_with_parent and bound.kind == "unix":
-        # A private core's folder (core_client makes one per core) goes with it, also when
-        # the server died without shutting it down; rmdir removes only an empty folder.
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(bound.path))
+    try:
+        await server.wait_closed()
+    finally:
+        if watch is not None:
+            watch["on_gone"] = lambda: None  # shutting down already
+        for sig in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        if watch is not None:  # asyncio puts back SIG_DFL, which would kill us mid-cleanup
+            signal.signal(lifeline.PARENT_DEATH_SIGNAL, signal.SIG_IGN)
     log.info("diffill core stopped")
 
 
+def _watch_parent(parent: int) -> dict:
+    """Tie this core to its parent before any work (lifeline.tie_to_parent); the dict's
+    "on_gone" is what the watcher thread calls: None while loading (the signal's handler
+    raises Interrupted), the server's shutdown once serving."""
+    watch: dict = {"on_gone": None}
+
+    def on_gone() -> None:
+        act = watch["on_gone"]
+        if act is not None:
+            act()
+        elif lifeline.PARENT_DEATH_SIGNAL is not None:
+            os.kill(os.getpid(), lifeline.PARENT_DEATH_SIGNAL)
+
+    lifeline.tie_to_parent(parent, on_gone)
+    return watch
+
+
+def _remove_private_folder(address: protocol.Address | None) -> None:
+    """A private core's folder (core_client makes one per core) goes with it, also when
+    the server died without shutting it down; rmdir removes only an empty folder."""
+    if address is not None and address.kind == "unix":
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(os.path.abspath(address.path)))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Before any work: a SIGINT/SIGTERM (or the parent's death) during the seconds of a
+    # load stops it in one line, and the parent pid is the one that started us.
+    parent = os.getppid()
+    previous = lifeline.stop_on_signals()
+    address = None
+    exit_with_parent = False
+    code = 1
     try:
-        address, token, generate = resolve_listen(args)
-    except ValueError as exc:
-        print(f"diffill core: {exc}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+        exit_with_parent = args.exit_with_parent or args.parent_pid is not None
+        watch = _watch_parent(args.parent_pid or parent) if exit_with_parent else None
+        logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        try:
+            address, token, generate = resolve_listen(args)
+        except ValueError as exc:
+            print(f"diffill core: {exc}", file=sys.stderr)
+            code = 2
+            return code
+        code = _run(args, address, token, generate, watch)
+        return code
+    except lifeline.Interrupted as exc:
+        why = "its parent process is gone" if lifeline.parent_gone() else signal.Signals(exc.signum).name
+        print(f"diffill core: stopped before serving ({why})", file=sys.stderr)
+        code = exc.exit_code
+        return code
+    finally:
+        if exit_with_parent:
+            _remove_private_folder(address)
+            if lifeline.parent_gone():
+                # Nobody waits for us and everything is cleaned up: skip the interpreter's
+                # teardown (0.2-0.3 s of unloading torch on the 2-core box), so a core
+                # whose editor died is gone within its 1 s.
+                logging.shutdown()
+                sys.stderr.flush()
+                os._exit(code)
+        lifeline.restore(previous)
+
+
+def _run(args: argparse.Namespace, address: protocol.Address, token: str | None, generate: bool,
+         watch: dict | None) -> int:
+    """Load the model and serve: what main does once the arguments are checked."""
     config = ServiceConfig(token=token, scheduler=SchedulerConfig(
         max_batch=args.max_batch, max_queue=args.max_queue, max_per_client=args.max_per_client,
         batched=not args.no_batch))
     try:
+        log.info("loading the model %s", args.model or "(default)")
         from diffusion_core.engine import Engine
 
         if args.threads > 0:
             import torch
 
             torch.set_num_threads(args.threads)
+        _debug_load_delay()
         backend = EngineBackend(Engine.load(model_dir=args.model, device=args.device))
         if args.warm_up:
             warm_up(backend.engine)
@@ -667,16 +764,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diffill core: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # a model folder from the internet can break a loader in any way
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"diffill core: cannot load the model {args.model or '(bundled)'}: {type(exc).__name__}: {first}",
-              file=sys.stderr)
+        print(f"diffill core: cannot load the model {args.model or '(default)'}: {type(exc).__name__}: "
+              f"{protocol.one_line(exc)}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(serve(backend, address, config, token_out=generate, exit_with_parent=args.exit_with_parent))
+        asyncio.run(serve(backend, address, config, token_out=generate, watch=watch))
     except (ValueError, OSError) as exc:
         print(f"diffill core: cannot listen on {address}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+# Debugging switch: seconds of extra "loading" before Engine.load, in small sleeps (each
+# a Python instruction a signal can interrupt), so tests and the bench can kill a parent
+# while its core loads (tests/hostile/test_parent_death.py).
+LOAD_DELAY_ENV = "DIFFILL_DEBUG_LOAD_DELAY_S"
+
+
+def _debug_load_delay() -> None:
+    seconds = float(os.environ.get(LOAD_DELAY_ENV) or 0)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)
 
 
 if __name__ == "__main__":

@@ -194,7 +194,8 @@ class CoreClient:
         self.address = protocol.parse_address(address) if address else None
         self.model_dir = model_dir
         self.device = device
-        self.token = token if token is not None else os.environ.get(protocol.TOKEN_ENV) or None
+        # Blank is no token (a whitespace-only setting or $DIFFILL_CORE_TOKEN is not sent).
+        self.token = (token if token is not None else os.environ.get(protocol.TOKEN_ENV, "")).strip() or None
         self.on_event = on_event
         self.core_args = list(core_args)
         self.start_timeout = start_timeout
@@ -382,6 +383,14 @@ class CoreClient:
                 if proc is None or proc.returncode is not None:
                     raise CoreUnavailable(self._exit_message(standby)) from None
                 await asyncio.sleep(0.05)
+        if address.kind == "unix":  # before a byte of code: the listener must be ours
+            proc = (standby.proc if standby is not None else self._proc) if self.private else None
+            try:
+                protocol.check_peer(writer.get_extra_info("socket"), address.path, proc.pid if proc else None)
+            except (ValueError, OSError) as exc:
+                writer.close()
+                log.error("%s", exc)
+                raise CoreUnavailable(protocol.one_line(exc)) from None
         conn = _Connection(reader, writer)
         conn.task = self._spawn_task(self._watch(conn))
         return conn
@@ -477,8 +486,10 @@ class CoreClient:
     async def _launch(self, socket_path: str, extra: tuple[str, ...] = ()) -> tuple[asyncio.subprocess.Process,
                                                                                      collections.deque]:
         """Start a private core on socket_path; returns it and the deque its stderr lines go to."""
+        # --parent-pid: the core exits with us from its first instruction, also when we die
+        # before its interpreter has started (service.main, lifeline.tie_to_parent).
         cmd = [sys.executable, "-m", "diffusion_core.service", "--socket", socket_path, "--device", self.device,
-               "--exit-with-parent"]
+               "--parent-pid", str(os.getpid())]
         if self.model_dir:
             cmd += ["--model", str(self.model_dir)]
         cmd += [*self.core_args, *extra]

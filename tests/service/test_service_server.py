@@ -360,13 +360,14 @@ def test_loopback_tcp_without_token_generates_one(tmp_path, monkeypatch):
     with open(path) as f:
         assert f.read().strip() == token
     assert (os.stat(path).st_mode & 0o777) == 0o600
-    monkeypatch.setenv(protocol.TOKEN_ENV, "from-env")
-    assert resolve_listen(build_parser().parse_args(["--listen", "0.0.0.0:1"]))[1:] == ("from-env", False)
+    monkeypatch.setenv(protocol.TOKEN_ENV, "from-env-0123456789")
+    assert resolve_listen(build_parser().parse_args(["--listen", "0.0.0.0:1"]))[1:] == ("from-env-0123456789", False)
     token_file = tmp_path / "tok"
-    token_file.write_text("from-file\n")
+    token_file.write_text("from-file-0123456789\n")
     token_file.chmod(0o600)  # a token other users can read is refused (tests/hostile)
     args = build_parser().parse_args(["--socket", str(tmp_path / "s.sock"), "--token-file", str(token_file)])
-    assert resolve_listen(args) == (protocol.Address("unix", path=str(tmp_path / "s.sock")), "from-file", False)
+    assert resolve_listen(args) == (protocol.Address("unix", path=str(tmp_path / "s.sock")), "from-file-0123456789",
+                                    False)
 
 
 async def test_out_of_memory_fails_that_request_and_the_core_stays_up(tmp_path):
