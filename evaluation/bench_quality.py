@@ -347,7 +347,7 @@ def infilling_section(engine, params, args, limit) -> tuple[dict, str]:
     with Progress("infilling", len(problems)) as progress:
         recs = _run_problems(engine, problems, params, args, progress)
     out: dict = {"dataset": str(args.dataset), "problems": len(recs), "canonical": bool(args.canonical), "post": args.post,
-                 "cursor": args.cursor, "multi_line_fills": sum(r["single_line"] and r["lines"] > 1 for r in recs),
+                 "cursor": getattr(args, "cursor", "harness"), "multi_line_fills": sum(r["single_line"] and r["lines"] > 1 for r in recs),
                  "unindented_fills": sum(r["unindented"] for r in recs), "empty_fills": sum(r["lines"] == 0 for r in recs),
                  "budget": args.budget, "pass@1": M.rate(r["passed"] for r in recs),
                  "timeouts": sum(r["status"] == "timeout" for r in recs),
@@ -359,7 +359,7 @@ def infilling_section(engine, params, args, limit) -> tuple[dict, str]:
             out.setdefault("by_variant", {})[name] = {"problems": len(sel), "pass@1": M.rate(r["passed"] for r in sel)}
             rows.append([name, len(sel), M.rate(r["passed"] for r in sel), M.mean([r["ms"] for r in sel]), M.mean([r["fwd"] for r in sel])])
     title = (f"HumanEval-Infilling format: {args.dataset} ({'canonical solutions' if args.canonical else 'model'}, "
-             f"post={args.post}, cursor={args.cursor})")
+             f"post={args.post}, cursor={getattr(args, 'cursor', 'harness')})")
     return out, table(title, ["variant", "problems", "pass@1", "ms", "fwd"], rows) + "\n"
 
 
@@ -375,7 +375,7 @@ def _run_problems(engine, problems, params, args, progress) -> list[dict]:
         if args.canonical:
             text, out = prob.canonical_solution, Outcome(prob.canonical_solution, 0.0, 0, 0.0)
             source, fill_text = program(prob, text), text
-        elif args.cursor != "harness":
+        elif getattr(args, "cursor", "harness") != "harness":
             doc_text, fill_text, out = asyncio.run(editor_problem(core, prob, args))
             source = f"{doc_text}\n\n{prob.test}\n\ncheck({prob.entry_point})\n"
         else:

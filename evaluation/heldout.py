@@ -7,9 +7,11 @@ planner plans at that cursor, and the ground truth is the removed text passed th
 scores 1.0). Three kinds:
 
   * single-line: the rest of a code line after a cursor inside it (a "line" plan);
-  * multi-line:  2-4 whole lines of consecutive sibling statements, replaced by one
-    blank line indented as the first of them, cursor after the indentation (rule 6:
-    a "block" plan with the editor's indentation);
+  * multi-line:  2-4 whole lines of consecutive sibling statements that end their
+    block, replaced by one blank line indented as the first of them, cursor after the
+    indentation (rule 6: a "block" plan with the editor's indentation; a blank line
+    between two statements of one scope plans one line, so runs in the middle of a
+    block are not multi-line holes);
   * block:       a whole body or block after its opener: Python `...:|` (rule 7) or
     `{|}` in brace languages (rule 8); the plan has a leading newline.
 
@@ -207,7 +209,7 @@ def _multi_line(f: SourceFile, doc: Document, rng: random.Random) -> Hole | None
         return None
     raw = decode(doc.source[s:e])
     return _make("multi-line", f, doc, s, rows[-1][1], s, raw,
-                 lambda p: p.kind == "block" and not p.leading)
+                 lambda p: p.kind == "block" and not p.leading and not p.stop.single_line)
 
 
 _BRACKETS = frozenset("()[]{}")

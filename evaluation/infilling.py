@@ -118,8 +118,12 @@ def finalize_fill(prob: Problem, raw: str) -> str:
     if p is None or p.start_byte != cursor or p.end_byte != cursor:
         text = raw.split("\n", 1)[0] if prob.single_line else raw  # nothing to plan: the raw fill
         return text + ("\n" if prob.whole_lines and not text.endswith("\n") else "")
-    if prob.single_line:
-        p = replace(p, stop=replace(p.stop, single_line=True, max_lines=1))
+    # The task says how many lines the hole has (an editor's blank line between two
+    # statements plans one line: a multi-line task keeps its block).
+    p = replace(p, stop=replace(p.stop, single_line=prob.single_line, max_lines=1 if prob.single_line else None))
+    if ws:  # the indentation is the document's now: the fill starts after it
+        head, _, rest = raw.partition(ws)
+        raw = head + rest if not head.strip() else raw
     text = finalize(doc, p, raw)
     return ws + text + "\n" if prob.whole_lines else text
 

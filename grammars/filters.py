@@ -77,13 +77,17 @@ def reindent(lines: list[str], model_col: int | None, actual_col: int | None, un
              tab_size: int = 4, insert_spaces: bool = True) -> list[str]:
     """Lines after the first, re-indented in the document's tab settings and shifted by as
     much as the first line moved (from the column the model wrote it at, `model_col`, to
-    the one it lands at, `actual_col`), when that puts at least as many of them on the
-    document's indentation grid (multiples of `unit` from the first line) as no shift
-    does. Lines inside open brackets (hanging indents) are shifted but not counted."""
+    the one it lands at, `actual_col`) when that is less than one step and puts at least
+    as many of them on the document's indentation grid (multiples of `unit` from the
+    first line) as no shift does. Lines inside open brackets (hanging indents) are
+    shifted but not counted."""
     if not lines:
         return []
     shift = 0
-    if model_col is not None and actual_col is not None and model_col != actual_col:
+    # Only a shift smaller than one indentation step is an artifact (a prompt that ends in
+    # indentation makes the model start with one more space); a whole step is ambiguous
+    # (the model may have indented its first line twice), so the lines stay.
+    if model_col is not None and actual_col is not None and 0 < abs(actual_col - model_col) < max(unit, 2):
         shift = actual_col - model_col
         if _on_grid(lines, 0, actual_col, unit, scan, tab_size) > _on_grid(lines, shift, actual_col, unit, scan, tab_size):
             shift = 0
