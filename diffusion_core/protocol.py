@@ -68,6 +68,7 @@ E_BUSY = "busy"  # the scheduler queue is full; retry later
 E_CANCELLED = "cancelled"
 E_OUT_OF_MEMORY = "out_of_memory"
 E_SHUTTING_DOWN = "shutting_down"
+E_ENGINE_FAILED = "engine_failed"  # the engine thread died: the core exits; the client takes a fresh one
 E_INTERNAL = "internal"
 
 TOKEN_ENV = "DIFFILL_CORE_TOKEN"

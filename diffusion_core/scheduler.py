@@ -45,6 +45,10 @@ class Busy(Exception):
     """The queue is full; the message says which bound was hit."""
 
 
+class EngineFailed(Busy):
+    """The engine thread died (Scheduler.failed says why): no fill will be served here."""
+
+
 @dataclass
 class SchedulerConfig:
     max_batch: int = 8  # active (begun) jobs stepped together; more wait their turn
@@ -97,15 +101,22 @@ def _release_memory() -> None:
 class Scheduler:
     """Thread-safe front (submit/cancel from any thread); the engine runs on its own thread."""
 
-    def __init__(self, backend: Backend, config: SchedulerConfig | None = None):
+    def __init__(self, backend: Backend, config: SchedulerConfig | None = None,
+                 on_failure: Callable[[str], None] | None = None):
         self.backend = backend
         self.config = config or SchedulerConfig()
         self._cond = threading.Condition()
         self._waiting: dict[Any, collections.deque[Ticket]] = {}  # client -> FIFO, insertion order = turn order
         self._active: list[Ticket] = []
+        self._admitted: list[Ticket] = []  # taken from _waiting, being begun (neither waiting nor active)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.counters = collections.Counter()
+        # Set when the engine thread died of something no request explains (a BaseException
+        # such as pyo3's PanicException): one line; on_failure(message) is told once, on the
+        # engine thread, so the core can exit and a standby or restart take over.
+        self.failed = ""
+        self.on_failure = on_failure
 
     # ------------------------------------------------------------ front (any thread)
 
@@ -117,6 +128,8 @@ class Scheduler:
         """Queue a fill; raises Busy when a bound is hit. on_done runs on the engine thread."""
         ticket = Ticket(client, prepared, on_done)
         with self._cond:
+            if self.failed:
+                raise EngineFailed(f"the core's engine failed ({self.failed}); a fresh core takes over")
             if self._stopping:
                 raise Busy("the core is shutting down")
             total = self._queued_locked()
@@ -171,6 +184,7 @@ class Scheduler:
                 "max_batch": self.config.max_batch,
                 "max_queue": self.config.max_queue,
                 "counters": dict(self.counters),
+                "failed": self.failed,
             }
 
     # ------------------------------------------------------------ engine thread
@@ -210,6 +224,12 @@ class Scheduler:
         return admitted
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: B036 - the thread is ending: say so, answer everyone
+            self._engine_failed(exc)
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while not self._stopping and not self._waiting and not self._active:
@@ -218,20 +238,39 @@ class Scheduler:
                     self._fail_all_locked()
                     return
                 self._drop_cancelled_locked()
-                admitted = self._admit_locked()
-            for ticket in admitted:
+                self._admitted = self._admit_locked()
+            for ticket in self._admitted:
                 self._begin(ticket)
+            self._admitted = []
             with self._cond:
                 self._drop_cancelled_locked()
                 batch = list(self._active)
             if batch:
                 self._step(batch)
 
-    def _fail_all_locked(self) -> None:
-        for ticket in [t for q in self._waiting.values() for t in q] + self._active:
-            self._finish_locked(ticket, Outcome(code=protocol.E_SHUTTING_DOWN, message="the core is shutting down"))
+    def _engine_failed(self, exc: BaseException) -> None:
+        """The engine thread dies of an exception no per-request handler took (issue 22:
+        pyo3's PanicException is a BaseException; the thread died and the core still said
+        ready): every fill it held is answered, later ones are refused, and on_failure
+        lets the core exit so a standby or a restart takes over."""
+        message = f"{type(exc).__name__}: {protocol.one_line(exc)}"
+        log.critical("the engine thread failed: %s", message, exc_info=exc)
+        with self._cond:
+            self.failed = message
+            self._stopping = True
+            self._fail_all_locked(protocol.E_ENGINE_FAILED, f"the core's engine failed ({message}); a fresh core takes over")
+        if self.on_failure is not None:
+            try:
+                self.on_failure(message)
+            except Exception:
+                log.exception("on_failure callback failed")
+
+    def _fail_all_locked(self, code: str = protocol.E_SHUTTING_DOWN, message: str = "the core is shutting down") -> None:
+        for ticket in [t for q in self._waiting.values() for t in q] + self._active + self._admitted:
+            self._finish_locked(ticket, Outcome(code=code, message=message))
         self._waiting.clear()
         self._active.clear()
+        self._admitted = []
 
     def _drop_cancelled_locked(self) -> None:
         for ticket in [t for t in self._active if t.cancelled]:

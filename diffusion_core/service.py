@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diffusion_core import lifeline, protocol
-from diffusion_core.scheduler import Busy, Outcome, Scheduler, SchedulerConfig, Ticket
+from diffusion_core.scheduler import Busy, EngineFailed, Outcome, Scheduler, SchedulerConfig, Ticket
 
 log = logging.getLogger("diffill.core")
 
@@ -286,6 +286,8 @@ class Connection:
 
         try:
             self.tickets[req.id] = self.server.scheduler.submit(self.cid, prepared, on_done)
+        except EngineFailed as exc:
+            raise protocol.ProtocolError(protocol.E_ENGINE_FAILED, str(exc)) from None
         except Busy as exc:
             raise protocol.ProtocolError(protocol.E_BUSY, str(exc)) from None
 
@@ -352,9 +354,12 @@ class CoreServer:
         self._next_cid = 0
         self._tasks: set[asyncio.Task] = set()
         self.grace = 5.0  # seconds close() gives the engine's current step (request_shutdown)
+        self.failed = ""  # why the engine thread died (engine_failed), "" while it lives
 
     async def start(self, address: protocol.Address) -> protocol.Address:
         """Bind and start serving; returns the bound address (a TCP port 0 resolved)."""
+        loop = asyncio.get_running_loop()
+        self.scheduler.on_failure = lambda message: loop.call_soon_threadsafe(self.engine_failed, message)
         self.scheduler.start()
         if address.kind == "unix":
             _clear_stale_socket(address.path)
@@ -449,7 +454,16 @@ class CoreServer:
             "info": self.info,
             "connections": len(self.connections),
             "scheduler": sched,
+            "failed": self.failed,
         }
+
+    def engine_failed(self, message: str) -> None:
+        """The engine thread died (Scheduler._engine_failed answered its fills): a core that
+        cannot fill must not look ready, so it exits (main returns 1) and the client's
+        standby or restart takes over; a shared core's supervisor restarts it."""
+        log.error("the engine failed (%s); shutting down so a fresh core takes over", message)
+        self.failed = message
+        self.request_shutdown(grace=1.0)
 
     def request_shutdown(self, grace: float | None = None) -> None:
         """Close soon; ``grace`` caps the seconds spent finishing the engine's current step
@@ -645,9 +659,9 @@ PARENT_GONE_GRACE_S = 0.3
 
 
 async def serve(backend: Any, address: protocol.Address, config: ServiceConfig, token_out: bool = False,
-                watch: dict | None = None) -> None:
+                watch: dict | None = None) -> str:
     """Serve until shutdown, SIGINT/SIGTERM or, with ``watch`` (the parent watch of main),
-    the parent's death."""
+    the parent's death; returns why the engine failed ("" when it did not)."""
     server = CoreServer(backend, config)
     bound = await server.start(address)
     if token_out:
@@ -675,6 +689,7 @@ async def serve(backend: Any, address: protocol.Address, config: ServiceConfig, 
         if watch is not None:  # asyncio puts back SIG_DFL, which would kill us mid-cleanup
             signal.signal(lifeline.PARENT_DEATH_SIGNAL, signal.SIG_IGN)
     log.info("diffill core stopped")
+    return server.failed
 
 
 def _watch_parent(parent: int) -> dict:
@@ -768,9 +783,12 @@ def _run(args: argparse.Namespace, address: protocol.Address, token: str | None,
               f"{protocol.one_line(exc)}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(serve(backend, address, config, token_out=generate, watch=watch))
+        failed = asyncio.run(serve(backend, address, config, token_out=generate, watch=watch))
     except (ValueError, OSError) as exc:
         print(f"diffill core: cannot listen on {address}: {exc}", file=sys.stderr)
+        return 1
+    if failed:
+        print(f"diffill core: the engine failed ({failed}); exiting so a fresh core takes over", file=sys.stderr)
         return 1
     return 0
 

@@ -288,6 +288,14 @@ class CoreClient:
         gets CoreUnavailable (an empty answer) and the core is reported UNRESPONSIVE."""
         try:
             result = await asyncio.wait_for(conn.call(method, params), timeout)
+        except CoreRequestError as exc:
+            if exc.code == protocol.E_ENGINE_FAILED and not conn.lost:
+                # The core's engine thread died and the core is exiting: stop using it now,
+                # so the next request goes to the standby (or a restart), not to a core
+                # that refuses every fill until it is gone.
+                log.warning("the core's engine failed: %s; switching cores", exc.message)
+                conn.writer.transport.abort()
+            raise
         except asyncio.TimeoutError:
             if self.state is CoreState.READY and self._conn is conn:
                 self.state = CoreState.UNRESPONSIVE
