@@ -35,11 +35,13 @@ THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
 TOPK_STEPS = (4, 8, 16, 32)
 DEFAULT_CORPUS = "corpus"
 HELDOUT_FILES = ("holdout.jsonl", "valid.jsonl")
+FIRST_USE_FILES = 600  # source files of the held-out set built at first use (a few seconds)
 SYSTEMS = ("model", "empty", "prev_line")
 
 
 EXAMPLES = """examples:
-  diffill bench quality --corpus corpus --limit 20 --no-sweeps     a quick held-out run
+  diffill bench quality --limit 20 --no-sweeps     a quick held-out run (no corpus folder: a small held-out set
+                                                   is built from this machine's installed sources at first use)
   diffill bench quality --dataset humaneval_infilling.jsonl --no-heldout --json"""
 
 
@@ -56,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0: auto, 1 when the machine is already busy, else torch's default)")
-    ap.add_argument("--corpus", default=DEFAULT_CORPUS, help="corpus folder with holdout.jsonl / valid.jsonl")
+    ap.add_argument("--corpus", default=DEFAULT_CORPUS, help="corpus folder with holdout.jsonl / valid.jsonl "
+                    "(diffill train corpus; without one, a small held-out set is built at first use)")
     ap.add_argument("--heldout", nargs="*", metavar="FILE", help="corpus jsonl files (default: the corpus's holdout and validation files)")
     ap.add_argument("--n", type=int, default=DEFAULT_N, help="held-out holes (default %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="hole placement seed")
@@ -195,9 +198,7 @@ def _holes(args, limit):
     if paths is None:
         paths = [Path(args.corpus) / name for name in HELDOUT_FILES if (Path(args.corpus) / name).is_file()]
     if not paths:
-        print(f"diffill bench quality: no held-out files in {args.corpus} (build one with `diffill train corpus --out DIR`); "
-              "held-out section skipped", file=sys.stderr)
-        return []
+        paths = first_use_heldout(args.corpus)
     for p in paths:
         if not Path(p).is_file():
             raise CoreError(f"{p}: no such held-out file")
@@ -207,6 +208,35 @@ def _holes(args, limit):
     holes = sample_holes(files, n, seed=args.seed)
     print(f"held-out: {len(holes)} holes from {len(files)} files in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return holes
+
+
+def heldout_cache() -> Path:
+    """Where the held-out set built at first use lives: $XDG_CACHE_HOME/diffill/heldout."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "diffill" / "heldout"
+
+
+def first_use_heldout(corpus: str) -> list[Path]:
+    """Held-out files when the corpus folder has none: a small set built once from this
+    machine's installed sources (the corpus builder's roots, every file in the evaluation
+    splits, no training split), reused after that. CoreError saying how to build a corpus
+    when there is nothing to build from."""
+    from training.corpus import build, default_roots
+
+    out = heldout_cache()
+    paths = [out / name for name in HELDOUT_FILES]
+    if not all(p.is_file() for p in paths):
+        print(f"diffill bench quality: no held-out files in {corpus}; building a small held-out set from this "
+              f"machine's installed sources in {out} (once; a full corpus: `diffill train corpus --out DIR`, "
+              "then --corpus DIR)", file=sys.stderr)
+        build(out, default_roots(), max_files=FIRST_USE_FILES, valid_percent=100, log=lambda msg: None)
+        for name in ("train.jsonl",):  # every file went to the evaluation splits
+            (out / name).unlink(missing_ok=True)
+    paths = [p for p in paths if p.is_file() and p.stat().st_size > 0]
+    if not paths:
+        raise CoreError(f"no held-out files in {corpus} and no installed sources to build them from in {out}: "
+                        "build a corpus with `diffill train corpus --out DIR` and pass --corpus DIR")
+    return paths
 
 
 def _warm_up(engine, hole) -> None:

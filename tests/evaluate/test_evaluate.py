@@ -116,11 +116,38 @@ def test_canonical_harness_check(tiny, capsys):
     assert json.loads(out)["infilling"]["pass@1"] == 1.0
 
 
-def test_missing_corpus_skips_heldout(tiny, tmp_path, capsys):
-    code = bench_quality.main(["--model", str(tiny), "--corpus", str(tmp_path / "none"), "--json"])
+def test_missing_corpus_builds_a_heldout_set_at_first_use(tiny, tmp_path, capsys, monkeypatch):
+    """The help's quick run on a fresh install: no corpus folder, a small held-out set is
+    built once from the machine's installed sources (here: this repository's grammars)."""
+    import shutil
+
+    import training.corpus
+
+    site = tmp_path / "site" / "pkg"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "grammars", site, ignore=shutil.ignore_patterns("queries", "__pycache__"))
+    monkeypatch.setattr(training.corpus, "default_roots", lambda: [("site", site.parent)])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    argv = ["--model", str(tiny), "--corpus", str(tmp_path / "none"), "--limit", "3", "--no-sweeps", "--json"]
+    code = bench_quality.main(argv)
     out, err = capsys.readouterr()
-    assert code == 0 and json.loads(out)["heldout"] is None
-    assert "held-out section skipped" in err
+    assert code == 0, err
+    assert json.loads(out)["heldout"]["holes"] >= 1
+    assert "building a small held-out set" in err and "diffill train corpus" in err
+    built = tmp_path / "cache" / "diffill" / "heldout"
+    assert (built / "valid.jsonl").stat().st_size > 0 and not (built / "train.jsonl").exists()
+    assert bench_quality.main(argv) == 0  # the second run reuses it
+    assert "building" not in capsys.readouterr()[1]
+
+
+def test_missing_corpus_and_no_sources_says_how_to_build_one(tiny, tmp_path, capsys, monkeypatch):
+    import training.corpus
+
+    monkeypatch.setattr(training.corpus, "default_roots", lambda: [("site", tmp_path / "empty")])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    code = bench_quality.main(["--model", str(tiny), "--corpus", str(tmp_path / "none"), "--json"])
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert "diffill train corpus --out DIR" in err.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("argv, needle", [
