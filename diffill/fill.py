@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -113,8 +114,8 @@ def _load_core(model: str | None, device: str, verbose: bool):
     except ImportError as exc:
         raise FillError(f"the denoising core is not available: {exc}", 1) from None
     try:
-        with Progress(f"diffill fill: loading {model or 'the default model'}") as shown:
-            core = LocalCore.load(model, device, progress=lambda done, total, what: shown.update(done, total))
+        with Progress(f"diffill fill: loading {model or 'the default model'}", unit="bytes") as shown:
+            core = LocalCore.load(model, device, progress=lambda done, total, what: shown.update(done, total, what))
     except Exception as exc:  # CoreError names the file or key in one line; anything else too
         raise FillError(f"core failed: {one_line(exc)}", 1) from None
     if verbose:
@@ -136,9 +137,17 @@ def run(args: argparse.Namespace) -> str:
     settings = Settings(hole_marker=args.hole_marker)
     if args.max_tokens is not None:
         settings = dataclasses.replace(settings, fill=dataclasses.replace(settings.fill, max_tokens=args.max_tokens))
+    untyped = doc.lang is None and not args.language
+    hint = ""
+    if untyped and _PLACEHOLDER_WORDS.search(text):
+        hint = (f"; placeholder bodies (`...`, `pass`, `todo!()`, ...) are holes only in a known language: "
+                f"add --language NAME")
     if at is None and not _has_holes(doc, settings):
-        print(f"diffill fill: {where}no holes ({args.hole_marker!r} or placeholders) found", file=sys.stderr)
+        print(f"diffill fill: {where or 'stdin: '}no holes ({args.hole_marker!r} or placeholders) found"
+              + (hint or ("; the language is unknown: add --language NAME" if untyped else "")), file=sys.stderr)
         return text
+    if at is None and hint:
+        print(f"diffill fill: {where or 'stdin: '}only {args.hole_marker!r} markers are filled{hint}", file=sys.stderr)
     if at is not None and doc.offset_at(at[0], at[1], encoding="utf-32") is None:
         raise FillError(f"{where}position {at[0] + 1}:{at[1] + 1} is outside the file", 2)
     core = _load_core(args.model, args.device, args.verbose)
@@ -146,7 +155,7 @@ def run(args: argparse.Namespace) -> str:
 
     try:
         with Progress("diffill fill: filling") as progress:
-            core.on_step = lambda info: progress.update(info.step)
+            core.on_step = lambda info: progress.update(info.step, what="step")
             out, filled, found = asyncio.run(fill_document(doc, at, core, settings, where))
     except FillError:
         raise
@@ -156,6 +165,10 @@ def run(args: argparse.Namespace) -> str:
         print(f"diffill fill: {where}{found - filled} of {found} hole(s) left as they were (no usable fill)",
               file=sys.stderr)
     return out
+
+
+# Text that is a placeholder body in some language (grammars/queries/*/holes.scm).
+_PLACEHOLDER_WORDS = re.compile(r"^\s*(\.\.\.|pass|todo!|unimplemented!|panic\(|throw new|// *TODO)", re.M)
 
 
 def _has_holes(doc, settings) -> bool:

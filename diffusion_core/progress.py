@@ -26,9 +26,11 @@ class Progress:
     """``with Progress("loading model") as p: ... p.update(done, total)``."""
 
     def __init__(self, name: str, total: int = 0, stream: TextIO | None = None,
-                 tty: bool | None = None) -> None:
+                 tty: bool | None = None, unit: str = "") -> None:
         self.name, self.total = name, total
+        self.unit = unit  # "bytes": counts shown in MB; else plain counts
         self.done = 0
+        self.what = ""  # what is being counted now (a task may have phases with their own totals)
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
         self.t0 = time.monotonic()
@@ -46,14 +48,18 @@ class Progress:
         self._stop.set()
         self._thread.join()
         if self.shown:
-            outcome = "failed" if exc_type is not None else "done"
+            outcome = "done" if exc_type is None else "failed" if issubclass(exc_type, Exception) else "stopped"
             self._write(f"{self._text()} {outcome}", end=True)
 
-    def update(self, done: int, total: int | None = None) -> None:
+    def update(self, done: int, total: int | None = None, what: str | None = None) -> None:
+        """`done` of `total` so far; `what` names what is counted (a phase's own label:
+        "checking sha256", "converting model.gguf"), shown before the count."""
         with self._lock:
             self.done = done
             if total is not None:
                 self.total = total
+            if what is not None:
+                self.what = what
         now = time.monotonic()
         if now - self.t0 >= QUIET_S and (self.tty or now - self._last >= EVERY_S):
             self._write(self._text())
@@ -67,8 +73,13 @@ class Progress:
             self._write(self._text())
 
     def _text(self) -> str:
-        count = f" {self.done}/{self.total}" if self.total else ""
-        return f"{self.name}:{count} {time.monotonic() - self.t0:.0f} s"
+        if self.unit == "bytes":
+            mb = lambda n: f"{n / 1e6:,.0f}"
+            count = f" {mb(self.done)}/{mb(self.total)} MB" if self.total else f" {mb(self.done)} MB" if self.done else ""
+        else:
+            count = f" {self.done}/{self.total}" if self.total else f" {self.done}" if self.done else ""
+        what = f" {self.what}" if self.what else ""
+        return f"{self.name}:{what}{count}, {time.monotonic() - self.t0:.0f} s"
 
     def _write(self, text: str, end: bool = False) -> None:
         with self._lock:

@@ -289,7 +289,7 @@ async def _heldout(engine, holes, params, args, sweeps) -> tuple[dict, str]:
     settings = bench_settings(args)
     core = LocalCore(engine, base=params)
     records = []
-    with Progress("held-out", len(holes)) as progress:
+    with Progress("held-out holes", len(holes)) as progress:
         for i, hole in enumerate(holes):
             text, out = await shipped_fill(core, hole, settings)
             truth_err = errors_with(hole, hole.truth)
@@ -374,7 +374,7 @@ def infilling_section(engine, params, args, limit) -> tuple[dict, str]:
     from .report import table
 
     problems = load_problems(args.dataset, limit)
-    with Progress("infilling", len(problems)) as progress:
+    with Progress("infilling problems", len(problems)) as progress:
         recs = _run_problems(engine, problems, params, args, progress)
     out: dict = {"dataset": str(args.dataset), "problems": len(recs), "canonical": bool(args.canonical), "post": args.post,
                  "cursor": getattr(args, "cursor", "harness"), "multi_line_fills": sum(r["single_line"] and r["lines"] > 1 for r in recs),

@@ -69,6 +69,17 @@ def test_fill_stdin_without_holes_echoes_it():
     assert out.returncode == 0 and out.stdout == "x = 1\n" and "no holes" in out.stderr
 
 
+def test_fill_stdin_without_language_says_to_add_it():
+    """`...` bodies are holes only in a known language: stdin needs --language (issue 24)."""
+    out = _run("fill", "-", stdin="def f(x):\n    ...\n")
+    assert out.returncode == 0 and out.stdout == "def f(x):\n    ...\n"
+    assert "--language" in out.stderr and "`...`" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = _run("fill", "-", stdin="x = 1\n")
+    assert "--language" in out.stderr
+    out = _run("fill", "-", "--language", "python", stdin="x = 1\n")
+    assert "no holes" in out.stderr and "--language" not in out.stderr
+
+
 def test_usage_and_unknown_command(capsys):
     assert cli.main([]) == 2
     assert cli.main(["--help"]) == 0

@@ -39,3 +39,26 @@ def test_a_terminal_gets_one_redrawn_line(monkeypatch):
         pass
     text = out.getvalue()
     assert text.count("\r") >= 2 and text.count("\n") == 1 and text.rstrip().endswith("failed")
+
+
+def test_phases_are_labelled_with_their_own_totals_in_mb(monkeypatch):
+    """A first load hashes the joined file, then converts it: two counts with different
+    totals, each named (issue 24: two bare byte counts read as one broken bar)."""
+    monkeypatch.setattr(progress, "QUIET_S", 0.0)
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
+    out = io.StringIO()
+    with Progress("loading", stream=out, tty=False, unit="bytes") as p:
+        p.update(356_515_840, 491_400_064, "checking sha256")
+        p.update(144_643_072, 485_452_288, "converting model.gguf")
+    lines = out.getvalue().splitlines()
+    assert any(line.startswith("loading: checking sha256 357/491 MB, ") for line in lines), lines
+    assert any(line.startswith("loading: converting model.gguf 145/485 MB, ") for line in lines), lines
+
+
+def test_a_count_without_total_is_shown_with_its_label(monkeypatch):
+    monkeypatch.setattr(progress, "QUIET_S", 0.0)
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
+    out = io.StringIO()
+    with Progress("filling", stream=out, tty=False) as p:
+        p.update(37, what="step")
+    assert "filling: step 37, " in out.getvalue()
