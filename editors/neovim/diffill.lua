@@ -59,6 +59,60 @@ local function complete_whole_fill(client)
   end
 end
 
+-- The diffill/status reply as a short summary: one line per part, the figures a user
+-- looks for (is the core up, which model, how fast, how often accepted).
+function M.status_lines(st)
+  local function ms(v)
+    return type(v) == "number" and string.format("%.0f ms", v) or "-"
+  end
+  local core, lat, n = st.core or {}, st.latencyMs or {}, st.counters or {}
+  local lines = {
+    string.format("diffill %s  core: %s%s", (st.server or {}).version or "?", core.state or "?",
+      core.error and (" (" .. tostring(core.error) .. ")") or ""),
+    string.format("model: %s on %s", tostring(st.model or "-"), tostring(st.device or "-")),
+    string.format("latency: p50 %s  p95 %s  (%d fills)", ms(lat.p50), ms(lat.p95), lat.n or 0),
+    string.format("requests %d  answered %d  shown %d  accepted %d  errors %d", n.requests or 0, n.answered or 0,
+      n.shown or 0, n.accepted or 0, n.errors or 0),
+  }
+  local q, cache = st.queue or {}, st.cache or {}
+  table.insert(lines, string.format("queue: %s in flight  cache: %s hits, %s misses", tostring(q.inFlight or 0),
+    tostring(cache.hits or 0), tostring(cache.misses or 0)))
+  local s = st.settings or {}
+  local fill, core_s = s.fill or {}, s.core or {}
+  table.insert(lines, string.format("settings: maxTokens %s  core %s", tostring(fill.maxTokens or "-"),
+    (core_s.address or "") ~= "" and core_s.address or "private"))
+  table.insert(lines, ":DiffillStatus! for every field")
+  return lines
+end
+
+-- A floating window that closes on q, <Esc> or leaving it.
+local function show_float(lines)
+  local buf = vim.api.nvim_create_buf(false, true)
+  vim.api.nvim_buf_set_lines(buf, 0, -1, false, lines)
+  vim.bo[buf].bufhidden = "wipe"
+  vim.bo[buf].modifiable = false
+  local width = 20
+  for _, l in ipairs(lines) do
+    width = math.max(width, vim.fn.strdisplaywidth(l))
+  end
+  width = math.min(width, vim.o.columns - 4)
+  local height = math.min(#lines, math.max(1, vim.o.lines - 6))
+  local win = vim.api.nvim_open_win(buf, true, {
+    relative = "editor", row = math.floor((vim.o.lines - height) / 2), col = math.floor((vim.o.columns - width) / 2),
+    width = width, height = height, style = "minimal", border = "rounded", title = " diffill ",
+  })
+  for _, key in ipairs({ "q", "<Esc>" }) do
+    vim.keymap.set("n", key, function()
+      pcall(vim.api.nvim_win_close, win, true)
+    end, { buffer = buf, nowait = true })
+  end
+  vim.api.nvim_create_autocmd("WinLeave", { buffer = buf, once = true, callback = function()
+    pcall(vim.api.nvim_win_close, win, true)
+  end })
+  return win
+end
+M.show_float = show_float
+
 function M.setup(opts)
   opts = vim.tbl_deep_extend("force", defaults, opts or {})
   local has_inline = vim.lsp.inline_completion ~= nil -- Neovim 0.12+
@@ -106,11 +160,16 @@ function M.setup(opts)
         client:exec_cmd({ title = "Fill all holes", command = "diffill.fillHoles", arguments = { vim.uri_from_bufnr(args.buf) } },
           { bufnr = args.buf })
       end, { desc = "diffill: fill all holes" })
-      vim.api.nvim_buf_create_user_command(args.buf, "DiffillStatus", function()
+      -- A short summary in a floating window; with ! every field of the reply.
+      vim.api.nvim_buf_create_user_command(args.buf, "DiffillStatus", function(cmd)
         client:request("diffill/status", {}, function(err, result)
-          vim.notify(err and vim.inspect(err) or vim.inspect(result))
+          if err then
+            vim.notify("diffill: status failed: " .. (err.message or vim.inspect(err)), vim.log.levels.WARN)
+            return
+          end
+          show_float(cmd.bang and vim.split(vim.inspect(result), "\n") or M.status_lines(result))
         end, args.buf)
-      end, { desc = "diffill: status" })
+      end, { bang = true, desc = "diffill: status (! for every field)" })
     end,
   })
 end

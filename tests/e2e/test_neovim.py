@@ -128,3 +128,41 @@ def test_completion_menu_path_of_neovim_0_11(tmp_path, shared_core):
                                                    "end": {"line": 4, "character": 10}}, " ")
     assert result["lines_after_accept"] == _apply(typed, rng, edit["newText"])
     _check_fill_holes(result)
+
+
+STATUS_CHECK = r"""
+package.path = vim.env.DIFFILL_PLUGIN .. "/?.lua;" .. package.path
+local d = require("diffill")
+local reply = vim.json.decode(vim.env.DIFFILL_STATUS)
+local lines = d.status_lines(reply)
+local win = d.show_float(lines)
+local cfg = vim.api.nvim_win_get_config(win)
+local shown = vim.api.nvim_buf_get_lines(vim.api.nvim_win_get_buf(win), 0, -1, false)
+io.stdout:write(vim.json.encode({ lines = lines, relative = cfg.relative, shown = shown }))
+"""
+
+
+@needs_nvim
+def test_status_is_a_short_summary_in_a_floating_window(tmp_path):
+    """:DiffillStatus shows a few lines in a float, not ~100 lines of vim.inspect in :messages."""
+    reply = {"server": {"name": "diffill", "version": "0.1.0", "encoding": "utf-16", "documents": 1},
+             "core": {"state": "ready", "info": {"model": "m"}}, "model": "qwen2.5-coder-0.5b", "device": "cpu",
+             "queue": {"inFlight": 0, "core": 0, "active": 0}, "latencyMs": {"p50": 812.4, "p95": 2100.0, "n": 7},
+             "stagesMs": {"core_ms": {"p50": 800, "p95": 2000}},
+             "counters": {"requests": 9, "answered": 7, "shown": 7, "accepted": 2, "errors": 0},
+             "cache": {"hits": 1, "misses": 6},
+             "settings": {"fill": {"maxTokens": 64}, "core": {"address": "", "token": ""}}}
+    script = tmp_path / "status.lua"
+    script.write_text(STATUS_CHECK)
+    env = dict(os.environ, DIFFILL_PLUGIN=str(ROOT / "editors" / "neovim"), DIFFILL_STATUS=json.dumps(reply),
+               XDG_STATE_HOME=str(tmp_path / "state"), XDG_CONFIG_HOME=str(tmp_path / "config"),
+               XDG_DATA_HOME=str(tmp_path / "data"))
+    proc = subprocess.run([NVIM, "--headless", "--clean", "-n", "-l", str(script)], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["relative"] == "editor" and got["shown"] == got["lines"]
+    assert len(got["lines"]) <= 8
+    text = "\n".join(got["lines"])
+    assert "core: ready" in text and "qwen2.5-coder-0.5b on cpu" in text and "p50 812 ms" in text
+    assert "accepted 2" in text and "maxTokens 64" in text and "core private" in text
