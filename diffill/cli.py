@@ -36,7 +36,7 @@ BENCHES: dict[str, Command] = {
     "service": Command("evaluation.bench_service", "main", "completions/s of one shared core at several concurrent editors"),
     "typing": Command("evaluation.bench_typing", "main", "latency while typing a file into the real `diffill lsp`"),
     "grammars": Command("evaluation.bench_grammars", "main", "reparse and plan time per keystroke"),
-    "gpu": Command("diffusion_core.bench_gpu", "main", "GPU latency of a 7B-shaped model and the bundled one"),
+    "gpu": Command("diffusion_core.bench_gpu", "main", "GPU latency of a 7B-shaped model and the default one (Qwen2.5-Coder-0.5B)"),
     "decoding": Command("evaluation.decoding", "main", "decoding strategies of a pretrained coder, side by side"),
     "load": Command("evaluation.bench_load", "main", "GGUF load time: first conversion into the cache, then warm loads"),
     "hostile": Command("evaluation.bench_hostile", "main", "what hostile input costs the server and the core"),

@@ -202,7 +202,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     stages = {name: getattr(getattr(st.stagesMs, name, None), "p50", None) for name in ("plan_ms", "core_ms", "post_ms")}
     return {
         "bench": "lsp_typing",
-        "model": getattr(st, "model", None) or args.model or "bundled",
+        "model": getattr(st, "model", None) or args.model or "default",
         "device": args.device,
         "file": str(args.file), "lines": len(lines), "typed_lines": len(typed),
         "keystrokes": replay.counts["requests"], "key_ms": args.key_ms, "pause_ms": args.pause_ms,

@@ -2,7 +2,7 @@
 
 Owns: plan (grammars) -> context window -> segments and budgets -> ``core.fill``
 through a ``CoreConnection`` -> grammars ``finalize`` -> variants and ranking, for a
-cursor (``fill_at``) and for every hole of a document jointly (``fill_plans``), and
+cursor (``fill_at``) and for every hole of a document in one core call (``fill_plans``), and
 the context window cut around the hole. Three callers use it and nothing else: the
 LSP server (a socket client to the core), ``diffill fill`` and ``diffill bench
 quality`` (both an in-process engine, ``diffusion_core.local_core.LocalCore``), so the
@@ -196,7 +196,7 @@ async def fill_at(core: CoreConnection, doc: Document, cursor: int, settings: Se
 
 async def fill_plans(core: CoreConnection, doc: Document, plans: list[FillPlan], settings: Settings,
                      request_id: str | None = None) -> list[Candidate]:
-    """Fill every planned hole jointly in one core call; one candidate per plan, in order
+    """Fill every planned hole in one core call; one candidate per plan, in order
     (its text is empty where the fill post-processed to nothing)."""
     if not plans:
         return []

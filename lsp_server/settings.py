@@ -12,8 +12,8 @@ data out.
 Example editor JSON (every key optional)::
 
     {"model": {"path": "", "device": "auto"},
-     "core": {"address": ""},
-     "fill": {"maxTokens": 64, "steps": null, "threshold": null},
+     "core": {"address": "", "token": "", "standby": true},
+     "fill": {"maxTokens": 64, "steps": null, "threshold": null, "strategy": null},
      "debounce": {"minMs": 0, "maxMs": 120},
      "context": {"prefixBytes": 6000, "suffixBytes": 256},
      "languages": [],
@@ -44,7 +44,7 @@ EDITOR_KEYS = frozenset({"command", "trace"})
 
 @dataclass(frozen=True)
 class ModelSettings:
-    path: str = ""  # model folder; "" = the bundled default model
+    path: str = ""  # model folder or .gguf file; "" = the default model (Qwen2.5-Coder-0.5B)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
 
 

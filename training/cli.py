@@ -55,7 +55,7 @@ SUBCOMMANDS = {
     "corpus": "gather source files from this machine's installations into train/valid/holdout",
     "tokenizer": "train the byte-level BPE tokenizer on a corpus",
     "run": "train (or resume) a model from a config file",
-    "ship": "copy a trained run into the package as the default model",
+    "ship": "write a trained run as a model folder (--dest) to point --model at",
     "draft": "train (or resume) the default model's mask-row drafting adapter",
 }
 

@@ -155,7 +155,7 @@ function M.setup(opts)
           vim.api.nvim_create_autocmd("CompleteDone", { buffer = args.buf, callback = complete_whole_fill(client) })
         end
       end
-      -- Fill every hole of the buffer jointly (<|fill|>, pass, todo!(), ...).
+      -- Fill every hole of the buffer in one request (<|fill|>, pass, todo!(), ...).
       vim.api.nvim_buf_create_user_command(args.buf, "DiffillFillHoles", function()
         client:exec_cmd({ title = "Fill all holes", command = "diffill.fillHoles", arguments = { vim.uri_from_bufnr(args.buf) } },
           { bufnr = args.buf })

