@@ -10,6 +10,7 @@ Must not know: what any subcommand does beyond its one-line help.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from importlib import metadata
 from typing import Callable, NamedTuple
@@ -99,12 +100,28 @@ def bench_main(argv: list[str] | None = None) -> int:
     return _dispatch("diffill bench", BENCHES, argv, bench_usage)
 
 
+def _interrupted(signum: int, frame) -> None:
+    raise KeyboardInterrupt(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["--version"], ["-V"]):
-        print(f"diffill {version()}")
-        return 0
-    return _dispatch("diffill", SUBCOMMANDS, argv, usage)
+    # Before any work, even the imports of the command's modules (tree-sitter, pygls: up to
+    # a second on a busy CPU): Ctrl-C or SIGTERM there is one line and 128 + the signal.
+    # Each command installs its own handlers first thing (diffusion_core.lifeline).
+    previous = {sig: signal.signal(sig, _interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if argv[:1] in (["--version"], ["-V"]):
+            print(f"diffill {version()}")
+            return 0
+        return _dispatch("diffill", SUBCOMMANDS, argv, usage)
+    except KeyboardInterrupt as exc:
+        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
+        print(f"diffill: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ only through ``structure_message``, ``handle_message`` and ``_send_response``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 from typing import Any, BinaryIO, Callable
@@ -257,24 +259,60 @@ def stdin_reader(stdin: BinaryIO) -> Callable[[], Any]:
     return queue.get
 
 
+async def close_core(server: Any) -> None:
+    """The server's core link closed, bounded: a private core must not outlive the server."""
+    close = getattr(server, "close_core", None)
+    if close is None:
+        return
+    try:
+        await asyncio.wait_for(close(), 10.0)
+    except (Exception, asyncio.CancelledError) as exc:
+        log.warning("closing the core: %s", type(exc).__name__)
+
+
 def install(server: Any) -> Any:
     """Serve ``server`` (a pygls LanguageServer) over stdio / TCP through the guarded loop."""
 
-    def start_io(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+    def start_io(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> int:
+        """Serve until the stream ends, `exit`, SIGINT or SIGTERM; returns the exit code
+        (`exit` without `shutdown` is 1, as the spec says; a signal is a clean stop, 0).
+        Every way out closes the core (a private one is stopped and its folder removed)."""
         server._stop_event = stop = threading.Event()
         server.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        code = 0
 
         async def main() -> None:
-            await run_frames(stdin_reader(stdin or sys.stdin.buffer), server.protocol, stop)
+            loop = asyncio.get_running_loop()
+            frames = asyncio.ensure_future(run_frames(stdin_reader(stdin or sys.stdin.buffer), server.protocol, stop))
+            signalled: list[str] = []
+
+            def on_signal(sig: signal.Signals) -> None:
+                signalled.append(sig.name)
+                frames.cancel()
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, on_signal, sig)
+            try:
+                await frames
+            except asyncio.CancelledError:
+                if not signalled:
+                    raise
+                log.warning("%s: shutting down", signalled[0])
+            finally:
+                await close_core(server)
 
         try:
             asyncio.run(main())
         except BrokenPipeError:
             log.error("the client closed the connection; shutting down")
-        except (KeyboardInterrupt, SystemExit):
+        except KeyboardInterrupt:
             pass
+        except SystemExit as exc:  # pygls' `exit` handler: 0 after `shutdown`, else 1
+            code = exc.code if isinstance(exc.code, int) else 0
         finally:
             server.shutdown()
+        return code
 
     def start_tcp(host: str, port: int) -> None:
         server._stop_event = stop = threading.Event()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -132,9 +133,26 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
     return ls
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # until the server's loop installs its own: a clean stop, no traceback
+
+
 def main(argv: list[str] | None = None) -> int:
     """``diffill lsp [--model FOLDER] [--device D] [--tcp HOST:PORT]``: serve LSP over
-    stdio (or TCP to debug)."""
+    stdio (or TCP to debug). Exit code: 0, or 1 for `exit` without `shutdown`."""
+    # Before any work: SIGINT/SIGTERM while starting up ends the process without a
+    # traceback; once serving, guards.start_io closes the core first.
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="diffill lsp", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="The diffill language server: inline completions, completion items and hole filling for an "
@@ -161,6 +179,5 @@ def main(argv: list[str] | None = None) -> int:
             print(f"diffill lsp: --tcp wants HOST:PORT, got {args.tcp!r}", file=sys.stderr)
             return 2
         server.start_tcp(host, int(port))
-    else:
-        server.start_io()
-    return 0
+        return 0
+    return server.start_io()

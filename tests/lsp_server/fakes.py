@@ -74,7 +74,7 @@ def main() -> None:
     import logging
 
     logging.basicConfig(stream=sys.stderr, level=os.environ.get("DIFFILL_LOG_LEVEL", "WARNING"))
-    build_server(factory).start_io()
+    sys.exit(build_server(factory).start_io())
 
 
 if __name__ == "__main__":
