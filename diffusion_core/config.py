@@ -29,6 +29,8 @@ def read_json(path: Path, required: bool = True) -> dict:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CoreError(f"{path}: not valid JSON ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    except RecursionError:  # [[[[...]]]] deeper than the decoder's stack
+        raise CoreError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(d, dict):
         raise CoreError(f"{path}: expected a JSON object")
     return d

@@ -179,6 +179,13 @@ def _int(reader, key: str, default=None) -> int:
     return v
 
 
+def _float(reader, key: str, default=None) -> float:
+    v = field(reader, key, default)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):  # float("fast") named no key (issue 22)
+        raise CoreError(f"{source_name(reader)}: GGUF key {key!r} is {v!r}, expected one number")
+    return float(v)
+
+
 def architecture(reader) -> str:
     arch = field(reader, "general.architecture")
     if arch not in ARCHITECTURES:
@@ -208,8 +215,8 @@ def model_config(reader, tensor_shapes: dict[str, tuple[int, ...]], special: dic
         vocab_size=vocab, hidden_size=hidden, num_hidden_layers=_int(reader, f"{arch}.block_count"),
         num_attention_heads=heads, num_key_value_heads=_int(reader, f"{arch}.attention.head_count_kv", heads),
         intermediate_size=_int(reader, f"{arch}.feed_forward_length"), max_position_embeddings=context,
-        rope_theta=float(field(reader, f"{arch}.rope.freq_base", 10000.0)),
-        rms_norm_eps=_f32_to_float(field(reader, f"{arch}.attention.layer_norm_rms_epsilon")),
+        rope_theta=_float(reader, f"{arch}.rope.freq_base", 10000.0),
+        rms_norm_eps=_f32_to_float(_float(reader, f"{arch}.attention.layer_norm_rms_epsilon")),
         tie_word_embeddings="lm_head.weight" not in tensor_shapes,
         attention_bias="layers.0.self_attn.q_proj.bias" in tensor_shapes,
         logits_shift=True, layout="causal", model_type=arch, max_context=min(CAUSAL_MAX_CONTEXT, context),

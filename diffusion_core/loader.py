@@ -138,7 +138,7 @@ def written_by_diffill(folder: Path) -> bool:
     """
     try:
         return "layout" in json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, RecursionError):
         return False  # ModelConfig.load reports what is wrong with it
 
 

@@ -36,8 +36,11 @@ def weight_files(folder: Path) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
             raise CoreError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CoreError(f"{index}: 'weight_map' is a {type(weight_map).__name__}, not an object of tensor name "
+                            "-> shard file name")
         names = sorted(set(weight_map.values()))
         files = [folder / n for n in names]
         for f in files:

@@ -29,6 +29,19 @@ _LATENCY_WINDOW = 1000
 _RECENT_ITEMS = 256
 
 
+def _open_private(path: Path):
+    """The log opened for appending, 0600 (sizes and timings only, but whose and when is
+    nobody else's business), never through a planted link; diffill's own state folder is
+    made (and kept) 0700. A folder the user chose for feedback.path keeps its mode."""
+    folder = path.parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder == default_log_path().parent and folder.stat().st_uid == os.getuid():
+        folder.chmod(0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    os.fchmod(fd, 0o600)  # a log written by an older version was 0644
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 def default_log_path() -> Path:
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(state) / "diffill" / "feedback.jsonl"
@@ -152,8 +165,7 @@ class FeedbackLog:
             "shownForS": round(time.time() - shown.shown_at, 2),
         }
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
+            with _open_private(self.path) as fh:
                 fh.write(json.dumps(record) + "\n")
         except OSError as exc:
             log.warning("feedback log %s: %s", self.path, exc)

@@ -26,7 +26,6 @@ import sys
 import threading
 from typing import Any, BinaryIO, Callable
 
-from pygls.exceptions import FeatureNotificationError
 from pygls.io_ import StdoutWriter
 
 log = logging.getLogger(__name__)
@@ -172,8 +171,8 @@ def handle_body(protocol: Any, body: bytes) -> None:
         log.warning("invalid params for %r: %s", data.get("method"), first)
         if is_request:  # the error reply is the answer: no popup
             send_error(protocol, msg_id, INVALID_PARAMS, f"Invalid params for {data.get('method')}: {first}")
-        else:  # a notification has no reply: the user is told once per kind (report_server_error)
-            protocol._server._report_server_error(exc, FeatureNotificationError)
+        else:  # the editor's bug, not ours: logged, no "internal error" popup (issue 22)
+            _drop_unsynced_document(protocol._server, data)
         return
     if isinstance(message, dict):  # no "jsonrpc" key: pygls ignores these
         if is_request:
@@ -183,6 +182,22 @@ def handle_body(protocol: Any, body: bytes) -> None:
         send_error(protocol, msg_id, INVALID_REQUEST, "Invalid Request: jsonrpc must be \"2.0\"")
         return
     protocol.handle_message(message)
+
+
+def _drop_unsynced_document(server: Any, data: dict) -> None:
+    """A didChange that cannot be applied (``"line": -1``) leaves the server's copy of the
+    document out of step with the editor's: later edits would land in the wrong places and
+    fills would be made for a text nobody sees. The document is forgotten until the editor
+    opens it again (completions there answer empty meanwhile)."""
+    if data.get("method") != "textDocument/didChange":
+        return
+    params = data.get("params")
+    doc = params.get("textDocument") if isinstance(params, dict) else None
+    uri = doc.get("uri") if isinstance(doc, dict) else None
+    closed = getattr(server, "closed", None)
+    if isinstance(uri, str) and closed is not None:
+        log.warning("%s: forgotten until it is opened again (a change that does not fit it)", uri[:200])
+        closed(uri)
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -146,7 +146,8 @@ class DiffillServer(LanguageServer):
     def _on_core_event(self, kind: str, message: str) -> None:
         """The core client tells once when a core dies or is restarted."""
         log.warning("core %s: %s", kind, message)
-        self.tell_once(f"core-event:{kind}:{message}", f"diffill: {message}")
+        text = message if message.startswith("diffill: ") else f"diffill: {message}"  # said once, not "diffill: diffill:"
+        self.tell_once(f"core-event:{kind}:{message}", text)
 
     def _apply_feedback_path(self) -> None:
         fb = self.settings.feedback

@@ -303,8 +303,10 @@ async def test_fill_holes_leaves_holes_without_a_usable_fill(tmp_path):
         assert not client.applied_edits
 
 
-async def test_repeated_internal_errors_are_told_once(tmp_path):
+async def test_repeated_internal_errors_are_told_once(tmp_path, monkeypatch):
     from pygls.protocol import JsonRPCNotification
+
+    from lsp_server.runtime import DiffillServer
 
     async with session(fake={}, tmp=tmp_path) as client:
         bad = {"textDocument": {"uri": URI, "version": 2}, "contentChanges": [{"range": "bad", "text": 1}]}
@@ -313,5 +315,11 @@ async def test_repeated_internal_errors_are_told_once(tmp_path):
         await asyncio.sleep(0.3)
         st = await status(client)  # still serving
         assert st["server"]["name"] == "diffill"
+        # An editor's malformed notification is its bug: logged, no "internal error" popup (issue 22).
         errors = [m for m in client.messages if m.type == types.MessageType.Error]
-        assert len(errors) == 1, client.messages
+        assert errors == [], client.messages
+    server, shown = DiffillServer(), []  # a real handler error, three times: told once
+    monkeypatch.setattr(server, "window_show_message", lambda params: shown.append(params.message))
+    for _ in range(3):
+        server.report_server_error(RuntimeError("boom"), None)
+    assert shown == ["diffill: internal error: boom"]
