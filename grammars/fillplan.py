@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from grammars.text import BracketScan
+from grammars.text import BracketScan, indent_width
 
 MODES = ("insert", "replace", "regenerate")
 KINDS = ("line", "block")
@@ -54,7 +54,7 @@ class FillPlan:
     @property
     def floor(self) -> str:
         """The indentation below which a later line of the fill has left its scope."""
-        return min(self.levels, key=len) if self.levels else self.indent
+        return min(self.levels, key=indent_width) if self.levels else self.indent
 
 
 def line_stop(scan: BracketScan, before: str, after: str) -> StopRules:
