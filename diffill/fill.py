@@ -21,7 +21,7 @@ import signal
 import sys
 from pathlib import Path
 
-from diffusion_core.lifeline import Interrupted, restore, stop_on_signals
+from diffusion_core.lifeline import Interrupted, received, restore, stop_on_signals
 from diffusion_core.protocol import one_line
 from grammars.holes import DEFAULT_MARKER
 
@@ -209,8 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = run(args)
         except FillError as exc:
+            if received() is not None:  # the signal, turned into an error by a library (an import cut short)
+                raise Interrupted(received()) from None
             print(f"diffill fill: {exc}", file=sys.stderr)
             return exc.code
+        if received() is not None:  # ... or swallowed: the user still asked to stop
+            raise Interrupted(received())
         sys.stdout.write(result)
         sys.stdout.flush()
         return 0

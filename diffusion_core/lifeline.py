@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Callable
 
 # The signal the kernel sends when the parent dies (PR_SET_PDEATHSIG). Not SIGTERM: a
@@ -47,7 +48,11 @@ class Interrupted(BaseException):
 
 
 _parent: int | None = None  # the pid tie_to_parent watches
-_raised = False  # Interrupted is raised once; later signals must not break the unwinding it started
+# The signal Interrupted was raised for (once: later signals must not break the unwinding
+# it started). Kept because library code may swallow the exception or turn it into
+# another (an import of torch interrupted half-way re-raises ImportError), so the caller
+# asks ``received()`` too.
+_received: int | None = None
 
 
 def parent_gone() -> bool:
@@ -55,10 +60,15 @@ def parent_gone() -> bool:
     return _parent is not None and os.getppid() != _parent
 
 
+def received() -> int | None:
+    """The stop signal that arrived since ``stop_on_signals`` (None: none)."""
+    return _received
+
+
 def _raise(signum: int, frame) -> None:
-    global _raised
-    if not _raised:
-        _raised = True
+    global _received
+    if _received is None:
+        _received = signum
         raise Interrupted(signum)
 
 
@@ -71,8 +81,8 @@ def stop_on_signals(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) 
     """From now on these signals raise ``Interrupted`` in the main thread (call it first
     thing in main, before any work); PARENT_DEATH_SIGNAL does when the parent is gone.
     Returns the handlers replaced, for ``restore``."""
-    global _raised
-    _raised = False
+    global _received
+    _received = None
     previous = {}
     for sig, handler in [(s, _raise) for s in signals] + (
             [(PARENT_DEATH_SIGNAL, _raise_if_orphaned)] if PARENT_DEATH_SIGNAL is not None else []):
@@ -96,12 +106,16 @@ def _set_parent_death_signal(signum: int) -> bool:
         return False
 
 
-def tie_to_parent(parent: int, on_gone: Callable[[], None] | None = None, period: float = WATCH_PERIOD_S) -> bool:
+def tie_to_parent(parent: int, on_gone: Callable[[], None] | None = None, period: float = WATCH_PERIOD_S,
+                  force_after: float | None = None, on_force: Callable[[], None] | None = None) -> bool:
     """Exit with ``parent``: the kernel signals us when it dies (Linux), a daemon thread
     checks every ``period`` seconds, and a parent already gone is noticed at once.
     ``on_gone`` (default: send ourselves PARENT_DEATH_SIGNAL, whose handler raises
-    ``Interrupted`` or, once the core serves, shuts it down) runs once. Returns whether
-    the kernel's signal is armed."""
+    ``Interrupted`` or, once the core serves, shuts it down) runs once. With
+    ``force_after``, a process still alive that many seconds later runs ``on_force`` (its
+    cleanup) and ends with os._exit(128 + SIGTERM): an exception raised into a library (an
+    import of torch, say) may be swallowed, and nobody is left to wait for an orderly exit.
+    Returns whether the kernel's signal is armed."""
     global _parent
     _parent = parent
     armed = PARENT_DEATH_SIGNAL is not None and _set_parent_death_signal(PARENT_DEATH_SIGNAL)
@@ -114,10 +128,15 @@ def tie_to_parent(parent: int, on_gone: Callable[[], None] | None = None, period
 
     def watch() -> None:
         while not parent_gone():
-            fired.wait(period)
-            if fired.is_set():
-                return
+            time.sleep(period)
         fire()
+        if force_after is not None:
+            time.sleep(force_after)
+            try:
+                if on_force is not None:
+                    on_force()
+            finally:
+                os._exit(128 + signal.SIGTERM)
 
     threading.Thread(target=watch, name="diffill-parent-watch", daemon=True).start()
     return armed

@@ -672,6 +672,7 @@ async def serve(backend: Any, address: protocol.Address, config: ServiceConfig, 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, _on_signal_while_serving, server, sig)
     if watch is not None:  # the watcher thread's verdict, from now on through the loop
+        watch["bound"] = True
         watch["on_gone"] = lambda: loop.call_soon_threadsafe(server.request_shutdown, PARENT_GONE_GRACE_S)
         if lifeline.parent_gone():  # it died while we loaded, between the checks
             server.request_shutdown(grace=PARENT_GONE_GRACE_S)
@@ -692,11 +693,19 @@ async def serve(backend: Any, address: protocol.Address, config: ServiceConfig, 
     return server.failed
 
 
+# Seconds after the parent's death at which a core still running is ended from the watcher
+# thread (lifeline.tie_to_parent's force_after), its socket and folder removed first: the
+# orderly ways out take 5-60 ms; this bounds the rest (an exception swallowed inside a
+# library's import) to well within the 1 s of docs/security.md.
+PARENT_GONE_FORCE_S = 0.6
+
+
 def _watch_parent(parent: int) -> dict:
     """Tie this core to its parent before any work (lifeline.tie_to_parent); the dict's
     "on_gone" is what the watcher thread calls: None while loading (the signal's handler
-    raises Interrupted), the server's shutdown once serving."""
-    watch: dict = {"on_gone": None}
+    raises Interrupted), the server's shutdown once serving; "address" and "bound" tell
+    the forced exit what to remove."""
+    watch: dict = {"on_gone": None, "address": None, "bound": False}
 
     def on_gone() -> None:
         act = watch["on_gone"]
@@ -705,7 +714,15 @@ def _watch_parent(parent: int) -> dict:
         elif lifeline.PARENT_DEATH_SIGNAL is not None:
             os.kill(os.getpid(), lifeline.PARENT_DEATH_SIGNAL)
 
-    lifeline.tie_to_parent(parent, on_gone)
+    def on_force() -> None:
+        address = watch["address"]
+        if watch["bound"] and address is not None and address.kind == "unix":
+            with contextlib.suppress(OSError):
+                os.unlink(address.path)
+        _remove_private_folder(address)
+        print("diffill core: stopped (its parent process is gone)", file=sys.stderr, flush=True)
+
+    lifeline.tie_to_parent(parent, on_gone, force_after=PARENT_GONE_FORCE_S, on_force=on_force)
     return watch
 
 
@@ -737,12 +754,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"diffill core: {exc}", file=sys.stderr)
             code = 2
             return code
+        if watch is not None:
+            watch["address"] = address
         code = _run(args, address, token, generate, watch)
         return code
     except lifeline.Interrupted as exc:
-        why = "its parent process is gone" if lifeline.parent_gone() else signal.Signals(exc.signum).name
-        print(f"diffill core: stopped before serving ({why})", file=sys.stderr)
-        code = exc.exit_code
+        code = _stopped_before_serving(exc.signum)
         return code
     finally:
         if exit_with_parent:
@@ -755,6 +772,12 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.flush()
                 os._exit(code)
         lifeline.restore(previous)
+
+
+def _stopped_before_serving(signum: int) -> int:
+    why = "its parent process is gone" if lifeline.parent_gone() else signal.Signals(signum).name
+    print(f"diffill core: stopped before serving ({why})", file=sys.stderr)
+    return 128 + signum
 
 
 def _run(args: argparse.Namespace, address: protocol.Address, token: str | None, generate: bool,
@@ -775,13 +798,17 @@ def _run(args: argparse.Namespace, address: protocol.Address, token: str | None,
         backend = EngineBackend(Engine.load(model_dir=args.model, device=args.device))
         if args.warm_up:
             warm_up(backend.engine)
-    except ValueError as exc:  # CoreError: one line naming the file or value at fault
-        print(f"diffill core: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if lifeline.received() is not None:  # a stop signal that a library turned into its own error
+            return _stopped_before_serving(lifeline.received())
+        if isinstance(exc, ValueError):  # CoreError: one line naming the file or value at fault
+            print(f"diffill core: {exc}", file=sys.stderr)
+        else:  # a model folder from the internet can break a loader in any way
+            print(f"diffill core: cannot load the model {args.model or '(default)'}: {type(exc).__name__}: "
+                  f"{protocol.one_line(exc)}", file=sys.stderr)
         return 1
-    except Exception as exc:  # a model folder from the internet can break a loader in any way
-        print(f"diffill core: cannot load the model {args.model or '(default)'}: {type(exc).__name__}: "
-              f"{protocol.one_line(exc)}", file=sys.stderr)
-        return 1
+    if lifeline.received() is not None:  # ... or swallowed: stop now rather than serve
+        return _stopped_before_serving(lifeline.received())
     try:
         failed = asyncio.run(serve(backend, address, config, token_out=generate, watch=watch))
     except (ValueError, OSError) as exc:

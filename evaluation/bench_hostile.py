@@ -8,11 +8,13 @@ Owns: small experiments against real processes, each timed from outside:
   * huge: one 15 MB fill to a core, the core's peak RSS before and after;
   * stall: 4 token holders each stalling inside a 15 MiB frame, the core's RssAnon growth;
   * flood: a TCP core with 1,000 hostile connections open (idle and frame-trickling),
-    a legitimate client's fill latency.
+    a legitimate client's fill latency;
+  * parent_death: an editor stand-in killed with -9 while its private core loads and while
+    it serves, seconds until the core has exited (issue 22: the target is 1 s).
 
 Must not know: engine internals; it talks over the protocol and LSP as clients do.
 
-    python -m evaluation.bench_hostile [--model DIR] [--only recovery,recovery_nostandby,nesting,huge,stall,flood]
+    python -m evaluation.bench_hostile [--model DIR] [--only recovery,recovery_nostandby,nesting,huge,stall,flood,parent_death]
 
 Without --model it uses the default model (Qwen2.5-Coder-0.5B). Prints a table, then one JSON line last.
 """
@@ -340,6 +342,83 @@ async def stall(model: str | None, conns: int = 4, mib: int = 15) -> dict:
             "stall_fill_ms_during": round(fill_ms, 1)}
 
 
+# A stand-in for the LSP server: starts its private core as core_client does (its own pid
+# as --parent-pid), prints the core's pid, then waits to be killed. argv: socket, model
+# ("" = the default), seconds of debug load delay, the core's stderr log.
+EDITOR = """
+import os, subprocess, sys, time
+sock, model, delay, log = sys.argv[1:5]
+env = {**os.environ, "DIFFILL_DEBUG_LOAD_DELAY_S": delay}
+core = subprocess.Popen([sys.executable, "-m", "diffusion_core.service", "--socket", sock, "--device", "cpu",
+                         "--threads", "1", "--parent-pid", str(os.getpid()), "--log-level", "INFO"]
+                        + (["--model", model] if model else []), env=env, stdout=subprocess.DEVNULL,
+                        stderr=open(log, "w"))
+print(core.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def start_editor(tmp: Path, model: str | None, delay: float = 0.0):
+    """(editor process, its core's pid, the core's private folder, socket, stderr log)."""
+    folder = tmp / "core-x"
+    folder.mkdir(mode=0o700)
+    sock, log = folder / "core.sock", tmp / "core.log"
+    editor = subprocess.Popen([sys.executable, "-c", EDITOR, str(sock), str(model or ""), str(delay), str(log)],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return editor, int(editor.stdout.readline()), folder, sock, log
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (an orphan's zombie waits for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def seconds_to_exit(pid: int, bound: float) -> float | None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < bound:
+        if not alive(pid):
+            return time.monotonic() - t0
+        time.sleep(0.002)
+    return None
+
+
+def parent_death(model: str | None, tries: int = 5, into_load_s: float = 1.5) -> dict:
+    """kill -9 of an editor whose private core is loading (``into_load_s`` after the core
+    logged "loading the model": importing torch, reading the weights) or serving: seconds
+    from the kill to the core's exit, and whether its socket folder went with it."""
+    out: dict = {}
+    left = 0
+    for phase in ("load", "serve"):
+        times = []
+        for _ in range(tries):
+            with tempfile.TemporaryDirectory() as tmp:
+                editor, core, folder, _sock, log = start_editor(Path(tmp), model)
+                want = "loading the model" if phase == "load" else "listening on"
+                deadline = time.monotonic() + 300
+                while want not in log.read_text() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                if phase == "load":
+                    time.sleep(into_load_s)
+                    assert "listening on" not in log.read_text(), "the load ended before the kill; lower into_load_s"
+                os.kill(editor.pid, signal.SIGKILL)
+                editor.wait(10)
+                took = seconds_to_exit(core, 30.0)
+                times.append(round(took, 3) if took is not None else None)
+                left += folder.exists()
+                if alive(core):
+                    os.kill(core, signal.SIGKILL)
+        done = [t for t in times if t is not None]
+        out.update({f"parent_death_{phase}_s": times,
+                    f"parent_death_{phase}_median_s": round(statistics.median(done), 3) if done else None,
+                    f"parent_death_{phase}_max_s": max(done) if done else None})
+    out["parent_death_folders_left"] = left
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="diffill bench hostile", description=__doc__.split("\n")[0],
                                 epilog="example:\n  diffill bench hostile", formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -353,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if name == "nesting":
             out.update(nesting())
+        elif name == "parent_death":
+            out.update(parent_death(args.model))
         elif name.startswith("recovery"):
             run = recovery if name == "recovery" else recovery_nostandby
             out.update(asyncio.run(run(args.model, budget=args.budget)))

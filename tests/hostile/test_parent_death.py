@@ -16,40 +16,10 @@ import time
 import pytest
 
 from diffusion_core import lifeline, service
+from evaluation.bench_hostile import alive, seconds_to_exit, start_editor
 
 T = 60.0
 EXIT_BOUND_S = 5.0  # the target is 1 s on a quiet machine; this only catches "never"
-
-# A stand-in for the LSP server: starts its private core as core_client does (its own pid
-# as --parent-pid), prints the core's pid, then waits to be killed.
-EDITOR = """
-import os, subprocess, sys, time
-sock, model, delay, log = sys.argv[1:5]
-env = {**os.environ, "DIFFILL_DEBUG_LOAD_DELAY_S": delay}
-core = subprocess.Popen([sys.executable, "-m", "diffusion_core.service", "--socket", sock, "--model", model,
-                         "--device", "cpu", "--threads", "1", "--parent-pid", str(os.getpid()),
-                         "--log-level", "INFO"], env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-print(core.pid, flush=True)
-time.sleep(600)
-"""
-
-
-def alive(pid: int) -> bool:
-    """Running and not a zombie (an orphan's zombie waits for init to reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-def seconds_to_exit(pid: int, bound: float) -> float | None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < bound:
-        if not alive(pid):
-            return time.monotonic() - t0
-        time.sleep(0.005)
-    return None
 
 
 def wait_for(predicate, what: str) -> None:
@@ -57,15 +27,6 @@ def wait_for(predicate, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, what
         time.sleep(0.02)
-
-
-def start_editor(tmp_path, model, delay: float):
-    folder = tmp_path / "core-x"
-    folder.mkdir(mode=0o700)
-    sock, log = folder / "core.sock", tmp_path / "core.log"
-    editor = subprocess.Popen([sys.executable, "-c", EDITOR, str(sock), str(model), str(delay), str(log)],
-                              stdout=subprocess.PIPE, text=True)
-    return editor, int(editor.stdout.readline()), folder, sock, log
 
 
 def kill_editor_and_time_the_core(editor, core: int) -> float | None:
@@ -76,7 +37,7 @@ def kill_editor_and_time_the_core(editor, core: int) -> float | None:
 
 @pytest.mark.slow  # a core start (import torch) on a busy CPU
 def test_editor_killed_while_its_core_loads(tiny_dir, tmp_path):
-    editor, core, folder, sock, log = start_editor(tmp_path, tiny_dir, delay=120)
+    editor, core, folder, sock, log = start_editor(tmp_path, str(tiny_dir), delay=120)
     try:
         wait_for(lambda: "loading the model" in log.read_text(), "the core never began loading")
         time.sleep(0.5)  # inside the load (torch imported), where the parent pid used to be read
@@ -84,7 +45,9 @@ def test_editor_killed_while_its_core_loads(tiny_dir, tmp_path):
         assert took is not None, "a core whose editor died during its load kept running"
         assert not sock.exists() and not folder.exists()  # its private folder went with it
         lines = [line for line in log.read_text().splitlines() if "diffill core:" in line]
-        assert lines == ["diffill core: stopped before serving (its parent process is gone)"]
+        # Unwound (Interrupted), or ended by the watcher when torch's import swallowed it.
+        assert len(lines) == 1 and lines[0] in ("diffill core: stopped before serving (its parent process is gone)",
+                                                "diffill core: stopped (its parent process is gone)"), lines
     finally:
         editor.kill()
         if alive(core):
@@ -93,7 +56,7 @@ def test_editor_killed_while_its_core_loads(tiny_dir, tmp_path):
 
 @pytest.mark.slow
 def test_editor_killed_while_its_core_serves(tiny_dir, tmp_path):
-    editor, core, folder, sock, log = start_editor(tmp_path, tiny_dir, delay=0)
+    editor, core, folder, sock, log = start_editor(tmp_path, str(tiny_dir), delay=0)
     try:
         wait_for(sock.exists, "the core did not start")
         wait_for(lambda: "listening on" in log.read_text(), "the core did not start")
