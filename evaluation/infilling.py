@@ -121,9 +121,6 @@ def finalize_fill(prob: Problem, raw: str) -> str:
     # The task says how many lines the hole has (an editor's blank line between two
     # statements plans one line: a multi-line task keeps its block).
     p = replace(p, stop=replace(p.stop, single_line=prob.single_line, max_lines=1 if prob.single_line else None))
-    if ws:  # the indentation is the document's now: the fill starts after it
-        head, _, rest = raw.partition(ws)
-        raw = head + rest if not head.strip() else raw
     text = finalize(doc, p, raw)
     return ws + text + "\n" if prob.whole_lines else text
 

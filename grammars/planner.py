@@ -16,7 +16,7 @@ import re
 
 from grammars import budgets, queries
 from grammars.document import MAX_PARSE_NESTING, Document, decode
-from grammars.fillplan import KINDS, MODES, FillPlan, StopRules, line_stop
+from grammars.fillplan import KINDS, MODES, FillPlan, StopRules, line_stop, model_line_start
 from grammars.holes import DEFAULT_MARKER, hole_at
 from grammars.positions import check_encoding, line_break, line_end
 from grammars.scope import Scope, blank_line_scope
@@ -307,10 +307,14 @@ def split_segments(doc: Document, plans: list[FillPlan]) -> list[str]:
 def with_plan_context(segments: list[str], plans: list[FillPlan]) -> list[str]:
     """Model-facing segments: each plan's `leading` text ends the segment before its hole
     and its `trailing` text starts the one after, so the model sees the hole exactly where
-    `finalize` will put the fill (after `def f():` it fills a body, not a newline)."""
+    `finalize` will put the fill (after `def f():` it fills a body, not a newline). A
+    block's indentation on its own line is left to the model (fillplan.model_line_start);
+    finalize puts the fill at the scope's indentation."""
     out = list(segments)
     for i, p in enumerate(plans):
-        out[i] = out[i] + p.leading
+        text = out[i] + p.leading
+        head, sep, line = text.rpartition("\n")
+        out[i] = head + sep + model_line_start(p, line)
         out[i + 1] = p.trailing + out[i + 1]
     return out
 

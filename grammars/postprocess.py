@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from grammars.document import Document, decode, encode
-from grammars.fillplan import FillPlan
+from grammars.fillplan import FillPlan, model_line_start
 from grammars.holes import DEFAULT_MARKER
 from grammars.filters import cut_unreachable, drop_dangling_tail, join_inline, reindent, with_line_breaks
 from grammars.planner import indent_unit, line_context
@@ -157,6 +157,7 @@ class _Renderer:
         self.ends_line = plan.mode == "regenerate" and doc.source[plan.start_byte:plan.end_byte].endswith(b"\n")
         # What the model saw on the hole's line before it: the plan's leading text ends it.
         seen = plan.leading.rsplit("\n", 1)[-1] if "\n" in plan.leading else self.before + plan.leading
+        seen = model_line_start(plan, seen)
         self.model_col = indent_width(seen, tab_size) if not seen.strip() else None
 
     def first_indent(self, first: str) -> str:

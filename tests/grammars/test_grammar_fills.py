@@ -143,8 +143,11 @@ NESTED = {  # (document with the cursor at an indentation, raw fill one column o
 @pytest.mark.parametrize("lang", sorted(NESTED))
 def test_continuation_lines_follow_the_first_line(lang, eol):
     text, raw, want = NESTED[lang]
-    out, doc = fill(text, lang, raw, eol, insert_spaces=lang != "go")
     cursor_line = text.split("|")[0].rsplit("\n", 1)[-1]
+    # The model is shown the hole's line without its indentation (model_line_start) and
+    # writes it itself, one column too deep on every line.
+    raw = cursor_line + raw
+    out, doc = fill(text, lang, raw, eol, insert_spaces=lang != "go")
     assert doc == (text.split("|")[0][: -len(cursor_line)] + want + text.split("|\n", 1)[1]).replace("\n", eol)
     assert_eol(out, eol)
     assert count_errors(Document(doc, language_id=lang).tree.root_node) == 0
@@ -153,7 +156,7 @@ def test_continuation_lines_follow_the_first_line(lang, eol):
 @pytest.mark.parametrize("eol", EOLS.values(), ids=EOLS)
 def test_python_nested_block_fill_compiles(eol):
     text, raw, _ = NESTED["python"]
-    _, doc = fill(text, "python", raw, eol)
+    _, doc = fill(text, "python", "        " + raw, eol)
     compile(doc.replace("\r\n", "\n"), "<fill>", "exec")
 
 
@@ -218,3 +221,24 @@ def test_inline_hole_joins_without_doubling_whitespace(lang, eol):
 def test_inline_cursor_after_a_space_joins_without_doubling():
     out, doc = fill("x = |\n", "python", " compute(1)")
     assert doc == "x = compute(1)\n"
+
+
+def test_the_model_writes_a_blocks_indentation_itself():
+    """The model is shown a block hole's line without the editor's indentation (a prompt
+    ending in whitespace made the default model answer nothing); finalize puts the fill
+    back at the indentation."""
+    from grammars.planner import with_plan_context
+
+    text = "def f(x):\n    y = 1\n    \n"
+    doc = Document(text, language_id="python")
+    p = plan(doc, 2, 4)
+    segs = with_plan_context(["def f(x):\n    y = 1\n    ", "\n"], [p])
+    assert segs[0] == "def f(x):\n    y = 1\n"
+    assert finalize(doc, p, "    return y\n") == "return y"
+    after_opener = Document("def f(x):\n", language_id="python")
+    p = plan(after_opener, 0, 9)
+    assert with_plan_context(["def f(x):", "\n"], [p])[0] == "def f(x):\n"
+    assert finalize(after_opener, p, "    y = x\n    return y\n") == "\n    y = x\n    return y"
+    line = Document("x = \n", language_id="python")
+    p = plan(line, 0, 4)
+    assert with_plan_context(["x = ", "\n"], [p])[0] == "x = "  # a line hole keeps its text

@@ -84,7 +84,8 @@ def test_syntax_aware_cut_drops_a_broken_tail():
 def test_tab_settings_reindent_later_lines():
     out, _ = fill_at("def f(x):\n    \n", "python", 1, 4, "if x:\n        return 1\n    return 2", insert_spaces=False, tab_size=4)
     assert out == "if x:\n\t\treturn 1\n\treturn 2"
-    out, _ = fill_at("func f() {\n\t\n}\n", "go", 1, 1, "if x {\n\t\treturn\n\t}", insert_spaces=True, tab_size=2)
+    # The model is shown the line without its indentation and writes the tab itself.
+    out, _ = fill_at("func f() {\n\t\n}\n", "go", 1, 1, "\tif x {\n\t\treturn\n\t}", insert_spaces=True, tab_size=2)
     assert out == "if x {\n    return\n  }"
 
 

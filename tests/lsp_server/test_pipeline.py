@@ -153,5 +153,5 @@ async def test_holes_fill_jointly_and_apply(core):
 async def test_model_sees_the_plan_leading_text(core):
     doc = Document("def f():\n\nx = 1\n", language_id="python")
     out = await pipeline.fill_at(core, doc, 8, Settings())
-    assert core.last_segments[0] == "def f():\n    "  # the hole starts where the body goes
+    assert core.last_segments[0] == "def f():\n"  # the hole starts the body's line; the model indents it
     assert out is not None and out.candidates[0].text.startswith("\n    ")
