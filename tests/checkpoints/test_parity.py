@@ -198,4 +198,10 @@ def test_bf16_load_stays_close_to_the_fp32_reference(tmp_path):
         expected = qwen2_reference(folder)(ids)
     scale = expected.abs().max()
     assert (got - expected).abs().max() < 0.05 * scale
-    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
+    # A tiny random model has near-tied logits, where bf16 rounding may pick either token;
+    # where the reference's best token leads its runner-up by 2% of the scale (under the
+    # 5% error bound above, so this is not implied by it), bf16 must pick the same one.
+    best = expected.topk(2, -1).values
+    clear = best[..., 0] - best[..., 1] > 0.02 * scale
+    assert clear.sum() >= clear.numel() // 2
+    assert (got.argmax(-1) == expected.argmax(-1))[clear].float().mean() >= 0.95
