@@ -96,6 +96,8 @@ def accepted(drafts: list[int], y: list[int], near: list[bool], params: FillPara
 class CausalJob:
     """One request on the causal layout: its holes, filled one after another."""
 
+    warm = False  # a background warm-up (engine.WarmJob) a real request may take over
+
     def __init__(self, engine: "Engine", seg_ids: list[list[int]], specs: "list[HoleSpec]", params: FillParams,
                  mode: str, cancel, on_step, stats: "FillStats", room: int):
         self._engine, self.seg_ids, self.specs, self.params, self.mode = engine, seg_ids, specs, params, mode
@@ -107,6 +109,7 @@ class CausalJob:
         self.max_steps = step_cap([s.budget for s in specs])
         self.stored = None
         self.cache: KVCache | None = None
+        self.encode_ids: torch.Tensor | None = None  # context still to encode (one chunk per step)
         self._sp = engine.tokenizer.special
         self._start_hole()
 
@@ -130,21 +133,40 @@ class CausalJob:
         self.budget, self.committed, self.guess, self.mask_guess = self.specs[i].budget, [], [], []
         if self.mode == "exact":
             # The last context token stays out of the cache: its output predicts the hole's
-            # first token, so the first step forwards it.
-            st = FillStats()
-            self.stored = self._engine.encode_context(torch.tensor(self.ctx[:-1], dtype=torch.long), st)
+            # first token, so the first step forwards it. The engine encodes the rest one
+            # chunk per step (encode_step) before the first decode step.
+            ids = torch.tensor(self.ctx[:-1], dtype=torch.long)
+            self.stored = self._engine.claim_context(ids, self.stats)
+            self.stored.owner = self
             self.cache = self.stored.cache
-            self.stats.reused_tokens += st.reused_tokens
+            self.encode_ids = ids if self.cache.n < len(ids) else None
         else:
             self.cache = self._engine.model.new_cache(len(self.ctx) + self.budget + DRAFT_TOKENS + 16)
 
     def _release(self) -> None:
-        """Give the stored context back to the engine, holding what its cache now holds."""
-        if self.stored is not None:
-            tokens = self.ctx + self.committed
-            self.stored.ids = torch.tensor(tokens[: self.cache.n], dtype=torch.long)
-            self.stored.in_use = False
-            self.stored = None
+        """Give the stored context back to the engine, holding what its cache now holds
+        (a part of the context when the job ends while encoding)."""
+        stored, self.stored = self.stored, None
+        self.encode_ids = None
+        if stored is not None:
+            self._engine.release_context(stored, self.ctx + self.committed)
+
+    @property
+    def encoding(self) -> bool:
+        return self.encode_ids is not None and not self.done
+
+    def encode_step(self, max_tokens: int) -> None:
+        if self._engine.encode_some(self.stored, self.encode_ids, max_tokens, self.stats):
+            self.encode_ids = None
+
+    def progress(self) -> dict:
+        """What a heartbeat says about this job (read from another thread: plain ints)."""
+        cache = self.cache
+        encoding = self.encoding
+        return {"phase": "encoding" if encoding else "decoding",
+                "encoded": cache.n if encoding and cache is not None else len(getattr(self, "ctx", ())),
+                "context": len(getattr(self, "ctx", ())), "steps": self.steps, "tokens": self.stats.tokens_committed,
+                "hole": len(self.fills), "holes": len(self.specs)}
 
     def _end_hole(self, cut: int | None) -> None:
         self.fills.append(self.committed)

@@ -41,6 +41,11 @@ from .sampler import HoleState, commit_hole, resize_holes, step_cap, stop_point,
 from .static_step import StaticSteps
 
 ENCODE_CHUNK = 1024  # context tokens per forward when encoding (bounds the [T, S] mask)
+# Context tokens one scheduler step encodes on a CPU: a long cold encode is cut into steps
+# of this size, so a cancel (the user typed on) or a newer request waits at most one of
+# them; measured cost per token barely grows below a chunk of this size (evaluation.
+# bench_threads, docs/benchmarks.md). Elsewhere a step encodes ENCODE_CHUNK.
+ENCODE_STEP_CPU = 256
 CONTEXT_STORE_SIZE = 4  # cached contexts kept for reuse across requests (one per recent document)
 
 
@@ -49,10 +54,13 @@ class _StoredContext:
     ids: torch.Tensor  # [n] context ids whose keys/values are in cache slots [0, n)
     cache: KVCache
     in_use: bool = False
+    owner: object = None  # the job holding it while in_use (a warm-up's is taken over by a request)
 
 
 class Job:
     """One request in flight: its sequence, cache and per-hole progress."""
+
+    warm = False  # a background warm-up (WarmJob) a real request may take over
 
     def __init__(self, engine: "Engine", layout: Layout, params: FillParams, mode: str, cache: KVCache,
                  stored: _StoredContext | None, cancel, on_step, stats: FillStats, budgets: list[int],
@@ -76,7 +84,29 @@ class Job:
         self._end_ids = engine.end_ids
         self._mask_id = engine.tokenizer.special.mask
         self._engine = engine
+        # Context ids still to encode into `stored` (a step encodes one chunk), None once done.
+        self.encode_ids: torch.Tensor | None = None
+        if stored is not None:
+            stored.owner = self
+            if stored.cache.n < layout.n_context:
+                self.encode_ids = torch.tensor(layout.ids[: layout.n_context], dtype=torch.long)
         self._update_blocks()
+
+    @property
+    def encoding(self) -> bool:
+        return self.encode_ids is not None and not self.done
+
+    def encode_step(self, max_tokens: int) -> None:
+        if self._engine.encode_some(self.stored, self.encode_ids, max_tokens, self.stats):
+            self.encode_ids = None
+
+    def progress(self) -> dict:
+        """What a heartbeat says about this job (read from another thread: plain ints)."""
+        stored = self.stored
+        return {"phase": "encoding" if self.encoding else "decoding",
+                "encoded": stored.cache.n if stored is not None and self.encoding else self.layout.n_context,
+                "context": self.layout.n_context, "steps": self.steps, "tokens": self.stats.tokens_committed,
+                "hole": 0, "holes": len(self.holes)}
 
     def take_refresh(self) -> bool:
         """Whether this step must be a full forward (dual mode: the blocks moved, or the
@@ -100,8 +130,9 @@ class Job:
         """End the job (an error ends it failed); the engine calls this for a cancel, a
         non-finite step or the step cap, the job itself when every hole is done."""
         self.done, self.error = True, error
-        if self.stored is not None:
-            self.stored.in_use = False
+        stored, self.stored = self.stored, None
+        if stored is not None:
+            self._engine.release_context(stored)
 
     def masked_positions(self) -> list[list[int]]:
         """Per hole, the masked positions of its current block."""
@@ -187,6 +218,7 @@ class Engine:
         self.drafter = (draft_adapter.packaged_for(self.model, read_provenance(loaded.path).get("gguf_sha256"))
                         if self.config.layout == "causal" else None)
         self.mask_rows = MASK_ROWS
+        self.encode_step_tokens = ENCODE_STEP_CPU if self.device.type == "cpu" else ENCODE_CHUNK
         sp = self.tokenizer.special
         if self.config.layout in ("diffill", "causal") and None in (sp.suf, sp.pre, sp.mid):
             raise CoreError(f"{loaded.path}: the {self.config.layout} layout needs suf/pre/mid special tokens in tokenizer.json")
@@ -253,7 +285,18 @@ class Engine:
         return job.result()
 
     def begin(self, segments: list[str], holes: list[HoleSpec], params: FillParams | None = None,
-              cancel: Callable[[], bool] | None = None, on_step: Callable[[StepInfo], None] | None = None) -> Job:
+              cancel: Callable[[], bool] | None = None, on_step: Callable[[StepInfo], None] | None = None,
+              lazy: bool = False) -> Job:
+        """The job of one request, its context encoded (``lazy``: left to its first steps,
+        one chunk of ``encode_step_tokens`` each, which is how the core's scheduler runs
+        it so a cancel or a preempting request waits one chunk at most)."""
+        job = self._begin(segments, holes, params, cancel, on_step)
+        while not lazy and job.encoding:
+            job.encode_step(len(job.encode_ids))
+        return job
+
+    def _begin(self, segments: list[str], holes: list[HoleSpec], params: FillParams | None,
+               cancel: Callable[[], bool] | None, on_step: Callable[[StepInfo], None] | None) -> Job:
         params = params or FillParams()
         specs = self._check(segments, holes)
         budgets = [h.budget for h in specs]
@@ -290,13 +333,36 @@ class Engine:
         stats.context_tokens = layout.n_context if layout.kind == "diffill" else len(layout.ids) - sum(e - s for s, e in layout.holes)
         t1 = time.perf_counter()
         stored = None
-        if mode == "exact":
-            stored = self.encode_context(torch.tensor(layout.ids[: layout.n_context], dtype=torch.long), stats)
+        if mode == "exact":  # encoded by the job's first steps (Job.encode_step)
+            stored = self.claim_context(torch.tensor(layout.ids[: layout.n_context], dtype=torch.long), stats)
             cache = stored.cache
         else:
             cache = self.model.new_cache(len(layout.ids) + 16)
         stats.encode_ms = (time.perf_counter() - t1) * 1e3
         return Job(self, layout, params, mode, cache, stored, cancel, on_step, stats, budgets, specs)
+
+    def warm(self, segments: list[str], budget: int = 64, params: FillParams | None = None) -> "WarmJob":
+        """A job that only encodes the context a one-hole fill of ``segments`` with this
+        ``budget`` would use, one chunk per step, and keeps it in the store: a request for
+        that context arriving meanwhile takes the encode over where it stands
+        (claim_context). Models without an exact cache get a job that is done at once."""
+        params = params or FillParams()
+        if len(segments) != 2 or self._mode(params) != "exact":
+            return WarmJob(self, None, None)
+        self._check(segments, [HoleSpec(budget)])
+        seg_ids = self.tokenizer.encode_batch(textcut.cut_segments(segments, self.config.max_context))
+        room = min(self.config.max_context, self.config.max_position_embeddings - budget - 6)
+        seg_ids, _ = fit_context(seg_ids, max(room, 0))
+        if self.config.layout == "causal":
+            ids = infill_formats.causal_context(seg_ids[0], seg_ids[1], self.tokenizer.special)[:-1]
+        elif self.format is None:
+            layout = build_diffill(seg_ids, [budget], self.tokenizer.special)
+            ids = layout.ids[: layout.n_context]
+        else:  # pragma: no cover - foreign bidirectional formats have no exact cache (_mode)
+            return WarmJob(self, None, None)
+        stats = FillStats()
+        t = torch.tensor(ids, dtype=torch.long)
+        return WarmJob(self, self.claim_context(t, stats), t, stats)
 
     def _check(self, segments, holes) -> list[HoleSpec]:
         if not isinstance(segments, (list, tuple)) or not all(isinstance(s, str) for s in segments):
@@ -327,44 +393,83 @@ class Engine:
         return params.cache
 
     def encode_context(self, ids: torch.Tensor, stats: FillStats) -> _StoredContext:
-        """Keys/values of the causal context, reusing the longest common prefix of a stored one."""
+        """Keys/values of the causal context, reusing the longest common prefix of a stored
+        one, all at once (``claim_context`` then ``encode_some`` to the end)."""
+        stored = self.claim_context(ids, stats)
+        while not self.encode_some(stored, ids, len(ids), stats):
+            pass
+        return stored
+
+    def claim_context(self, ids: torch.Tensor, stats: FillStats) -> _StoredContext:
+        """The stored context a request encodes ``ids`` [n] into: the one sharing the
+        longest prefix with it, truncated to that prefix (cloned when another job holds
+        it), else a fresh one. Nothing is encoded here: ``encode_some`` does it in chunks,
+        so a scheduler can cancel or preempt a long encode between two of them, and what
+        a cancelled request encoded stays reusable (``release_context``)."""
         best, best_n = None, 0
         for entry in self._store:
-            n = min(len(entry.ids), len(ids))
+            n = min(len(entry.ids), len(ids), entry.cache.n)  # only slots that hold keys count
             same = (entry.ids[:n] == ids[:n]).to(torch.int8)
             lcp = int(same.cumprod(0).sum()) if n else 0
             if lcp > best_n or best is None:
                 best, best_n = entry, lcp
+        if best is not None and best.in_use and best.owner is not None and best.owner.warm and best_n > 0:
+            # A background warm-up is encoding this very context: the request joins that
+            # work (takes the cache over where it stands) instead of copying or redoing it.
+            best.owner.finish()
         # Reuse in place only when most of the stored context survives: otherwise another
         # document's cache would be cut down to its first few tokens.
         if best is not None and best_n > 0 and (best.in_use or 2 * best_n >= len(best.ids)):
             if best.in_use:
                 cache = best.cache.clone(len(ids) - best_n + 256)
                 cache.truncate(best_n)
-                stored = _StoredContext(ids, cache)
+                stored = _StoredContext(ids[:best_n], cache)
                 self._remember(stored)
             else:
                 stored = best
                 stored.cache.truncate(best_n)
-                stored.ids = ids
+                stored.ids = ids[:best_n]
                 self._store.remove(stored)
                 self._store.append(stored)
         else:
-            stored = _StoredContext(ids, self.model.new_cache(len(ids) + 256))
+            stored = _StoredContext(ids[:0], self.model.new_cache(len(ids) + 256))
             self._remember(stored)
         stored.in_use = True
-        stats.reused_tokens = stored.cache.n
+        stats.reused_tokens += stored.cache.n
+        return stored
+
+    def encode_some(self, stored: _StoredContext, ids: torch.Tensor, max_tokens: int, stats: FillStats) -> bool:
+        """Encode up to ``max_tokens`` more of ``ids`` into ``stored`` (in forwards of at
+        most ENCODE_CHUNK); True once all of ``ids`` is in its cache. ``stored.ids`` always
+        names exactly the tokens whose keys are in slots [0, cache.n)."""
+        t0 = time.perf_counter()
         kind = self.config.layout
+        end = min(len(ids), stored.cache.n + max_tokens)
         with torch.inference_mode():
-            while stored.cache.n < len(ids):
+            while stored.cache.n < end:
                 lo = stored.cache.n
-                hi = min(len(ids), lo + ENCODE_CHUNK)
+                hi = min(end, lo + ENCODE_CHUNK)
                 stored.cache.reserve(hi + 512)  # room for the hole region's scratch slots too
                 mask = attention_mask(kind, len(ids), lo, hi - lo, hi, self.device)
                 seg = Segment(0, hi - lo, stored.cache, "append", mask)
                 pos = torch.arange(lo, hi, device=self.device)
                 self.model.forward_packed(ids[lo:hi].to(self.device), pos, [seg], out_rows=torch.empty(0, dtype=torch.long, device=self.device))
-        return stored
+                stored.ids = ids[:hi]
+        stats.encode_ms += (time.perf_counter() - t0) * 1e3
+        return stored.cache.n >= len(ids)
+
+    @staticmethod
+    def release_context(stored: _StoredContext, tokens: list[int] | torch.Tensor | None = None) -> None:
+        """A job is done with ``stored``: it keeps what its cache holds (``tokens``, the
+        sequence whose keys fill slots [0, cache.n), when they go past ``stored.ids``)
+        for the next request, however far the job got."""
+        if tokens is not None:
+            stored.ids = torch.as_tensor(list(tokens[: stored.cache.n]) if not isinstance(tokens, torch.Tensor)
+                                         else tokens[: stored.cache.n], dtype=torch.long)
+        elif len(stored.ids) > stored.cache.n:
+            stored.ids = stored.ids[: stored.cache.n]
+        stored.in_use = False
+        stored.owner = None
 
     def _remember(self, stored: _StoredContext) -> None:
         self._store.append(stored)
@@ -382,6 +487,9 @@ class Engine:
                 continue
             if job.cancel is not None and job.cancel():
                 job.finish(FillCancelled())
+                continue
+            if job.encoding:  # one chunk of its context this step (not packed with the others)
+                job.encode_step(self.encode_step_tokens)
                 continue
             live.append(job)
         if not live:
@@ -466,3 +574,45 @@ class Engine:
         src = torch.tensor([index[int(p)] for p in logit_source(flat, shift)], dtype=torch.long)
         seg = Segment(0, 0, job.cache, "overwrite", None, act.to(self.device))
         return job.x[act], act, seg, src, positions
+
+
+class WarmJob:
+    """Encodes a context into the engine's store and nothing else (Engine.warm): the
+    scheduler steps it at idle priority; a real request for the same context takes its
+    cache over (it is then finished with what it had encoded)."""
+
+    warm = True
+    cancel = None
+
+    def __init__(self, engine: Engine, stored: _StoredContext | None, ids: torch.Tensor | None,
+                 stats: FillStats | None = None):
+        self._engine, self.stored, self.ids, self.stats = engine, stored, ids, stats or FillStats()
+        self.done = stored is None or stored.cache.n >= len(ids)
+        if stored is not None:
+            stored.owner = self
+            if self.done:
+                engine.release_context(stored)
+                self.stored = None
+
+    @property
+    def encoding(self) -> bool:
+        return not self.done
+
+    def encode_step(self, max_tokens: int) -> None:
+        if self._engine.encode_some(self.stored, self.ids, max_tokens, self.stats):
+            self.finish()
+
+    def finish(self, error: Exception | None = None) -> None:
+        self.done = True
+        stored, self.stored = self.stored, None
+        if stored is not None:
+            self._engine.release_context(stored)
+
+    def progress(self) -> dict:
+        n = self.stored.cache.n if self.stored is not None else (len(self.ids) if self.ids is not None else 0)
+        return {"phase": "warming", "encoded": n, "context": len(self.ids) if self.ids is not None else 0}
+
+    def result(self) -> FillResult:
+        st = self.stats
+        st.context_tokens = len(self.ids) if self.ids is not None else 0
+        return FillResult([], st, [])

@@ -275,7 +275,18 @@ class Scheduler:
     def _drop_cancelled_locked(self) -> None:
         for ticket in [t for t in self._active if t.cancelled]:
             self._active.remove(ticket)
+            self._abandon(ticket)
             self._finish_locked(ticket, Outcome(code=protocol.E_CANCELLED, message="request cancelled"))
+
+    def _abandon(self, ticket: Ticket) -> None:
+        """A cancelled job leaves the engine (``backend.drop``, when it has one): what it
+        encoded stays in the engine's store for the next request (engine thread only)."""
+        drop = getattr(self.backend, "drop", None)
+        if drop is not None and ticket.job is not None and not ticket.job.done:
+            try:
+                drop(ticket.job)
+            except Exception:  # a broken drop must not kill the engine thread
+                log.exception("dropping a cancelled job failed")
 
     def _begin(self, ticket: Ticket) -> None:
         ticket.started = time.perf_counter()

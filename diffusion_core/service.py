@@ -99,10 +99,16 @@ class EngineBackend:
 
     def begin(self, prepared: tuple) -> Any:
         segments, holes, params = prepared
-        return self.engine.begin(segments, holes, params)
+        return self.engine.begin(segments, holes, params, lazy=True)
 
     def step(self, jobs: list) -> None:
         self.engine.step(jobs)
+
+    def drop(self, job: Any) -> None:
+        """A cancelled job: ended now, its encoded context kept in the engine's store."""
+        from diffusion_core.errors import FillCancelled
+
+        job.finish(FillCancelled())
 
     def info(self) -> dict:
         return dict(self.engine.info())
