@@ -34,6 +34,10 @@ Owns the causal layout's request state and its per-step rules:
     still commits exactly the "ar" tokens. "threshold" also commits the block's leading
     predictions whose confidence passes tau at once, unverified (Fast-dLLM's parallel rule,
     Wu et al. 2025): more tokens per forward, exact only where the model was right.
+  * token healing (`tokenizer.heal_point`, the engine's `_heals`): a hole whose prefix
+    ended inside a word or an operator had that chunk's ids cut off its prompt; its first
+    steps commit one constrained token each (no drafts) until the removed text is
+    re-created, and its text drops that part, so drafts and the AR-exact claim hold after.
 
 It knows nothing of packing several jobs into one forward (the engine does that) or of
 the wire protocol. The engine calls `plan()` then `apply(logits)` once per step.
@@ -50,10 +54,11 @@ from .layout import attention_mask, fit_context
 from .model import KVCache, Segment
 from .fill_types import FillResult, FillStats, HoleSpec
 from .params import FillParams
-from .sampler import sample_tokens, step_cap, stop_point
+from .sampler import restrict, sample_tokens, step_cap, stop_point
 
 if TYPE_CHECKING:  # the engine builds CausalJobs: an import at run time would be a cycle
     from .engine import Engine
+    from .tokenizer import Heal
 
 # Drafts per forward. Verifying them is cheap where a forward is bound by reading the weights
 # (a GPU); on the 2-core dev CPU a 1-row forward costs 131 ms and 4 / 16 rows 333 / 410 ms
@@ -99,14 +104,17 @@ class CausalJob:
     warm = False  # a background warm-up (engine.WarmJob) a real request may take over
 
     def __init__(self, engine: "Engine", seg_ids: list[list[int]], specs: "list[HoleSpec]", params: FillParams,
-                 mode: str, cancel, on_step, stats: "FillStats", room: int):
+                 mode: str, cancel, on_step, stats: "FillStats", room: int, heals: "list[Heal | None] | None" = None):
         self._engine, self.seg_ids, self.specs, self.params, self.mode = engine, seg_ids, specs, params, mode
         self.cancel, self.on_step, self.stats, self.room = cancel, on_step, stats, room
         self.gen = torch.Generator().manual_seed(params.seed)
         self.fills: list[list[int]] = []  # committed ids of the finished holes
         self.cuts: list[int | None] = []  # where each finished hole's text ends under its stop rule
         self.steps, self.done, self.error = 0, False, None
-        self.max_steps = step_cap([s.budget for s in specs])
+        # Token healing per hole (engine._heals): the segment before it already lost the
+        # removed ids; the hole's first tokens must re-create their text, then drop it.
+        self.heals = heals or [None] * len(specs)
+        self.max_steps = step_cap([s.budget + (h.removed if h else 0) for s, h in zip(specs, self.heals)])
         self.stored = None
         self.cache: KVCache | None = None
         self.encode_ids: torch.Tensor | None = None  # context still to encode (one chunk per step)
@@ -131,6 +139,11 @@ class CausalJob:
         self.ctx = infill_formats.causal_context(prefix, suffix, self._sp)
         self.stats.context_tokens += len(self.ctx)
         self.budget, self.committed, self.guess, self.mask_guess = self.specs[i].budget, [], [], []
+        heal = self.heals[i]
+        self.budget += heal.removed if heal else 0
+        # The removed text's bytes the committed tokens have yet to re-create: until then a
+        # step forwards no drafts and its one token is constrained (heal_candidates).
+        self.pending = heal.text.encode("utf-8") if heal else b""
         if self.mode == "exact":
             # The last context token stays out of the cache: its output predicts the hole's
             # first token, so the first step forwards it. The engine encodes the rest one
@@ -190,8 +203,9 @@ class CausalJob:
         assert pending, "a causal step always forwards the last committed token"
         drafts: list[int] = []
         room = self.budget - len(self.committed) - 1  # a draft's output would predict past the budget
-        drafter = self._engine.drafter if self.params.drafts == "auto" and self.params.strategy != "ar" else None
-        if self.params.strategy != "ar" and room > 0:
+        drafter = (self._engine.drafter if self.params.drafts == "auto" and self.params.strategy != "ar"
+                   and not self.pending else None)
+        if self.params.strategy != "ar" and room > 0 and not self.pending:
             k = min(DRAFT_TOKENS, room)
             # With a drafter, no Jacobi guesses: they are mostly wrong, and a rejected draft
             # also voids the mask block behind it; a forward without drafts always yields one.
@@ -224,6 +238,8 @@ class CausalJob:
         """Commit this step's tokens from logits [len(drafts) + 1 + masks, V]; returns how many."""
         n, n_pending, drafts, beside, after = self._step
         eng = self._engine
+        if self.pending:  # token healing: one row, constrained to re-create the removed text
+            logits = restrict(logits, eng.tokenizer.heal_candidates(self.pending))
         y, conf = sample_tokens(logits, self.params, self.gen, eng.banned)
         y, conf = y.tolist(), conf.tolist()
         v = len(drafts) + 1  # the verifying rows come first, then the beside block, then the after block
@@ -287,7 +303,11 @@ class CausalJob:
                 return new, True, None
             new.append(t)
             self.committed.append(t)
-            cut = stop_point(eng.tokenizer.decode(self.committed), spec.max_lines, spec.dedent_below, spec.min_depth)
+            if self.pending:
+                b = eng.tokenizer.token_bytes(t) or b""
+                self.pending = self.pending[len(b):] if self.pending.startswith(b) else b""
+            text = eng.tokenizer.decode_healed(self.committed, self.heals[len(self.fills)])
+            cut = stop_point(text, spec.max_lines, spec.dedent_below, spec.min_depth)
             if cut is not None or len(self.committed) >= self.budget:
                 return new, True, cut
         return new, False, cut
@@ -300,7 +320,7 @@ class CausalJob:
             raise self.error
         assert self.done, "result() of an unfinished job"
         tok = self._engine.tokenizer
-        texts = [tok.decode(ids)[:cut] if cut is not None else tok.decode(ids) for ids, cut in zip(self.fills, self.cuts)]
+        texts = [tok.decode_healed(ids, heal)[:cut] for ids, cut, heal in zip(self.fills, self.cuts, self.heals)]
         st = self.stats
         st.tokens_per_forward = st.tokens_committed / st.forward_passes if st.forward_passes else 0.0
         return FillResult(texts, st, [list(f) for f in self.fills])

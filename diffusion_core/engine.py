@@ -37,8 +37,9 @@ from .loader import LoadedModel, load_model
 from .model_cache import read_provenance
 from .model import KVCache, Segment
 from .params import CAUSAL_ONLY, MAX_BUDGET, FillParams
-from .sampler import HoleState, commit_hole, resize_holes, step_cap, stop_point, trim
+from .sampler import HoleState, commit_hole, resize_holes, restrict, step_cap, stop_point, trim
 from .static_step import StaticSteps
+from .tokenizer import Heal
 
 ENCODE_CHUNK = 1024  # context tokens per forward when encoding (bounds the [T, S] mask)
 # Context tokens one scheduler step encodes on a CPU: a long cold encode is cut into steps
@@ -64,8 +65,13 @@ class Job:
 
     def __init__(self, engine: "Engine", layout: Layout, params: FillParams, mode: str, cache: KVCache,
                  stored: _StoredContext | None, cancel, on_step, stats: FillStats, budgets: list[int],
-                 specs: list[HoleSpec]):
+                 specs: list[HoleSpec], heals: list[Heal | None] | None = None):
         self.layout, self.params, self.mode, self.cache, self.stored = layout, params, mode, cache, stored
+        # Token healing (Engine._heals): a healed hole's first position may only take a token
+        # that starts with the removed text, which the hole's text then drops.
+        self.heals = heals or [None] * len(layout.holes)
+        self._heal_ids = [engine.tokenizer.heal_candidates(h.text.encode("utf-8"), whole=True) if h else None
+                          for h in self.heals]
         self.cancel, self.on_step, self.stats = cancel, on_step, stats
         self.x = torch.tensor(layout.ids, dtype=torch.long)  # [T] on the CPU: cheap to index per position
         # DreamOn holes grow and shrink up to their budgets; their positions live in self.holes.
@@ -148,11 +154,15 @@ class Job:
     def apply(self, logits: torch.Tensor, positions: list[list[int]]) -> int:
         """Commit this step's tokens given logits [masked positions of all holes, V]."""
         committed, offset = 0, 0
-        for h, blk, hole_pos in zip(self.holes, self.blocks, positions):
+        for h, blk, hole_pos, heal_ids in zip(self.holes, self.blocks, positions, self._heal_ids):
             if blk is None:
                 continue
             m = len(hole_pos)
-            committed += commit_hole(self.x, h, blk, hole_pos, logits[offset : offset + m], self.params, self.gen,
+            part = logits[offset : offset + m]
+            if heal_ids is not None and h.start in hole_pos:
+                j = hole_pos.index(h.start)
+                part = torch.cat([part[:j], restrict(part[j : j + 1], heal_ids), part[j + 1:]])
+            committed += commit_hole(self.x, h, blk, hole_pos, part, self.params, self.gen,
                                      self._end_ids, self._engine.banned, self.expand_id)
             offset += m
         if self.expand_id is not None:
@@ -174,7 +184,7 @@ class Job:
                 continue
             ids = self.x[h.start : h.end].tolist()
             run = next((j for j, t in enumerate(ids) if t == self._mask_id or t in self._end_ids), len(ids))
-            cut = stop_point(tok.decode(ids[:run]), spec.max_lines, spec.dedent_below, spec.min_depth)
+            cut = stop_point(tok.decode_healed(ids[:run], self.heals[i]), spec.max_lines, spec.dedent_below, spec.min_depth)
             if cut is not None:
                 self.cuts[i] = cut
                 if run < len(ids):
@@ -191,7 +201,7 @@ class Job:
         st = self.stats
         st.tokens_per_forward = st.tokens_committed / st.forward_passes if st.forward_passes else 0.0
         tok = self._engine.tokenizer
-        texts = [tok.decode(i)[:c] if c is not None else tok.decode(i) for i, c in zip(ids, self.cuts)]
+        texts = [tok.decode_healed(i, heal)[:c] for i, c, heal in zip(ids, self.cuts, self.heals)]
         return FillResult(texts, st, ids)
 
 
@@ -307,7 +317,10 @@ class Engine:
             raise CoreError(f"params.strategy: {params.strategy!r} needs a causal-layout model (a pretrained AR coder)")
         stats = FillStats()
         t0 = time.perf_counter()
-        seg_ids = self.tokenizer.encode_batch(textcut.cut_segments(segments, self.config.max_context))
+        texts = textcut.cut_segments(segments, self.config.max_context)
+        seg_ids = self.tokenizer.encode_batch(texts)
+        heals = self._heals(texts, seg_ids, specs, params, whole=not causal)
+        budgets = [b + (h.removed if causal else 1) if h else b for b, h in zip(budgets, heals)]
         # Room for the hole region and the layout's marker tokens inside the model's window.
         room = min(self.config.max_context, self.config.max_position_embeddings - sum(budgets) - 2 * len(budgets) - 4)
         if room < 0:
@@ -317,7 +330,7 @@ class Engine:
             stats.tokenize_ms = (time.perf_counter() - t0) * 1e3
             mode = stats.cache = self._mode(params)
             t1 = time.perf_counter()
-            job = CausalJob(self, seg_ids, specs, params, mode, cancel, on_step, stats, room + sum(budgets))
+            job = CausalJob(self, seg_ids, specs, params, mode, cancel, on_step, stats, room + sum(budgets), heals)
             stats.encode_ms = (time.perf_counter() - t1) * 1e3
             return job
         last_len = len(seg_ids[-1])
@@ -339,7 +352,7 @@ class Engine:
         else:
             cache = self.model.new_cache(len(layout.ids) + 16)
         stats.encode_ms = (time.perf_counter() - t1) * 1e3
-        return Job(self, layout, params, mode, cache, stored, cancel, on_step, stats, budgets, specs)
+        return Job(self, layout, params, mode, cache, stored, cancel, on_step, stats, budgets, specs, heals)
 
     def warm(self, segments: list[str], budget: int = 64, params: FillParams | None = None) -> "WarmJob":
         """A job that only encodes the context a one-hole fill of ``segments`` with this
@@ -363,6 +376,22 @@ class Engine:
         stats = FillStats()
         t = torch.tensor(ids, dtype=torch.long)
         return WarmJob(self, self.claim_context(t, stats), t, stats)
+
+    def _heals(self, texts: list[str], seg_ids: list[list[int]], specs: list[HoleSpec], params: FillParams,
+               whole: bool) -> list[Heal | None]:
+        """Token healing of the segment before each hole (`tokenizer.heal_point`); cuts the
+        removed ids off seg_ids in place. whole (the diffusion layouts): only where one token
+        can re-create the removed text, as only the hole's first position is constrained.
+        DreamOn holes move as they grow, so they are never healed."""
+        heals: list[Heal | None] = []
+        for i, spec in enumerate(specs):
+            h = None
+            if params.heal == "on" and spec.budget > 0 and not self.expanding:
+                h = self.tokenizer.heal_point(texts[i], seg_ids[i], whole=whole)
+            if h is not None:
+                seg_ids[i] = seg_ids[i][: h.keep]
+            heals.append(h)
+        return heals
 
     def _check(self, segments, holes) -> list[HoleSpec]:
         if not isinstance(segments, (list, tuple)) or not all(isinstance(s, str) for s in segments):

@@ -21,6 +21,9 @@ CACHE_MODES = ("auto", "exact", "dual", "none")
 # has one (draft_adapter), then context n-grams; "context": n-grams and the previous forward's
 # predictions only (the decoding benchmark compares the two).
 DRAFT_SOURCES = ("auto", "context")
+# Token healing (tokenizer.heal_point): "on" backs a prompt that ends inside a word or an
+# operator up to its last token boundary and makes the fill re-create the removed text first.
+HEAL_MODES = ("on", "off")
 MAX_BUDGET = MAX_HOLE_TOKENS  # tokens in one hole (the one cap, protocol.py); more is rejected, not truncated
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 100.0  # besides 0 (greedy)
 MIN_TOP_P = 1e-6
@@ -43,6 +46,7 @@ class FillParams:
     seed: int = 0
     cache: str = "auto"  # "exact" for models with a causal context, "dual" (approximate) for bidirectional ones
     drafts: str = "auto"  # causal layout: DRAFT_SOURCES
+    heal: str = "on"  # HEAL_MODES
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -53,6 +57,8 @@ class FillParams:
             raise CoreError(f"params.cache: {self.cache!r} is not one of {', '.join(CACHE_MODES)}")
         if self.drafts not in DRAFT_SOURCES:
             raise CoreError(f"params.drafts: {self.drafts!r} is not one of {', '.join(DRAFT_SOURCES)}")
+        if self.heal not in HEAL_MODES:
+            raise CoreError(f"params.heal: {self.heal!r} is not one of {', '.join(HEAL_MODES)}")
         if not 0.0 <= self.threshold <= 1.0:
             raise CoreError(f"params.threshold: {self.threshold} is outside [0, 1]")
         if self.block_size < 1:

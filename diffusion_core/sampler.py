@@ -100,6 +100,15 @@ def sample_tokens(logits: torch.Tensor, params: FillParams, gen: torch.Generator
     return tokens, conf
 
 
+def restrict(logits: torch.Tensor, allowed: list[int]) -> torch.Tensor:
+    """logits [M, V] with every id outside `allowed` at -inf: token healing's constraint on a
+    hole's first token(s) (`tokenizer.heal_candidates`), applied before `sample_tokens`."""
+    idx = torch.tensor(allowed, dtype=torch.long)
+    out = torch.full_like(logits, float("-inf"))
+    out[:, idx] = logits[:, idx]
+    return out
+
+
 def num_to_commit(n_masked: int, hole: HoleState, block_len: int, budget: int, params: FillParams) -> int:
     """LLaDA's schedule: the block's share of `steps`, spread evenly over what is left of it."""
     if params.steps <= 0:
@@ -264,11 +273,13 @@ def denoise_reference(full_logits: Callable[[torch.Tensor], torch.Tensor], ids: 
                       holes: list[tuple[int, int]], params: FillParams, mask_id: int, end_ids: tuple[int, ...],
                       shift: bool, cancel: Callable[[], bool] | None = None,
                       banned: tuple[int, ...] = (), expand_id: int | None = None,
-                      budgets: list[int] | None = None) -> tuple[torch.Tensor, int]:
+                      budgets: list[int] | None = None,
+                      allowed: dict[int, list[int]] | None = None) -> tuple[torch.Tensor, int]:
     """The slow, obviously correct loop: returns (final ids [T'], forward passes).
 
     full_logits(ids [T]) -> logits [T, V] is one uncached forward over the whole sequence.
     expand_id and budgets: DreamOn holes that grow and shrink (then T' may differ from T).
+    allowed: position -> the only ids it may take (token healing's first hole position).
     """
     x = ids.clone()
     gen = torch.Generator().manual_seed(params.seed)
@@ -293,7 +304,13 @@ def denoise_reference(full_logits: Callable[[torch.Tensor], torch.Tensor], ids: 
                 continue
             positions = [p for p in range(blk[0], blk[1]) if x[p] == mask_id]
             rows = [p - 1 if shift else p for p in positions]
-            commit_hole(x, h, blk, positions, logits[rows], params, gen, end_ids, banned, expand_id)
+            block_logits = logits[rows]
+            for j, p in enumerate(positions):
+                if allowed and p in allowed:
+                    keep = torch.full_like(block_logits[j], float("-inf"))
+                    keep[allowed[p]] = block_logits[j, allowed[p]]
+                    block_logits[j] = keep
+            commit_hole(x, h, blk, positions, block_logits, params, gen, end_ids, banned, expand_id)
             if h.current_block(x == mask_id) != blk:
                 h.steps_in_block = 0
         if variable:

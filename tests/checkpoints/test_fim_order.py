@@ -88,12 +88,12 @@ def test_engine_fills_in_the_selected_order(qwen_dir, engine, order, monkeypatch
     assert expected != hf_greedy(qwen_dir, engine, PREFIX, SUFFIX, 12, "psm")  # the order reached the model
 
 
-def typed_encodes(engine: Engine, typed: str) -> list[tuple[int, int]]:
+def typed_encodes(engine: Engine, typed: str, heal: str = "on") -> list[tuple[int, int]]:
     """(context tokens, tokens encoded) of each keystroke's fill after the first, cold one."""
     engine.forget_contexts()
     out = []
     for k in range(len(typed) + 1):
-        res = engine.fill([PREFIX + typed[:k], SUFFIX], [HoleSpec(4)], FillParams(strategy="ar"))
+        res = engine.fill([PREFIX + typed[:k], SUFFIX], [HoleSpec(4)], FillParams(strategy="ar", heal=heal))
         if k:
             out.append((res.stats.context_tokens, res.stats.context_tokens - res.stats.reused_tokens))
     return out
@@ -103,15 +103,18 @@ def typed_encodes(engine: Engine, typed: str) -> list[tuple[int, int]]:
 def test_typing_reuses_the_cache_in_suffix_first_order(engine, order, monkeypatch):
     typed = "x + self.y"
     suffix_tokens = len(engine.tokenizer.encode(SUFFIX))
+    # Without token healing: with it, a keystroke inside a word backs the prompt up to the
+    # word's start, so even PSM's context is often the previous keystroke's.
     monkeypatch.setenv(fmts.FIM_ORDER_ENV, "psm")
-    psm = typed_encodes(engine, typed)
+    psm = typed_encodes(engine, typed, heal="off")
     monkeypatch.setenv(fmts.FIM_ORDER_ENV, order)
-    first = typed_encodes(engine, typed)
+    first = typed_encodes(engine, typed, heal="off")
     # PSM: the whole suffix window after the typed point, every keystroke.
     assert all(enc > suffix_tokens for _, enc in psm)
     # Suffix first: only the retokenized tail of the prefix (and spm's closing marker).
     assert all(enc <= 4 for _, enc in first), first
     assert sum(enc for _, enc in first) * 3 < sum(enc for _, enc in psm)
+    assert all(enc <= 4 for _, enc in typed_encodes(engine, typed)), "healed"
     # The cache never changes a fill: cold and warm agree.
     warm = engine.fill([PREFIX + typed, SUFFIX], [HoleSpec(8)], FillParams(strategy="ar"))
     cold = engine.fill([PREFIX + typed, SUFFIX], [HoleSpec(8)], FillParams(strategy="ar", cache="none"))
