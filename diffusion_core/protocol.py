@@ -12,6 +12,15 @@ Messages (all msgpack maps with string keys):
     request  {"id": int | str, "method": str, "params": map}
     reply    {"id": ..., "result": map}
     error    {"id": ... | None, "error": {"code": str, "message": str}}
+    progress {"id": ..., "progress": map}   (a fill or warm that asked for it: never a reply)
+
+Heartbeats: a core whose hello reply carries "heartbeat_s" sends, for each in-flight
+fill or warm that asked for it ("progress": true), a progress frame at least every
+heartbeat_s seconds: where it stands ({"phase": "queued" | "encoding" | "decoding" |
+"warming", "encoded", "context", "steps", "tokens", "hole", "holes"}) and "engine_idle_s",
+the seconds since the core's engine last finished a unit of work (a step or a chunk of
+context). A client tells a hung core (no frame at all, or an engine that stopped moving)
+from a busy one (frames keep coming) by these, not by how long a fill takes.
 """
 
 from __future__ import annotations
@@ -54,7 +63,11 @@ FILL = "fill"
 CANCEL = "cancel"
 STATUS = "status"
 SHUTDOWN = "shutdown"
-METHODS = (HELLO, FILL, CANCEL, STATUS, SHUTDOWN)
+WARM = "warm"  # encode a fill's context at idle priority, keep it for the fill that follows
+METHODS = (HELLO, FILL, CANCEL, STATUS, SHUTDOWN, WARM)
+
+# Seconds between two progress frames of one in-flight request (see the module docstring).
+HEARTBEAT_S = 1.0
 
 # Error codes (the "code" of an error reply).
 E_BAD_FRAME = "bad_frame"  # undecodable or oversized frame: the connection is closed
@@ -208,6 +221,7 @@ class FillRequest:
     params: dict
     request_id: str | None
     stops: list[dict] | None = None  # one map of STOP_KEYS per hole, or None
+    progress: bool = False  # send progress frames (heartbeats) while it is in flight
 
 
 def parse_fill(params: dict) -> FillRequest:
@@ -235,7 +249,18 @@ def parse_fill(params: dict) -> FillRequest:
                 isinstance(s, dict) and all(k in STOP_KEYS and isinstance(v, int) and not isinstance(v, bool)
                                             for k, v in s.items()) for s in stops):
             raise ProtocolError(E_BAD_REQUEST, f"fill 'stops' must be one map of int {'/'.join(STOP_KEYS)} per hole")
-    return FillRequest(segments, budgets, fill_params, request_id, stops)
+    progress = params.get("progress", False)
+    if not isinstance(progress, bool):
+        raise ProtocolError(E_BAD_REQUEST, "fill 'progress' must be a bool")
+    return FillRequest(segments, budgets, fill_params, request_id, stops, progress)
+
+
+def parse_warm(params: dict) -> FillRequest:
+    """A warm request: a one-hole fill's shape (segments, budgets of one) without stops."""
+    fill = parse_fill(params)
+    if len(fill.budgets) != 1:
+        raise ProtocolError(E_BAD_REQUEST, "warm takes one hole: two segments and one budget")
+    return fill
 
 
 # ---------------------------------------------------------------- addresses

@@ -8,6 +8,11 @@ Must not know: sockets, msgpack, LSP, tensors. It drives any backend with
 ``begin(prepared) -> job``, ``step(jobs)``, ``job.done`` and ``job.result()``, so the
 tests drive it with a fake engine.
 
+Idle priority: a warm-up (``submit(..., idle=True)``, the core's ``warm`` method) is
+begun and stepped only while no other ticket is waiting or active, so a real fill that
+arrives preempts it after the step under way (one chunk of context at most); a client
+holds at most ``max_idle_per_client`` of them, a newer one cancelling its oldest.
+
 Why step granularity: a denoising request is a few dozen forward passes. Stepping every
 active request once per iteration lets the engine batch them into one forward pass
 (what ``batched=False`` turns off, for the benchmark) and lets a cancel or a newly
@@ -59,6 +64,7 @@ class SchedulerConfig:
     # a cold encode of a long file costs many steps' time, so admitting a crowd at once
     # would stall every active request. With nothing active, a whole batch is admitted.
     admit_per_step: int = 2
+    max_idle_per_client: int = 2  # warm-ups a client may have queued or running; a newer one cancels the oldest
 
 
 @dataclass
@@ -84,6 +90,15 @@ class Ticket:
     cancelled: bool = False
     finished: bool = False
     max_batch: int = 0
+    idle: bool = False  # a warm-up: runs only while nothing else waits or runs
+
+    def progress(self) -> dict:
+        """Where the ticket stands, for a heartbeat (read from the event loop: plain values)."""
+        job = self.job
+        if job is None or self.started == 0.0:
+            return {"phase": "queued"}
+        read = getattr(job, "progress", None)
+        return dict(read()) if read is not None else {"phase": "running"}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -109,6 +124,10 @@ class Scheduler:
         self._waiting: dict[Any, collections.deque[Ticket]] = {}  # client -> FIFO, insertion order = turn order
         self._active: list[Ticket] = []
         self._admitted: list[Ticket] = []  # taken from _waiting, being begun (neither waiting nor active)
+        self._idle: collections.deque[Ticket] = collections.deque()  # warm-ups waiting, oldest first
+        # When the engine thread last finished a unit of work (a begin or a step); a
+        # heartbeat reports how long ago that was while there is work (engine_idle_s).
+        self.last_work = time.monotonic()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.counters = collections.Counter()
@@ -124,14 +143,23 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="diffill-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, client: Any, prepared: Any, on_done: Callable[[Outcome], None]) -> Ticket:
-        """Queue a fill; raises Busy when a bound is hit. on_done runs on the engine thread."""
-        ticket = Ticket(client, prepared, on_done)
+    def submit(self, client: Any, prepared: Any, on_done: Callable[[Outcome], None], idle: bool = False) -> Ticket:
+        """Queue a fill (``idle``: a warm-up, see the module docstring); raises Busy when a
+        bound is hit. on_done runs on the engine thread."""
+        ticket = Ticket(client, prepared, on_done, idle=idle)
         with self._cond:
             if self.failed:
                 raise EngineFailed(f"the core's engine failed ({self.failed}); a fresh core takes over")
             if self._stopping:
                 raise Busy("the core is shutting down")
+            if idle:
+                mine = [t for t in list(self._idle) + self._active if t.idle and t.client == client]
+                for old in mine[: max(0, len(mine) - self.config.max_idle_per_client + 1)]:
+                    self._cancel_locked(old)
+                self._idle.append(ticket)
+                self.counters["warm_submitted"] += 1
+                self._cond.notify()
+                return ticket
             total = self._queued_locked()
             if total >= self.config.max_queue:
                 self.counters["busy"] += 1
@@ -148,23 +176,37 @@ class Scheduler:
     def cancel(self, ticket: Ticket) -> bool:
         """Cancel a ticket; a waiting one is answered now, an active one after the current step."""
         with self._cond:
-            if ticket.finished or ticket.cancelled:
-                return False
-            ticket.cancelled = True
-            queue = self._waiting.get(ticket.client)
-            if queue is not None and ticket in queue:
-                queue.remove(ticket)
-                if not queue:
-                    del self._waiting[ticket.client]
-                self._finish_locked(ticket, Outcome(code=protocol.E_CANCELLED, message="request cancelled"))
-            self._cond.notify()
+            return self._cancel_locked(ticket)
+
+    def _cancel_locked(self, ticket: Ticket) -> bool:
+        if ticket.finished or ticket.cancelled:
+            return False
+        ticket.cancelled = True
+        queue = self._waiting.get(ticket.client)
+        if queue is not None and ticket in queue:
+            queue.remove(ticket)
+            if not queue:
+                del self._waiting[ticket.client]
+            self._finish_locked(ticket, Outcome(code=protocol.E_CANCELLED, message="request cancelled"))
+        elif ticket in self._idle:
+            self._idle.remove(ticket)
+            self._finish_locked(ticket, Outcome(code=protocol.E_CANCELLED, message="request cancelled"))
+        self._cond.notify()
         return True
 
     def cancel_client(self, client: Any) -> int:
         """Cancel every ticket of a client (its connection closed)."""
         with self._cond:
-            tickets = list(self._waiting.get(client, ())) + [t for t in self._active if t.client == client]
+            tickets = (list(self._waiting.get(client, ())) + [t for t in self._idle if t.client == client]
+                       + [t for t in self._active if t.client == client])
         return sum(self.cancel(t) for t in tickets)
+
+    def engine_idle_s(self) -> float:
+        """Seconds since the engine thread last finished a unit of work, while it has work
+        (0 when it has none): what a heartbeat reports, so a wedged engine shows."""
+        with self._cond:
+            busy = bool(self._waiting or self._active or self._admitted or self._idle)
+        return round(time.monotonic() - self.last_work, 3) if busy else 0.0
 
     def stop(self, timeout: float = 5.0) -> None:
         """Fail everything queued with 'shutting_down' and join the engine thread."""
@@ -179,6 +221,7 @@ class Scheduler:
             return {
                 "waiting": sum(len(q) for q in self._waiting.values()),
                 "active": len(self._active),
+                "warming": len(self._idle) + sum(t.idle for t in self._active),
                 "clients_waiting": len(self._waiting),
                 "batched": self.config.batched,
                 "max_batch": self.config.max_batch,
@@ -190,7 +233,7 @@ class Scheduler:
     # ------------------------------------------------------------ engine thread
 
     def _queued_locked(self) -> int:
-        return sum(len(q) for q in self._waiting.values()) + len(self._active)
+        return sum(len(q) for q in self._waiting.values()) + sum(not t.idle for t in self._active)
 
     def _finish_locked(self, ticket: Ticket, outcome: Outcome) -> None:
         if ticket.finished:
@@ -214,13 +257,16 @@ class Scheduler:
         queued requests cannot starve one with a single request.
         """
         admitted = []
-        limit = self.config.max_batch if not self._active else self.config.admit_per_step
-        while self._waiting and len(admitted) < limit and len(self._active) + len(admitted) < self.config.max_batch:
+        busy = [t for t in self._active if not t.idle]
+        limit = self.config.max_batch if not busy else self.config.admit_per_step
+        while self._waiting and len(admitted) < limit and len(busy) + len(admitted) < self.config.max_batch:
             client = next(iter(self._waiting))
             queue = self._waiting.pop(client)
             admitted.append(queue.popleft())
             if queue:
                 self._waiting[client] = queue  # re-inserted at the end: its next turn is last
+        if not admitted and not busy and self._idle and not any(t.idle for t in self._active):
+            admitted.append(self._idle.popleft())  # nothing else to do: one warm-up at a time
         return admitted
 
     def _run(self) -> None:
@@ -232,7 +278,7 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not self._waiting and not self._active:
+                while not self._stopping and not self._waiting and not self._active and not self._idle:
                     self._cond.wait()
                 if self._stopping:
                     self._fail_all_locked()
@@ -241,12 +287,15 @@ class Scheduler:
                 self._admitted = self._admit_locked()
             for ticket in self._admitted:
                 self._begin(ticket)
+                self.last_work = time.monotonic()
             self._admitted = []
             with self._cond:
                 self._drop_cancelled_locked()
-                batch = list(self._active)
+                # Warm-ups step only while no real request is active (idle priority).
+                batch = [t for t in self._active if not t.idle] or list(self._active)
             if batch:
                 self._step(batch)
+                self.last_work = time.monotonic()
 
     def _engine_failed(self, exc: BaseException) -> None:
         """The engine thread dies of an exception no per-request handler took (issue 22:
@@ -266,9 +315,10 @@ class Scheduler:
                 log.exception("on_failure callback failed")
 
     def _fail_all_locked(self, code: str = protocol.E_SHUTTING_DOWN, message: str = "the core is shutting down") -> None:
-        for ticket in [t for q in self._waiting.values() for t in q] + self._active + self._admitted:
+        for ticket in [t for q in self._waiting.values() for t in q] + list(self._idle) + self._active + self._admitted:
             self._finish_locked(ticket, Outcome(code=code, message=message))
         self._waiting.clear()
+        self._idle.clear()
         self._active.clear()
         self._admitted = []
 

@@ -97,7 +97,16 @@ class EngineBackend:
         holes = [HoleSpec(budget=b, **s) for b, s in zip(fill.budgets, stops)]
         return fill.segments, holes, FillParams.from_dict(fill.params)
 
+    def prepare_warm(self, warm: protocol.FillRequest) -> tuple:
+        """A warm request's arguments for Engine.warm, checked on the event loop."""
+        from diffusion_core.engine import FillParams
+
+        return ("warm", warm.segments, warm.budgets[0], FillParams.from_dict(warm.params))
+
     def begin(self, prepared: tuple) -> Any:
+        if prepared[0] == "warm":
+            _, segments, budget, params = prepared
+            return self.engine.warm(segments, budget, params)
         segments, holes, params = prepared
         return self.engine.begin(segments, holes, params, lazy=True)
 
@@ -128,6 +137,7 @@ class Connection:
         self.authed = False
         self.closing = False
         self.tickets: dict[Any, Ticket] = {}
+        self.beating: set[Any] = set()  # ids of in-flight requests that asked for progress frames
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.partial = bytearray()  # the body of the frame arriving now (CoreServer.hold counts it)
 
@@ -275,14 +285,26 @@ class Connection:
             "server": SERVER_NAME,
             "pid": os.getpid(),
             "info": self.server.info,
+            "heartbeat_s": self.server.heartbeat_s,  # progress frames for requests that ask (protocol docstring)
         }))
 
     def on_fill(self, req: protocol.Request) -> None:
-        fill = protocol.parse_fill(req.params)
+        self._submit(req, protocol.parse_fill(req.params), idle=False)
+
+    def on_warm(self, req: protocol.Request) -> None:
+        """Encode a fill's context at idle priority (scheduler docstring); the reply says how
+        much was encoded. A backend without warm-ups answers at once with nothing done."""
+        self._submit(req, protocol.parse_warm(req.params), idle=True)
+
+    def _submit(self, req: protocol.Request, fill: protocol.FillRequest, idle: bool) -> None:
         if req.id in self.tickets:
             raise protocol.ProtocolError(protocol.E_BAD_REQUEST, f"request id {req.id!r} is already in flight")
+        backend = self.server.backend
+        if idle and not hasattr(backend, "prepare_warm"):
+            self.send(protocol.reply(req.id, {"texts": [], "stats": {}}))
+            return
         try:
-            prepared = self.server.backend.prepare(fill)
+            prepared = backend.prepare_warm(fill) if idle else backend.prepare(fill)
         except ValueError as exc:  # CoreError: bad params, one line
             raise protocol.ProtocolError(protocol.E_INVALID_PARAMS, str(exc)) from None
         loop = asyncio.get_running_loop()
@@ -291,14 +313,29 @@ class Connection:
             loop.call_soon_threadsafe(self.finish_fill, req.id, fill.request_id, outcome)
 
         try:
-            self.tickets[req.id] = self.server.scheduler.submit(self.cid, prepared, on_done)
+            self.tickets[req.id] = self.server.scheduler.submit(self.cid, prepared, on_done, idle=idle)
         except EngineFailed as exc:
             raise protocol.ProtocolError(protocol.E_ENGINE_FAILED, str(exc)) from None
         except Busy as exc:
             raise protocol.ProtocolError(protocol.E_BUSY, str(exc)) from None
+        if fill.progress:
+            self.beating.add(req.id)
+
+    def heartbeat(self) -> None:
+        """One progress frame per in-flight request that asked for them (protocol docstring)."""
+        if not self.beating:
+            return
+        idle_s = self.server.scheduler.engine_idle_s()
+        for msg_id in list(self.beating):
+            ticket = self.tickets.get(msg_id)
+            if ticket is None:
+                self.beating.discard(msg_id)
+                continue
+            self.send({"id": msg_id, "progress": {**ticket.progress(), "engine_idle_s": idle_s}})
 
     def finish_fill(self, msg_id: Any, request_id: str | None, outcome: Outcome) -> None:
         self.tickets.pop(msg_id, None)
+        self.beating.discard(msg_id)
         tag = request_id or msg_id
         if outcome.code is not None:
             log.info("fill %s: %s (%s)", tag, outcome.code, outcome.message)
@@ -360,6 +397,8 @@ class CoreServer:
         self._next_cid = 0
         self._tasks: set[asyncio.Task] = set()
         self.grace = 5.0  # seconds close() gives the engine's current step (request_shutdown)
+        self.heartbeat_s = protocol.HEARTBEAT_S
+        self._beat_task: asyncio.Task | None = None
         self.failed = ""  # why the engine thread died (engine_failed), "" while it lives
 
     async def start(self, address: protocol.Address) -> protocol.Address:
@@ -367,6 +406,7 @@ class CoreServer:
         loop = asyncio.get_running_loop()
         self.scheduler.on_failure = lambda message: loop.call_soon_threadsafe(self.engine_failed, message)
         self.scheduler.start()
+        self._beat_task = asyncio.create_task(self._beat())
         if address.kind == "unix":
             _clear_stale_socket(address.path)
             check_socket_dir(address.path)  # the folder may have been made just now
@@ -415,6 +455,16 @@ class CoreServer:
             self._tasks.discard(writer_task)
             if not writer.is_closing():
                 writer.transport.abort()
+
+    async def _beat(self) -> None:
+        """Heartbeats of every connection's in-flight requests, from the event loop: they
+        keep coming while the engine thread is deep in a long forward (a stopped process
+        sends none; a wedged engine shows in engine_idle_s)."""
+        while not self._shutdown.is_set():
+            await asyncio.sleep(self.heartbeat_s)
+            for conn in list(self.connections.values()):
+                if conn.authed and not conn.closing:
+                    conn.heartbeat()
 
     def hold(self, conn: Connection, nbytes: int) -> None:
         """conn's unfinished frame grew by nbytes. Past config.max_partial_bytes in all, the
@@ -485,6 +535,8 @@ class CoreServer:
     async def close(self) -> None:
         """Stop accepting, fail what is queued, flush the replies, close everything."""
         self._shutdown.set()
+        if self._beat_task is not None:
+            self._beat_task.cancel()
         if self._server is not None:
             self._server.close()
         grace = self.grace

@@ -11,6 +11,11 @@ Must not know: torch, the engine, LSP types. From ``diffusion_core`` it imports 
 
 Never a hang: every in-flight request fails with CoreUnavailable as soon as the
 connection drops, and waiting for a restarting core is bounded by ``start_timeout``.
+No deadline on work: a fill takes as long as the core needs while its heartbeats come
+(protocol docstring); it fails as hung only when the core sends nothing for
+``hung_after`` seconds or its engine makes no progress for ``stall_after`` (a stopped or
+wedged core), so a slow first encode on a busy CPU is never cut off. A core without
+heartbeats (an older shared one) keeps the old per-fill deadline, ``fill_timeout``.
 """
 
 from __future__ import annotations
@@ -103,6 +108,9 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         self.pending: dict[int, asyncio.Future] = {}
+        self.listeners: dict[int, Callable[[dict], None]] = {}  # progress frames by request id
+        self.last_frame = time.monotonic()  # when the core last sent anything
+        self.heartbeat_s = 0.0  # from hello: the core sends progress frames (0: an older core)
         self.lost = False
         self._next_id = 0
         self.task: asyncio.Task | None = None
@@ -115,12 +123,14 @@ class _Connection:
         if not self.lost and not self.writer.is_closing():
             self.writer.write(protocol.encode(message))
 
-    async def call(self, method: str, params: dict) -> dict:
+    async def call(self, method: str, params: dict, on_progress: Callable[[dict], None] | None = None) -> dict:
         if self.lost:
             raise CoreUnavailable("core connection lost")
         msg_id = self.next_id()
         future = asyncio.get_running_loop().create_future()
         self.pending[msg_id] = future
+        if on_progress is not None:
+            self.listeners[msg_id] = on_progress
         try:
             self.writer.write(protocol.encode(protocol.request(msg_id, method, params)))
             await self.writer.drain()
@@ -130,12 +140,13 @@ class _Connection:
         except (ConnectionError, OSError) as exc:
             raise CoreUnavailable(f"core connection lost: {exc}") from None
         except asyncio.CancelledError:
-            if method == protocol.FILL:
+            if method in (protocol.FILL, protocol.WARM):
                 with contextlib.suppress(Exception):
                     self.send_nowait(protocol.request(self.next_id(), protocol.CANCEL, {"id": msg_id}))
             raise
         finally:
             self.pending.pop(msg_id, None)
+            self.listeners.pop(msg_id, None)
 
     async def read_loop(self) -> str:
         """Route replies until the stream ends; returns why it ended."""
@@ -144,6 +155,15 @@ class _Connection:
                 message = await protocol.read_message(self.reader)
                 if message is None:
                     return "the core closed the connection"
+                self.last_frame = time.monotonic()
+                if "progress" in message and "result" not in message and "error" not in message:
+                    listener = self.listeners.get(message.get("id"))
+                    if listener is not None and isinstance(message["progress"], dict):
+                        try:
+                            listener(message["progress"])
+                        except Exception:  # a broken listener must not end the read loop
+                            log.exception("progress listener failed")
+                    continue
                 future = self.pending.get(message.get("id"))
                 if future is None or future.done():
                     if "error" in message and message.get("id") is None:
@@ -189,6 +209,8 @@ class CoreClient:
         backoff: tuple[float, float] = (0.5, 10.0),
         fill_timeout: float = 60.0,
         status_timeout: float = 5.0,
+        hung_after: float = 20.0,
+        stall_after: float = 120.0,
         standby: bool = True,
     ):
         self.address = protocol.parse_address(address) if address else None
@@ -201,7 +223,13 @@ class CoreClient:
         self.start_timeout = start_timeout
         self.connect_timeout = connect_timeout
         self.backoff = backoff
-        self.fill_timeout = fill_timeout
+        self.fill_timeout = fill_timeout  # only for cores without heartbeats (see the module docstring)
+        # A core with heartbeats is hung when it sends nothing for hung_after s (a progress
+        # frame comes every protocol.HEARTBEAT_S while a fill is in flight), or its engine
+        # reports no finished step or chunk for stall_after s: one chunk of context costs
+        # ~1-2 s on the 2-core CPU with the default model, ~15 s at load 8.
+        self.hung_after = hung_after
+        self.stall_after = stall_after
         self.status_timeout = status_timeout
         self.standby = standby  # keep a standby private core (STANDBY_ARGS); ignored for external cores
         self.state = CoreState.IDLE
@@ -265,29 +293,49 @@ class CoreClient:
         self._ready.clear()
 
     async def fill(self, segments: list[str], budgets: list[int], params: dict,
-                   request_id: str | None = None, stops: list[dict] | None = None) -> dict:
+                   request_id: str | None = None, stops: list[dict] | None = None,
+                   on_progress: Callable[[dict], None] | None = None) -> dict:
         """{"texts": [...], "stats": {...}}; cancelling the awaiting task cancels it in the core.
 
-        stops: one map per hole of protocol.STOP_KEYS (max_lines, dedent_below), or None."""
+        stops: one map per hole of protocol.STOP_KEYS (max_lines, dedent_below), or None.
+        on_progress(progress): each heartbeat of the fill (protocol docstring)."""
         body = {"segments": list(segments), "budgets": list(budgets), "params": dict(params or {})}
         if request_id is not None:
             body["request_id"] = request_id
         if stops is not None:
             body["stops"] = [dict(s) for s in stops]
         conn = await self._ready_connection()
-        result = await self._call_by(conn, protocol.FILL, body, self.fill_timeout)
+        result = await self._call_by(conn, protocol.FILL, body, self.fill_timeout, on_progress)
         self._maybe_start_standby()
         return result
+
+    async def warm(self, segments: list[str], budget: int, params: dict, request_id: str | None = None) -> dict:
+        """Have the core encode a one-hole fill's context at idle priority, for the fill
+        that follows (a real fill preempts it, and takes over its encode); {} from a core
+        that has no warm-ups. Cancelling the awaiting task cancels it in the core."""
+        conn = await self._ready_connection()
+        if not conn.heartbeat_s:  # an older core: no warm method
+            return {}
+        body = {"segments": list(segments), "budgets": [int(budget)], "params": dict(params or {})}
+        if request_id is not None:
+            body["request_id"] = request_id
+        return await self._call_by(conn, protocol.WARM, body, self.fill_timeout)
 
     async def status(self) -> dict:
         conn = await self._ready_connection()
         return await self._call_by(conn, protocol.STATUS, {}, self.status_timeout)
 
-    async def _call_by(self, conn: _Connection, method: str, params: dict, timeout: float) -> dict:
-        """A call with a deadline: past it the request is cancelled in the core, the caller
-        gets CoreUnavailable (an empty answer) and the core is reported UNRESPONSIVE."""
+    async def _call_by(self, conn: _Connection, method: str, params: dict, timeout: float,
+                       on_progress: Callable[[dict], None] | None = None) -> dict:
+        """A call that fails when the core is hung: a fill or warm on a core with
+        heartbeats while they keep coming (``_watched``), anything else within ``timeout``.
+        A hung call is cancelled in the core, the caller gets CoreUnavailable (an empty
+        answer) and the core is reported UNRESPONSIVE."""
         try:
-            result = await asyncio.wait_for(conn.call(method, params), timeout)
+            if method in (protocol.FILL, protocol.WARM) and conn.heartbeat_s:
+                result = await self._watched(conn, method, params, on_progress)
+            else:
+                result = await asyncio.wait_for(conn.call(method, params, on_progress), timeout)
         except CoreRequestError as exc:
             if exc.code == protocol.E_ENGINE_FAILED and not conn.lost:
                 # The core's engine thread died and the core is exiting: stop using it now,
@@ -296,15 +344,48 @@ class CoreClient:
                 log.warning("the core's engine failed: %s; switching cores", exc.message)
                 conn.writer.transport.abort()
             raise
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError as exc:
+            why = str(exc) or f"the core did not answer {method} within {timeout:.0f} s (stopped or overloaded)"
             if self.state is CoreState.READY and self._conn is conn:
                 self.state = CoreState.UNRESPONSIVE
-                log.warning("the core did not answer %s within %.0f s; reporting it unresponsive", method, timeout)
-            raise CoreUnavailable(f"the core did not answer {method} within {timeout:.0f} s "
-                                  "(stopped or overloaded)") from None
+                log.warning("%s; reporting it unresponsive", why)
+            raise CoreUnavailable(why) from None
         if self.state is CoreState.UNRESPONSIVE and self._conn is conn:
             self.state = CoreState.READY
         return result
+
+    async def _watched(self, conn: _Connection, method: str, params: dict,
+                       on_progress: Callable[[dict], None] | None) -> dict:
+        """conn.call with the request's heartbeats asked for, as long as they say the core
+        is alive and its engine moving (see __init__: hung_after, stall_after)."""
+        seen: dict = {}
+
+        def progress(p: dict) -> None:
+            seen.update(p)
+            if on_progress is not None:
+                on_progress(p)
+
+        call = asyncio.ensure_future(conn.call(method, {**params, "progress": True}, progress))
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=min(1.0, self.hung_after / 4))
+                if done:
+                    return call.result()
+                silent = time.monotonic() - conn.last_frame
+                stalled = float(seen.get("engine_idle_s") or 0.0)
+                if silent > self.hung_after:
+                    why = f"the core sent nothing for {silent:.0f} s during {method} (stopped or wedged)"
+                elif stalled > self.stall_after:
+                    why = f"the core's engine made no progress for {stalled:.0f} s during {method} (wedged)"
+                else:
+                    continue
+                call.cancel()  # tells the core to drop it (conn.call)
+                with contextlib.suppress(BaseException):
+                    await call
+                raise asyncio.TimeoutError(why)
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
 
     async def close(self) -> None:
         """Stop using the core; a private core is shut down and its directory removed."""
@@ -360,9 +441,12 @@ class CoreClient:
     async def _handshake(self, conn: _Connection) -> dict:
         """hello on a fresh connection; CoreUnavailable (and the connection failed) if refused."""
         try:
-            return await asyncio.wait_for(conn.call(protocol.HELLO, {
+            hello = await asyncio.wait_for(conn.call(protocol.HELLO, {
                 "version": protocol.PROTOCOL_VERSION, "token": self.token, "client": CLIENT_NAME,
             }), self.connect_timeout)
+            beat = hello.get("heartbeat_s")
+            conn.heartbeat_s = float(beat) if isinstance(beat, (int, float)) and not isinstance(beat, bool) and beat > 0 else 0.0
+            return hello
         except CoreRequestError as exc:
             conn.fail_pending("handshake refused")
             raise CoreUnavailable(f"core refused the handshake: {exc}") from None

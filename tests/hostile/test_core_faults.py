@@ -1,9 +1,11 @@
-"""Faults around the core (issue 17 item 10): fills have a deadline after which they are
-answered (CoreUnavailable: an empty completion) and the core is reported unresponsive,
-not "ready"; private core folders do not pile up when servers die; a token file or
+"""Faults around the core (issue 17 item 10, issue 25 item 3): a fill on a hung core (no
+frame for hung_after, or an engine that made no progress for stall_after) is answered
+(CoreUnavailable: an empty completion) and the core is reported unresponsive, not
+"ready", while a slow fill whose heartbeats keep coming is never cut off; private core folders do not pile up when servers die; a token file or
 --socket folder other users can touch is refused."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -19,12 +21,14 @@ from tests.service.service_fakes import FakeBackend
 from tests.service.test_service_server import FILL, start_server
 
 
-async def test_a_fill_past_its_deadline_is_answered_and_the_core_reported_unresponsive(tmp_path):
+async def test_a_fill_on_a_wedged_engine_is_answered_and_the_core_reported_unresponsive(tmp_path):
+    # The heartbeats keep coming from the core's event loop, but its engine has been in one
+    # step for longer than stall_after: a wedged core, told apart from a busy one.
     server, address = await start_server(tmp_path, FakeBackend())
-    client = CoreClient(address=str(address), fill_timeout=0.5, status_timeout=0.5)
+    client = CoreClient(address=str(address), stall_after=0.5, status_timeout=0.5)
     try:
         await client.start()
-        with pytest.raises(CoreUnavailable, match="did not answer fill"):
+        with pytest.raises(CoreUnavailable, match="engine made no progress"):
             await client.fill(FILL["segments"], FILL["budgets"], {"steps": 1, "delay": 3.0})
         assert client.state is CoreState.UNRESPONSIVE
         await client.start()  # still connected: start() does not open a second connection
@@ -35,6 +39,42 @@ async def test_a_fill_past_its_deadline_is_answered_and_the_core_reported_unresp
             except CoreUnavailable:
                 continue
         assert client.state is CoreState.READY
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_a_core_that_sends_nothing_is_hung_and_a_slow_busy_one_is_not(tmp_path):
+    server, address = await start_server(tmp_path, FakeBackend())
+    client = CoreClient(address=str(address), hung_after=1.0, stall_after=1.5)
+    seen: list[dict] = []
+    try:
+        await client.start()
+        # Busy, not hung: 6 steps of 0.5 s, 3 s in all, three times hung_after, answered,
+        # with progress frames on the way (each step ends within stall_after).
+        reply = await client.fill(FILL["segments"], FILL["budgets"], {"steps": 6, "delay": 0.5},
+                                  on_progress=seen.append)
+        assert reply["texts"] and client.state is CoreState.READY
+        assert len(seen) >= 2 and all("phase" in p and "engine_idle_s" in p for p in seen)
+        # Silent: the core stops sending heartbeats (as a SIGSTOPped one does).
+        server.heartbeat_s = 60.0
+        await asyncio.sleep(1.1)  # the beat loop sleeps its current second out first
+        with pytest.raises(CoreUnavailable, match="sent nothing"):
+            await client.fill(FILL["segments"], FILL["budgets"], {"steps": 8, "delay": 0.5})
+        assert client.state is CoreState.UNRESPONSIVE
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_a_core_without_heartbeats_keeps_the_fill_deadline(tmp_path):
+    server, address = await start_server(tmp_path, FakeBackend())
+    client = CoreClient(address=str(address), fill_timeout=0.5)
+    try:
+        await client.start()
+        client._conn.heartbeat_s = 0.0  # what the hello of an older core leaves
+        with pytest.raises(CoreUnavailable, match="did not answer fill"):
+            await client.fill(FILL["segments"], FILL["budgets"], {"steps": 1, "delay": 2.0})
     finally:
         await client.close()
         await server.close()

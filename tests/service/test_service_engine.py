@@ -235,3 +235,31 @@ async def test_stop_rules_travel_with_the_fill(tmp_path, engine):
     finally:
         await client.close()
         await server.close()
+
+
+async def test_a_warm_up_over_the_wire_is_reused_by_the_fill_and_changes_nothing(tmp_path, engine):
+    """warm encodes the context at idle priority; the fill that follows reuses all of it
+    and answers exactly what a cold engine.fill answers (the reference)."""
+    prefix = "".join(f"def f{i}(a):\n    return a + {i}\n\n" for i in range(20)) + "def g(x):\n    return "
+    segments, holes = [prefix, "\n"], [HoleSpec(budget=6, max_lines=1)]
+    engine.forget_contexts()
+    ref = engine.fill(segments, holes, FillParams(strategy="topk", steps=6))
+    engine.forget_contexts()
+    engine.encode_step_tokens = 32  # several chunks, each a heartbeat's worth of progress
+    server = CoreServer(EngineBackend(engine), ServiceConfig())
+    address = await server.start(protocol.Address("unix", path=str(tmp_path / "core.sock")))
+    client = CoreClient(address=str(address))
+    try:
+        await client.start()
+        warmed = await asyncio.wait_for(client.warm(segments, 6, {"strategy": "topk", "steps": 6}), T)
+        assert warmed["texts"] == [] and warmed["stats"]["context_tokens"] > 32
+        reply = await asyncio.wait_for(client.fill(segments, [6], {"strategy": "topk", "steps": 6},
+                                                   stops=[{"max_lines": 1}]), T)
+        assert reply["texts"] == ref.texts
+        assert reply["stats"]["reused_tokens"] == reply["stats"]["context_tokens"]
+        assert server.scheduler.counters["warm_submitted"] == 1
+    finally:
+        await client.close()
+        await server.close()
+        engine.forget_contexts()
+        engine.encode_step_tokens = 256

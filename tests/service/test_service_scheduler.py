@@ -203,3 +203,65 @@ def test_admission_while_jobs_are_active_is_bounded_per_step():
     assert max(sizes) == 7
     assert all(b - a <= 2 for a, b in zip(sizes, sizes[1:]))  # at most 2 new jobs between steps
     assert growth  # the batch did grow while "first" was active
+
+
+def test_a_warm_up_runs_only_while_nothing_else_does_and_yields_within_one_step():
+    backend = FakeBackend(step_delay=0.02)
+    sched = Scheduler(backend, SchedulerConfig())
+    got = Collector()
+    sched.start()
+    try:
+        sched.submit("c", prepared("warm", steps=200), got.cb("warm"), idle=True)
+        deadline = time.monotonic() + TIMEOUT
+        while not backend.begun and time.monotonic() < deadline:
+            time.sleep(0.005)
+        warm_job = backend.begun[0]
+        sched.submit("c", prepared("real", steps=5), got.cb("real"))
+        outcomes = got.wait(1)
+        assert list(outcomes) == ["real"] and outcomes["real"].code is None
+        real_job = backend.begun[1]
+        # While the real request ran the warm-up never stepped beside it: every batch held one job.
+        assert set(real_job.batch_sizes) == {1}
+        # ... and it was paused, not dropped: it resumes once the real request is answered.
+        paused_at = warm_job.steps_done
+        deadline = time.monotonic() + TIMEOUT
+        while warm_job.steps_done <= paused_at + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert warm_job.steps_done > paused_at + 2
+    finally:
+        sched.stop()
+
+
+def test_a_client_keeps_at_most_its_newest_warm_ups():
+    backend = FakeBackend()
+    sched = Scheduler(backend, SchedulerConfig(max_idle_per_client=2))
+    got = Collector()
+    tickets = [sched.submit("c", prepared(f"w{i}", steps=1), got.cb(f"w{i}"), idle=True) for i in range(4)]
+    outcomes = got.wait(2)  # the two oldest, cancelled by the newer ones, before the thread runs
+    assert {t for t, o in outcomes.items() if o.code == protocol.E_CANCELLED} == {"w0", "w1"}
+    assert sched.snapshot()["warming"] == 2
+    # Warm-ups do not count against the queue bound of real requests.
+    assert sched.snapshot()["waiting"] == 0
+    sched.start()
+    try:
+        outcomes = got.wait(4)
+        assert outcomes["w2"].code is None and outcomes["w3"].code is None
+        assert not any(t.cancelled for t in tickets[2:])
+    finally:
+        sched.stop()
+
+
+def test_engine_idle_s_grows_only_while_a_step_runs():
+    backend = FakeBackend()
+    sched = Scheduler(backend, SchedulerConfig())
+    assert sched.engine_idle_s() == 0.0  # no work: not stalled, however long ago the last step was
+    got = Collector()
+    sched.start()
+    try:
+        sched.submit("c", prepared("slow", steps=1, delay=0.6), got.cb("slow"))
+        time.sleep(0.4)
+        assert sched.engine_idle_s() >= 0.3
+        got.wait(1)
+        assert sched.engine_idle_s() == 0.0
+    finally:
+        sched.stop()
