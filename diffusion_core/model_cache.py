@@ -6,7 +6,10 @@ Owns `$XDG_CACHE_HOME/diffill` (default ~/.cache/diffill):
                     (sharded, with an index) and provenance.json; a plain model folder that
                     `loader` memory-maps like any other. A model run in fp32 gets its own
                     fp32 copy beside it, models/<sha256>-float32/ (see `cache_dtype`).
-A folder appears in models/ only complete: it is written under a temporary name and renamed.
+A folder appears in models/ only complete: it is written under a temporary name, sealed with a
+manifest of its files (sizes, sha256) and fsynced, then renamed, one conversion at a time per
+folder; it is checked against its manifest at every load and rebuilt when damaged
+(`cache_folder`). locks/ and checked.json beside models/ belong to `cache_folder`.
 
 Must not know where GGUF files come from (`base_model`) or what is inside one (`gguf_model`
 reads it); never downloads.
@@ -24,6 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from . import cache_folder
 from .errors import CoreError
 from .gguf_model import Progress, read_gguf
 from .weights import TRANSPOSED_SUFFIX
@@ -203,23 +207,99 @@ def _write_converted(parts: list[Path], folder: Path, provenance: dict, progress
     (folder / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
+class HashMismatch(CoreError):
+    """The parts no longer hash to the digest a conversion was asked for (one line)."""
+
+
+# Kept free on the cache's disk after a conversion's estimated output.
+CONVERT_RESERVE_BYTES = 256 * 1024 * 1024
+
+
+def _ready(target: Path, progress: Progress | None) -> bool:
+    """target is a complete converted folder: the quick check of its manifest passes (and,
+    the first time after the machine booted, the full one). Dead conversions' temporary
+    folders are swept first; a damaged folder is logged and left to `_begin_conversion`."""
+    cache_folder.sweep(target.parent)
+    if not os.path.lexists(target):
+        return False
+    try:
+        cache_folder.check(target, progress)
+        return True
+    except cache_folder.Damaged as e:
+        log.warning("%s; converting it again", e)
+        return False
+
+
+def _output_bytes(parts: list[Path], item: int) -> int:
+    """What a conversion writes at most: every tensor at `item` bytes per element. Bounded by
+    the file: the reader refuses tensor ranges that overlap or leave it (gguf_header)."""
+    from .gguf_model import open_gguf, read_tensors_info
+
+    info = read_tensors_info(open_gguf(parts))
+    total = 0
+    for shape in info.shapes.values():
+        n = item
+        for d in shape:
+            n *= d
+        total += n
+    return total
+
+
+def _begin_conversion(parts: list[Path], digest: str, target: Path, progress: Progress | None,
+                      item: int) -> "cache_folder.ConversionLock | None":
+    """Take target's conversion lock, waiting while another process converts it; None when
+    that process left a good folder. Holding it: the parts hashed again (a stat match of
+    hashes.json may skip the hash for a load, never for a conversion: issue 22 converted
+    bytes changed under a kept mtime), the output checked against the free space before a
+    byte is written, and a damaged target moved out of the way."""
+    lock = cache_folder.acquire(target, progress)
+    try:
+        if _ready(target, progress):
+            lock.release()
+            return None
+        got = sha256_of(parts, lock.report, use_cache=False)
+        if got != digest:
+            forget_hash(parts)
+            raise HashMismatch(f"{parts[0]}{f' (+{len(parts) - 1} parts)' if len(parts) > 1 else ''}: sha256 is "
+                               f"{got[:16]}..., expected {digest[:16]}...: the file changed since it was checked")
+        need = _output_bytes(parts, item) + CONVERT_RESERVE_BYTES
+        free = shutil.disk_usage(target.parent).free
+        if need > free:
+            raise CoreError(f"{target.parent}: converting {parts[0].name} needs about {need / 1e9:.2f} GB "
+                            f"(with {CONVERT_RESERVE_BYTES >> 20} MiB kept free), {free / 1e9:.2f} GB is free")
+        if os.path.lexists(target):
+            cache_folder.discard(target)
+        return lock
+    except BaseException:
+        lock.release()
+        raise
+
+
 def converted(parts: list[Path], digest: str, provenance: dict | None = None,
               progress: Progress | None = None, dtype: torch.dtype = CACHE_DTYPE) -> Path:
     """The cached model folder of the GGUF whose joined parts hash to `digest`; converted on first use.
 
     dtype: the stored dtype (`cache_dtype` of the run dtype).
-    The caller has checked `digest` (the cache is keyed by it). Written under a temporary
-    name and renamed, so an interrupted conversion never leaves a folder that looks done;
-    when two processes convert at once, the first rename wins and the other's copy is dropped.
+    The caller has checked `digest` (the cache is keyed by it); a conversion hashes the
+    parts again. Written under a temporary name, sealed and renamed, so an interrupted
+    conversion never leaves a folder that looks done; one process converts at a time, the
+    others wait for it (reporting its progress) and use its folder.
     """
     target = model_dir(digest, dtype)
-    if (target / "config.json").is_file():
+    if _ready(target, progress):
         return target
     root = target.parent
+    lock = None
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}.", dir=root))
+        lock = _begin_conversion(parts, digest, target, progress, torch.finfo(dtype).bits // 8)
+        if lock is None:  # another process converted it while we waited
+            return target
+        progress = lock.report  # the processes waiting on the lock see this conversion's progress
+        tmp = Path(tempfile.mkdtemp(prefix=cache_folder.temp_prefix(target), dir=root))
     except OSError as e:
+        if lock is not None:
+            lock.release()
         raise CoreError(f"{root}: cannot create the model cache ({e.strerror}); set XDG_CACHE_HOME to a writable "
                         "directory") from None
     try:
@@ -227,16 +307,18 @@ def converted(parts: list[Path], digest: str, provenance: dict | None = None,
         log.info("converting %s into %s (once)", parts[0], target)
         try:
             _write_converted([Path(p) for p in parts], tmp, record, progress, dtype)
+            cache_folder.seal(tmp, progress)
         except OSError as e:
             raise CoreError(f"{tmp}: cannot write the converted model ({e.strerror})") from None
         try:
-            os.rename(tmp, target)
+            cache_folder.publish(tmp, target)
         except OSError:
             if not (target / "config.json").is_file():
                 raise CoreError(f"{target}: cannot move the converted model into place") from None
             # another process finished the same conversion first: keep its copy
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        lock.release()
     if dtype == torch.float32:
         for suffix in LEGACY_FLOAT32_SUFFIXES:
             old = root / (digest + suffix)

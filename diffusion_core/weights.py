@@ -7,6 +7,7 @@ each other. Must not know model architectures or configs.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -28,6 +29,45 @@ def untranspose(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """tensors with every "<name>.T" entry replaced by name -> its transposed view."""
     return {(k[: -len(TRANSPOSED_SUFFIX)] if k.endswith(TRANSPOSED_SUFFIX) else k):
             (v.t() if k.endswith(TRANSPOSED_SUFFIX) and v.dim() == 2 else v) for k, v in tensors.items()}
+
+
+# Every tensor of a file written by `save_aligned` starts on a multiple of this many bytes
+# from the start of the file (so of a page-aligned memory map): torch's int8 weight kernel
+# crashed (SIGSEGV) on a weight at an 8- or 24-byte offset, which safetensors' own writer gives.
+ALIGN = 64
+PAD_PREFIX = "__pad__."  # filler tensors between aligned ones; never loaded
+_DTYPE_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int8: "I8",
+                torch.uint8: "U8", torch.int32: "I32", torch.int64: "I64"}
+
+
+def save_aligned(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file whose tensors all start ALIGN-aligned, flushed to disk before returning.
+
+    The format allows it as is: the header may end in spaces, and a gap between two tensors
+    is filled by a uint8 tensor named PAD_PREFIX + n (`read_tensors` skips those).
+    """
+    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    layout, offset = [], 0
+    for i, (name, t) in enumerate(tensors.items()):
+        gap = -offset % ALIGN
+        if gap:
+            header[f"{PAD_PREFIX}{i}"] = {"dtype": "U8", "shape": [gap], "data_offsets": [offset, offset + gap]}
+            layout.append(bytes(gap))
+            offset += gap
+        t = t.detach().contiguous().cpu()
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        layout.append(t)
+        offset += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % ALIGN)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for part in layout:
+            f.write(part if isinstance(part, bytes) else part.reshape(-1).view(torch.uint8).numpy().tobytes())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -60,7 +100,8 @@ def read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
         try:
             with safe_open(str(f), framework="pt") as st:
                 for key in st.keys():
-                    tensors[key] = st.get_tensor(key)
+                    if not key.startswith(PAD_PREFIX):
+                        tensors[key] = st.get_tensor(key)
         except Exception as e:  # safetensors raises SafetensorError/OSError on truncated or bad headers
             raise CoreError(f"{f}: cannot read safetensors ({str(e).splitlines()[0][:120]})") from None
     return tensors

@@ -7,12 +7,13 @@ rest (norms, RoPE, cache writes, casts), beside the floor set by reading the wei
 the machine's measured memory bandwidth. Also the two host-side costs a step pays after the
 forward: the fp32 copy of the logits and the sampler. A table on stderr, one JSON line last.
 
-    python -m evaluation.bench_step --context 1600 --rows 1,9,16 --threads 2
+    python -m evaluation.bench_step --context 1600 --rows 1,4,9,16 --weights float32,auto,int4,int8
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -20,7 +21,8 @@ import time
 
 
 def _classify(name: str, shapes) -> str:
-    if name in ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::bmm"):
+    if name in ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::bmm",
+                "aten::_weight_int4pack_mm_for_cpu", "aten::_weight_int8pack_mm"):
         flat = [d for s in shapes or [] for d in (s or [])]
         return "lm head" if any(d > 100_000 for d in flat) else "layer matmuls"
     if "scaled_dot_product" in name or "_flash_attention" in name or name == "aten::_softmax":
@@ -42,7 +44,19 @@ def bandwidth_gbs() -> float:
     return 2 * a.numel() * 4 / min(times) / 1e9  # read + write
 
 
-def run(args) -> dict:
+def _weight_bytes(model) -> int:
+    """Bytes a step reads for the weights: parameters and packed buffers, less the embedding table."""
+    total = 0
+    for name, mod in model.named_modules():
+        if name == "embed_tokens":
+            continue
+        for t in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)):
+            if t.dim() >= 1 and t.numel() > 1024:
+                total += t.numel() * t.element_size()
+    return total
+
+
+def run_one(args, weights: str) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -52,14 +66,13 @@ def run(args) -> dict:
     from diffusion_core.params import FillParams
     from diffusion_core.sampler import sample_tokens
 
-    torch.set_num_threads(args.threads)
-    loaded = load_base("cpu", torch.float32)
+    loaded = load_base("cpu", torch.float32, weights=weights)
     model = loaded.model
-    weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    weight_bytes = _weight_bytes(model)
     gbs = bandwidth_gbs()
     C = args.context
     ids = torch.randint(0, 150_000, (C,))
-    cache = model.new_cache(C + 64)
+    cache = model.new_cache(C + 512)
     with torch.inference_mode():
         model.forward_packed(ids, torch.arange(C), [Segment(0, C, cache, "append", attention_mask("causal", 0, 0, C, C))],
                              torch.tensor([C - 1]))
@@ -97,10 +110,31 @@ def run(args) -> dict:
         results[R] = {"wall_p50_ms": round(wall, 1), "floor_ms": round(weight_bytes / gbs / 1e6, 1),
                       **{f"{k} %": round(100 * v / total, 1) for k, v in parts.items()},
                       "logits copy ms": round(copy_ms, 2), "sampler ms": round(sample_ms, 2)}
-    return {"bench": "step", "model": "Qwen2.5-Coder-0.5B", "dtype": "fp32", "threads": args.threads,
-            "context": C, "weight_mb": round(weight_bytes / 1e6), "bandwidth_gbs": round(gbs, 1),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "command": "python -m evaluation.bench_step " + " ".join(sys.argv[1:]), "results": results}
+    prefill = {}
+    for T in args.prefill:
+        chunk = torch.randint(0, 150_000, (T,))
+        with torch.inference_mode():
+            walls = []
+            for _ in range(max(2, args.reps // 2) + 1):
+                seg = Segment(0, T, cache, "append", attention_mask("causal", 0, C, T, C + T))
+                t = time.perf_counter()
+                model.forward_packed(chunk, torch.arange(C, C + T), [seg], torch.empty(0, dtype=torch.long))
+                walls.append(time.perf_counter() - t)
+                cache.truncate(C)
+        prefill[T] = round(T / statistics.median(walls[1:]), 1)
+    return {"weights": loaded.weights, "weight_mb": round(weight_bytes / 1e6), "bandwidth_gbs": round(gbs, 1),
+            "results": results, "prefill_tokens_per_s": prefill}
+
+
+def run(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    runs = {w: run_one(args, w) for w in args.weights}
+    return {"bench": "step", "model": "Qwen2.5-Coder-0.5B", "threads": args.threads, "context": args.context,
+            "machine": f"{platform.machine()} {platform.processor() or ''} {torch.backends.cpu.get_cpu_capability()}".strip(),
+            "load": os.getloadavg()[0],
+            "command": "python -m evaluation.bench_step " + " ".join(sys.argv[1:]), "runs": runs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,12 +144,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="new rows per step, comma-separated")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--weights", type=lambda s: s.split(","), default=["float32", "auto"],
+                    help="weights schemes to compare, comma-separated (auto, int4, int8, float32)")
+    ap.add_argument("--prefill", type=lambda s: [int(x) for x in s.split(",") if x], default=[64, 128, 256],
+                    help="prefill chunk sizes to time (tokens per second), comma-separated; '' for none")
     args = ap.parse_args(argv)
     report = run(args)
     keys = ["wall_p50_ms", "floor_ms", "layer matmuls %", "lm head %", "attention %", "other %", "logits copy ms", "sampler ms"]
-    print(f"{'rows':>5}" + "".join(f"{k:>17}" for k in keys), file=sys.stderr)
-    for R, r in report["results"].items():
-        print(f"{R:>5}" + "".join(f"{r[k]:>17}" for k in keys), file=sys.stderr)
+    print(f"{'weights':>16}{'rows':>5}" + "".join(f"{k:>17}" for k in keys), file=sys.stderr)
+    for w, one in report["runs"].items():
+        for R, r in one["results"].items():
+            print(f"{one['weights']:>16}{R:>5}" + "".join(f"{r[k]:>17}" for k in keys), file=sys.stderr)
+    print(f"{'weights':>16}" + "".join(f"{'prefill ' + str(T) + ' tok/s':>20}" for T in args.prefill), file=sys.stderr)
+    for w, one in report["runs"].items():
+        print(f"{one['weights']:>16}" + "".join(f"{v:>20}" for v in one["prefill_tokens_per_s"].values()), file=sys.stderr)
     print(json.dumps(report))
     return 0
 
