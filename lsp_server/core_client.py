@@ -201,6 +201,7 @@ class CoreClient:
         model_dir: str | None = None,
         device: str = "auto",
         token: str | None = None,
+        weights: str = "auto",
         on_event: Callable[[str, str], Any] | None = None,
         *,
         core_args: list[str] | tuple[str, ...] = (),
@@ -216,6 +217,7 @@ class CoreClient:
         self.address = protocol.parse_address(address) if address else None
         self.model_dir = model_dir
         self.device = device
+        self.weights = weights  # a private core's --weights (protocol.WEIGHTS_SCHEMES)
         # Blank is no token (a whitespace-only setting or $DIFFILL_CORE_TOKEN is not sent).
         self.token = (token if token is not None else os.environ.get(protocol.TOKEN_ENV, "")).strip() or None
         self.on_event = on_event
@@ -581,6 +583,7 @@ class CoreClient:
         # --parent-pid: the core exits with us from its first instruction, also when we die
         # before its interpreter has started (service.main, lifeline.tie_to_parent).
         cmd = [sys.executable, "-m", "diffusion_core.service", "--socket", socket_path, "--device", self.device,
+               "--weights", self.weights,
                "--parent-pid", str(os.getpid())]
         if self.model_dir:
             cmd += ["--model", str(self.model_dir)]

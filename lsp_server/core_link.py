@@ -68,6 +68,7 @@ def real_core_factory(settings: Settings, on_event: OnEvent) -> CoreConnection:
         address=settings.core.address or None,
         model_dir=settings.model.path or None,
         device=settings.model.device,
+        weights=settings.model.weights,
         token=settings.core.token or None,
         standby=settings.core.standby,
         on_event=on_event,

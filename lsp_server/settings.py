@@ -11,7 +11,7 @@ data out.
 
 Example editor JSON (every key optional)::
 
-    {"model": {"path": "", "device": "auto"},
+    {"model": {"path": "", "device": "auto", "weights": "auto"},
      "core": {"address": "", "token": "", "standby": true},
      "fill": {"maxTokens": 64, "steps": null, "threshold": null, "strategy": null},
      "debounce": {"minMs": 0, "maxMs": 120},
@@ -32,7 +32,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusion_core.protocol import MAX_HOLE_TOKENS
+from diffusion_core.protocol import MAX_HOLE_TOKENS, WEIGHTS_SCHEMES
 from grammars.holes import DEFAULT_MARKER
 
 SECTION = "diffill"  # the workspace/configuration section holding these settings
@@ -46,6 +46,10 @@ EDITOR_KEYS = frozenset({"command", "trace"})
 class ModelSettings:
     path: str = ""  # model folder or .gguf file; "" = the default model (Qwen2.5-Coder-0.5B)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
+    # What the matmuls run on (protocol.WEIGHTS_SCHEMES): "auto" is packed int4/int8 on a CPU
+    # (one decode step of the default model 81 -> 35 ms on the dev CPU, docs/benchmarks.md)
+    # and bf16 on a GPU; "float32" the exact reference.
+    weights: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,7 @@ class Settings:
 
 # Value checks beyond the type, per dotted snake_case path.
 _CHECKS: dict[str, typing.Callable[[Any], bool]] = {
+    "model.weights": lambda v: v in WEIGHTS_SCHEMES,
     "fill.max_tokens": lambda v: 1 <= v <= MAX_HOLE_TOKENS,
     "fill.steps": lambda v: v is None or 1 <= v <= 1024,
     "fill.threshold": lambda v: v is None or 0.0 < v <= 1.0,
