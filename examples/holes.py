@@ -1,7 +1,7 @@
 """A small module with holes for `diffill fill examples/holes.py`.
 
 Each fill marker below and each placeholder body (`pass` or `...`) is a hole; diffill
-fills them all jointly and prints the file.
+fills them one after another (each sees the fills before it) and prints the file.
 """
 
 

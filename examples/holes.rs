@@ -1,5 +1,5 @@
 //! A small module with holes for `diffill fill examples/holes.rs`: the fill marker and
-//! the `todo!()` bodies are filled jointly.
+//! the `todo!()` bodies are filled one after another, each seeing the fills before it.
 
 /// The largest value of a slice, or None when it is empty.
 pub fn max_of(values: &[i64]) -> Option<i64> {
