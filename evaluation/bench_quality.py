@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--heldout", nargs="*", metavar="FILE", help="corpus jsonl files (default: the corpus's holdout and validation files)")
     ap.add_argument("--n", type=int, default=DEFAULT_N, help="held-out holes (default %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="hole placement seed")
+    ap.add_argument("--cut", choices=("token", "mid-word"), default="token",
+                    help="held-out holes: the usual mix (single-line cursors at a token's start), or single-line "
+                         "holes cut inside an identifier or operator (token healing's benchmark)")
+    ap.add_argument("--heal", choices=("on", "off"), default=d.heal, help="token healing (default %(default)s)")
     ap.add_argument("--limit", type=int, default=0, help="cap every section (holes, problems, sweep holes) for a quick run")
     ap.add_argument("--dataset", metavar="FILE", help="HumanEval-Infilling jsonl or jsonl.gz: execution-based pass@1")
     ap.add_argument("--budget", type=int, default=0, help="dataset hole budget in tokens (0: the planner's line/block budget)")
@@ -133,7 +137,8 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     threads = args.threads or _auto_threads()
     if threads:
         torch.set_num_threads(threads)
-    params = FillParams(strategy=args.strategy, steps=args.steps, threshold=args.threshold, block_size=args.block_size)
+    params = FillParams(strategy=args.strategy, steps=args.steps, threshold=args.threshold, block_size=args.block_size,
+                        heal=args.heal)
     budgets, thresholds, steps = (_ints(args.budgets, "--budgets"), _floats(args.thresholds, "--thresholds"),
                                   _ints(args.topk_steps, "--topk-steps"))
     for flag, value in (("--limit", args.limit), ("--n", args.n), ("--sweep-holes", args.sweep_holes),
@@ -205,7 +210,7 @@ def _holes(args, limit):
     files = load_files(paths)
     n = min(args.n, limit) if limit else args.n
     t0 = time.perf_counter()
-    holes = sample_holes(files, n, seed=args.seed)
+    holes = sample_holes(files, n, seed=args.seed, cut=args.cut)
     print(f"held-out: {len(holes)} holes from {len(files)} files in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return holes
 

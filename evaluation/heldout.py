@@ -6,7 +6,9 @@ planner plans at that cursor, and the ground truth is the removed text passed th
 `finalize` (so it is cut by the same stop rules as a model's fill, and a perfect model
 scores 1.0). Three kinds:
 
-  * single-line: the rest of a code line after a cursor inside it (a "line" plan);
+  * single-line: the rest of a code line after a cursor inside it (a "line" plan); the
+    cursor goes to the start of an identifier, or with cut="mid-word" strictly inside an
+    identifier or an operator (`resu|lt`, `=|=`), where an editor's prompt ends mid-token;
   * multi-line:  2-4 whole lines of consecutive sibling statements that end their
     block, replaced by one blank line indented as the first of them, cursor after the
     indentation (rule 6: a "block" plan with the editor's indentation; a blank line
@@ -47,6 +49,10 @@ MULTI_LINES = (2, 4)  # lines removed for a multi-line hole (inclusive range)
 ATTEMPTS = 6  # random cursors tried per file and kind before moving to the next file
 PASSES = 8  # rounds over the files before giving up on reaching the wanted counts
 MAX_FILE_BYTES = 200_000  # larger files are skipped (parsing them per hole costs too much)
+CUTS = ("token", "mid-word")  # where a single-line hole's cursor may fall (see _single_line)
+# Characters of multi-character operators (`==`, `->`, `+=`, `::`, `**`): a cursor between
+# two of them is inside an operator.
+OPERATOR_CHARS = frozenset("=<>!+-*/%&|^~:.?")
 
 
 @dataclass(frozen=True)
@@ -88,13 +94,15 @@ def wanted_counts(n: int) -> dict[str, int]:
     return counts
 
 
-def sample_holes(files: list[SourceFile], n: int, seed: int = 0) -> list[Hole]:
+def sample_holes(files: list[SourceFile], n: int, seed: int = 0, cut: str = "token") -> list[Hole]:
     """About n holes (fewer when the files run out), kinds interleaved round-robin so
-    that any prefix of the list is a balanced subset."""
+    that any prefix of the list is a balanced subset. cut="mid-word": n single-line holes
+    whose cursor is inside an identifier or an operator (the token-healing benchmark)."""
+    assert cut in CUTS, cut
     rng = random.Random(seed)
     order = sorted(files, key=lambda f: f.path)
     rng.shuffle(order)
-    want = wanted_counts(n)
+    want = wanted_counts(n) if cut == "token" else {k: n if k == "single-line" else 0 for k in KINDS}
     found: dict[str, list[Hole]] = {k: [] for k in KINDS}
     docs: dict[int, Document] = {}
     for _ in range(PASSES):
@@ -108,7 +116,7 @@ def sample_holes(files: list[SourceFile], n: int, seed: int = 0) -> list[Hole]:
                 continue
             for kind in KINDS:
                 if len(found[kind]) < want[kind]:
-                    hole = _try(kind, f, doc, rng)
+                    hole = _try(kind, f, doc, rng, cut)
                     if hole is not None:
                         found[kind].append(hole)
     return _interleave(found)
@@ -126,8 +134,9 @@ def _interleave(found: dict[str, list[Hole]]) -> list[Hole]:
     return out
 
 
-def _try(kind: str, f: SourceFile, doc: Document, rng: random.Random) -> Hole | None:
-    make = {"single-line": _single_line, "multi-line": _multi_line, "block": _block}[kind]
+def _try(kind: str, f: SourceFile, doc: Document, rng: random.Random, cut: str = "token") -> Hole | None:
+    make = {"single-line": _mid_word if cut == "mid-word" else _single_line, "multi-line": _multi_line,
+            "block": _block}[kind]
     for _ in range(ATTEMPTS):
         try:
             hole = make(f, doc, rng)
@@ -187,6 +196,25 @@ def _single_line(f: SourceFile, doc: Document, rng: random.Random) -> Hole | Non
     cursor = start + len(text[:col].encode("utf-8", "surrogatepass"))
     return _make("single-line", f, doc, cursor, end, cursor, text[col:body_end],
                  lambda p: p.kind == "line")
+
+
+def _mid_word(f: SourceFile, doc: Document, rng: random.Random) -> Hole | None:
+    """The rest of a code line after a cursor strictly inside an identifier or an operator."""
+    lines = _code_lines(doc)
+    if not lines:
+        return None
+    start, end, text = _line(doc, rng.choice(lines))
+    indent, body_end = len(leading_ws(text)), len(text.rstrip())
+
+    def inside(a: str, b: str) -> bool:
+        return (is_ident_char(a) and is_ident_char(b)) or (a in OPERATOR_CHARS and b in OPERATOR_CHARS)
+
+    cols = [c for c in range(indent + 1, body_end) if inside(text[c - 1], text[c])]
+    if not cols:
+        return None
+    col = rng.choice(cols)
+    cursor = start + len(text[:col].encode("utf-8", "surrogatepass"))
+    return _make("single-line", f, doc, cursor, end, cursor, text[col:body_end], lambda p: p.kind == "line")
 
 
 def _multi_line(f: SourceFile, doc: Document, rng: random.Random) -> Hole | None:

@@ -88,3 +88,18 @@ def test_junk_and_empty_inputs(tmp_path):
     assert [f.path for f in files] == ["b.xyz", "e.py"]
     assert sample_holes(files, 10) == []
     assert sample_holes([], 10) == []
+
+
+def test_mid_word_holes_cut_inside_an_identifier_or_an_operator(files):
+    from evaluation.heldout import OPERATOR_CHARS
+    from grammars.text import is_ident_char
+
+    holes = sample_holes(files, 12, seed=0, cut="mid-word")
+    assert len(holes) >= 6 and {h.kind for h in holes} == {"single-line"}
+    assert [h.truth for h in holes] == [h.truth for h in sample_holes(files, 12, seed=0, cut="mid-word")]
+    for h in holes:
+        original = _original(files, h).encode("utf-8")
+        at = h.plan.start_byte
+        a, b = original[at - 1 : at].decode(), original[at : at + 1].decode()
+        assert (is_ident_char(a) and is_ident_char(b)) or (a in OPERATOR_CHARS and b in OPERATOR_CHARS), (a, b)
+        assert h.plan.kind == "line" and h.truth and original[at:].decode().startswith(h.truth)
