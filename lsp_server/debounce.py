@@ -1,4 +1,5 @@
-"""Latency machinery: newest request wins per document, and an adaptive debounce.
+"""Latency machinery: newest request wins per document, the focused document wins a
+burst of requests for several, and an adaptive debounce.
 
 Owns: which in-flight completion task belongs to which document, cancelling the
 superseded one (pygls then answers it with RequestCancelled, -32800, and the core
@@ -9,7 +10,8 @@ Must not know: LSP types, the core, grammars. Works on asyncio tasks and clocks.
 
 Why it never starves: only a *newer request for the same document* cancels a task,
 and the debounce is capped (``max_ms``), so the request sent when the user pauses is
-never superseded and always reaches the core.
+never superseded and always reaches the core. Across documents, only a request that
+arrives in the same burst for a document edited less recently is dropped (``Focus``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,48 @@ class Latest:
 
     def in_flight(self) -> int:
         return sum(1 for t in self._tasks.values() if not t.done())
+
+
+# Requests for different documents that arrive this close together are one burst from one
+# pause: Neovim 0.12-dev sends one per open buffer, each with the active window's cursor
+# (its inline-completion autocmds are made without `buffer=`). A person cannot switch
+# windows and pause again within it.
+BURST_S = 0.25
+
+
+class Focus:
+    """Which document the user is working in, for automatic requests: of a burst of
+    requests for several documents (BURST_S), the one for the most recently edited (or
+    opened) document runs; the others are dropped, a live one cancelled. A request that
+    comes alone always runs, whatever was edited last (the user moved to another file)."""
+
+    def __init__(self) -> None:
+        self._edited: dict[str, float] = {}
+        self._recent: dict[str, tuple[float, asyncio.Task | None]] = {}  # uri -> (arrival, its task)
+        self.dropped = 0
+
+    def edited(self, key: str, now: float | None = None) -> None:
+        self._edited[key] = time.monotonic() if now is None else now
+
+    def forget(self, key: str) -> None:
+        self._edited.pop(key, None)
+        self._recent.pop(key, None)
+
+    def admit(self, key: str, now: float | None = None) -> bool:
+        """Called once per automatic request (inside its task); False: drop it (answer empty)."""
+        now = time.monotonic() if now is None else now
+        mine = self._edited.get(key, 0.0)
+        burst = {k: v for k, v in self._recent.items() if k != key and now - v[0] < BURST_S}
+        if any(self._edited.get(k, 0.0) > mine for k in burst):
+            self.dropped += 1
+            return False
+        for k, (_, task) in burst.items():  # edited less recently: not the focused document
+            if task is not None and not task.done():
+                self.dropped += 1
+                task.cancel("a request for a more recently edited document")
+        self._recent = {k: v for k, v in self._recent.items() if now - v[0] < BURST_S}
+        self._recent[key] = (now, asyncio.current_task())
+        return True
 
 
 @dataclass

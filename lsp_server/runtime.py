@@ -34,7 +34,7 @@ from lsp_server.documents import DocumentStore, OpenDoc, with_selected
 from lsp_server.feedback import FeedbackLog, Stats, default_log_path
 from lsp_server import pipeline
 from lsp_server.pipeline import Candidate, Outcome
-from lsp_server.debounce import Debouncer, Latest
+from lsp_server.debounce import Debouncer, Focus, Latest
 from lsp_server.settings import ModelSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -99,11 +99,13 @@ class DiffillServer(LanguageServer):
         super().__init__("diffill", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
                          protocol_cls=DiffillProtocol)
         self.settings = Settings()
-        self._model_defaults = ("", "")  # see set_model_defaults
+        self._model_defaults = ("", "", "")  # see set_model_defaults
         self.docs = DocumentStore()
         self.cache = FillCache()
         self.latest = Latest()
+        self.focus = Focus()
         self.debouncer = Debouncer()
+        self.doc_stats: dict[str, dict] = {}  # per document: what its last fill cost the core (diffill/status)
         self.stats = Stats()
         self.feedback = FeedbackLog(None, self.stats)
         self.link = CoreLink(core_factory, self._on_core_event)
@@ -144,7 +146,14 @@ class DiffillServer(LanguageServer):
         self.tell_once(f"server-error:{type(error).__name__}", f"diffill: internal error: {error}", types.MessageType.Error)
 
     def _on_core_event(self, kind: str, message: str) -> None:
-        """The core client tells once when a core dies or is restarted."""
+        """The core client tells once when a core dies or is restarted; a load's progress
+        ("progress": core_client.EVENT_PROGRESS) goes to the start's $/progress bar."""
+        if kind == "progress":
+            token = getattr(self, "_load_token", None)
+            if token is not None:
+                self.work_done_progress.report(token, types.WorkDoneProgressReport(message=message))
+            log.info("core loading: %s", message)
+            return
         log.warning("core %s: %s", kind, message)
         text = message if message.startswith("diffill: ") else f"diffill: {message}"  # said once, not "diffill: diffill:"
         self.tell_once(f"core-event:{kind}:{message}", text)
@@ -168,20 +177,21 @@ class DiffillServer(LanguageServer):
         self.settings = self._with_model_defaults(new)
         self._apply_feedback_path()
 
-    def set_model_defaults(self, path: str = "", device: str = "") -> None:
-        """What ``model.path`` "" and ``model.device`` "auto" stand for (``diffill lsp
-        --model/--device``): editors send those defaults explicitly, so the command
-        line's choice must survive them; any other value the editor sends wins."""
-        self._model_defaults = (path, device)
+    def set_model_defaults(self, path: str = "", device: str = "", weights: str = "") -> None:
+        """What ``model.path`` "", ``model.device`` "auto" and ``model.weights`` "auto" stand for
+        (``diffill lsp --model/--device/--weights``): editors send those defaults explicitly, so
+        the command line's choice must survive them; any other value the editor sends wins."""
+        self._model_defaults = (path, device, weights)
         self.settings = self._with_model_defaults(self.settings)
 
     def _with_model_defaults(self, s: Settings) -> Settings:
-        path, device = self._model_defaults
+        path, device, weights = self._model_defaults
         m = s.model
         model = dataclasses.replace(
             m,
             path=m.path or path,
             device=device if device and m.device == ModelSettings().device else m.device,
+            weights=weights if weights and m.weights == ModelSettings().weights else m.weights,
         )
         return s if model == m else dataclasses.replace(s, model=model)
 
@@ -246,6 +256,7 @@ class DiffillServer(LanguageServer):
                 token = None
 
         async def loading() -> None:
+            self._load_token = token  # the core's load progress is reported under it (_on_core_event)
             if token is not None:
                 where = self.settings.core.address or self.settings.model.path or "default model"
                 self.work_done_progress.begin(
@@ -253,6 +264,7 @@ class DiffillServer(LanguageServer):
                 )
 
         async def loaded(error: str) -> None:
+            self._load_token = None
             if token is not None:
                 self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=error or "model ready"))
             if error:
@@ -290,6 +302,10 @@ class DiffillServer(LanguageServer):
             return None
         t0 = time.perf_counter()
         self.stats.count("requests")
+        if debounce and not self.focus.admit(uri):
+            # One of a burst of automatic requests for several documents (Neovim 0.12-dev
+            # asks for every open buffer): not the one the user is editing (counted as offscreen).
+            return None
         self.latest.claim(uri)
         self.debouncer.observe(uri)
         version = entry.version
@@ -354,9 +370,15 @@ class DiffillServer(LanguageServer):
         doc, (line, character) = shadow
         return await self.complete(uri, line, character, debounce=debounce, doc=doc)
 
+    def opened(self, uri: str, language_id: str, version: int, text: str) -> None:
+        """didOpen: the document the user is looking at now."""
+        self.docs.open(uri, language_id, version, text)
+        self.focus.edited(uri)
+
     def changed(self, uri: str, version: int, changes: list) -> None:
         """didChange: the fill under way for the old text is wasted work; apply the edits."""
         self.latest.cancel(uri)
+        self.focus.edited(uri)
         self.docs.change(uri, version, changes, self.encoding)
 
     def closed(self, uri: str) -> None:
@@ -365,6 +387,8 @@ class DiffillServer(LanguageServer):
         self.docs.close(uri)
         self.cache.drop(uri)
         self.debouncer.forget(uri)
+        self.focus.forget(uri)
+        self.doc_stats.pop(uri, None)
         self.feedback.closed(uri)
 
     def from_cache(self, uri: str, doc: Any, cursor: int | None) -> Outcome | None:
@@ -382,9 +406,23 @@ class DiffillServer(LanguageServer):
         if cursor is None:
             return None
         outcome = await pipeline.fill_at(self.link, doc, cursor, self.settings, request_id=request_id)
+        if outcome is not None:
+            self.note_fill(uri, outcome.core_stats, outcome.timings.get("core_ms", 0.0))
         if outcome is not None and outcome.candidates and outcome.plan.start_byte == cursor:
             self.cache.put(uri, doc.source, cursor, outcome.plan.end_byte, [c.text for c in outcome.candidates])
         return outcome
+
+    def note_fill(self, uri: str, core_stats: dict, fill_ms: float) -> None:
+        """What a fill of ``uri`` cost the core, for ``diffill/status``'s per-document view."""
+        def num(key: str) -> float:
+            v = core_stats.get(key)
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0
+
+        context, reused = int(num("context_tokens")), int(num("reused_tokens"))
+        entry = self.doc_stats.setdefault(uri, {"fills": 0})
+        entry.update(fills=entry["fills"] + 1, cachedTokens=context, reusedTokens=reused,
+                     encodedTokens=max(0, context - reused), reuse=round(reused / context, 3) if context else 0.0,
+                     lastEncodeMs=round(num("encode_ms"), 1), lastFillMs=round(fill_ms, 1))
 
     def _settings_shown(self) -> dict:
         """The effective settings as the user writes them, the shared-core token hidden."""
@@ -407,13 +445,16 @@ class DiffillServer(LanguageServer):
         sched = core.get("scheduler") if isinstance(core.get("scheduler"), dict) else {}
         summary = self.stats.summary()
         summary["counters"]["superseded"] = self.latest.superseded
+        summary["counters"]["offscreen"] = self.focus.dropped
         return {
             "server": {"name": "diffill", "version": VERSION, "encoding": self.encoding, "documents": len(self.docs)},
             "core": core,
             "model": info.get("model"),
             "device": info.get("device"),
+            "weights": info.get("weights"),
             "queue": {"inFlight": self.latest.in_flight(), "core": sched.get("waiting"), "active": sched.get("active")},
             **summary,
             "cache": {"hits": self.cache.hits, "misses": self.cache.misses},
+            "documents": [{"uri": uri, **d} for uri, d in self.doc_stats.items()],
             "settings": self._settings_shown(),
         }

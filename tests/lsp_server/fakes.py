@@ -32,6 +32,7 @@ class FakeCore:
         self.last_budgets: list[int] = []
         self.last_params: dict = {}
         self.last_stops: list[dict] | None = None
+        self.last_context = ""
         self.closed = False
 
     async def start(self) -> None:
@@ -50,7 +51,15 @@ class FakeCore:
             self.cancelled += 1
             raise
         self.completed += 1
-        return {"texts": [self.text for _ in budgets], "stats": {"steps": self.steps}}
+        # A context cache as the core's, in characters: what the previous fill's context
+        # shares with this one's from the start is reused, the rest encoded.
+        text = "\x00".join(segments)
+        reused = next((i for i, (a, b) in enumerate(zip(text, self.last_context)) if a != b),
+                      min(len(text), len(self.last_context)))
+        self.last_context = text
+        return {"texts": [self.text for _ in budgets],
+                "stats": {"steps": self.steps, "context_tokens": len(text), "reused_tokens": reused,
+                          "encode_ms": 0.01 * (len(text) - reused)}}
 
     async def status(self) -> dict:
         return {"info": {"model": "fake", "device": "cpu"},

@@ -323,3 +323,55 @@ async def test_repeated_internal_errors_are_told_once(tmp_path, monkeypatch):
     for _ in range(3):
         server.report_server_error(RuntimeError("boom"), None)
     assert shown == ["diffill: internal error: boom"]
+
+
+async def test_a_burst_for_every_open_buffer_runs_only_the_edited_one(tmp_path):
+    # Neovim 0.12-dev: one automatic request per open buffer, each with the active
+    # window's cursor. Only the most recently edited document's reaches the core, in
+    # either order of arrival; a lone request for another document still runs.
+    uris = [f"file:///tmp/diffill_test/{n}.py" for n in "abc"]
+    async with session(fake={"text": "a + b", "steps": 20, "step_s": 0.01}, tmp=tmp_path,
+                       init={"debounce": {"maxMs": 0}}) as client:
+        await wait_ready(client)
+        for uri in uris:
+            open_doc(client, uri, PY)
+        await asyncio.sleep(0.3)  # the opens are not one burst with what follows
+        from_cache = 0
+        for edited, order in ((1, [0, 1, 2]), (2, [2, 0, 1]), (0, [1, 2, 0])):
+            change_doc(client, uris[edited], 2 + edited, "a", start=(1, 11))
+            st = await status(client)
+            before, hits = st["core"]["fake"]["completed"], st["counters"].get("cacheHits", 0)
+            results = await asyncio.gather(*[inline(client, uris[i], 1, 12) for i in order], return_exceptions=True)
+            by_uri = dict(zip([uris[i] for i in order], results))
+            assert isinstance(by_uri[uris[edited]], types.InlineCompletionList) and by_uri[uris[edited]].items
+            st = await status(client)
+            # The others: dropped (empty), cancelled if one had started first, or answered
+            # by the typed-ahead cache before the burst was seen (no core work at all).
+            others = [r for u, r in by_uri.items() if u != uris[edited]]
+            answered = [r for r in others if not isinstance(r, JsonRpcRequestCancelled) and r.items]
+            assert len(answered) <= st["counters"].get("cacheHits", 0) - hits, by_uri
+            from_cache += st["counters"].get("cacheHits", 0) - hits
+            # One fill ran to the end; one that had started first was cancelled at once.
+            assert st["core"]["fake"]["completed"] - before == 1
+            await asyncio.sleep(0.3)
+        lone = await inline(client, uris[1], 1, 11)  # the user moved to b and paused there
+        assert lone.items
+        st = await status(client)
+        assert st["counters"]["offscreen"] + from_cache >= 6
+
+
+async def test_status_shows_what_each_document_cost_the_core(tmp_path):
+    async with session(fake={"text": "a + b"}, tmp=tmp_path) as client:
+        await wait_ready(client)
+        open_doc(client, URI, PY)
+        await inline(client, URI, 1, 11)
+        st = await status(client)
+        [doc] = st["documents"]
+        assert doc["uri"] == URI
+        assert doc["fills"] == 1 and doc["lastFillMs"] >= 0
+        assert doc["reusedTokens"] == 0 and doc["encodedTokens"] == doc["cachedTokens"] > 0  # cold
+        change_doc(client, URI, 2, "x", start=(1, 11))  # not what the fill began with: the model runs again
+        await inline(client, URI, 1, 12)
+        [doc] = (await status(client))["documents"]
+        assert doc["fills"] == 2 and doc["encodedTokens"] < doc["cachedTokens"] and 0 < doc["reuse"] < 1
+        assert doc["reusedTokens"] + doc["encodedTokens"] == doc["cachedTokens"]
