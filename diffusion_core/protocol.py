@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 import socket
 import stat
@@ -261,6 +262,34 @@ def parse_warm(params: dict) -> FillRequest:
     if len(fill.budgets) != 1:
         raise ProtocolError(E_BAD_REQUEST, "warm takes one hole: two segments and one budget")
     return fill
+
+
+# ---------------------------------------------------------------- load progress
+
+# A private core loads before it listens, and a first conversion takes minutes (issue 22: two
+# editors both gave up at the 120 s start deadline and killed their converting cores). So a
+# core started with --load-progress writes its load's progress to stderr, one line each:
+# LOAD_PROGRESS_PREFIX + {"done": int, "total": int, "what": str}; the client waits as long
+# as these keep changing (core_client) and the editor sees them as $/progress.
+LOAD_PROGRESS_PREFIX = "diffill-load-progress "
+
+
+def load_progress_line(done: int, total: int, what: str) -> str:
+    return LOAD_PROGRESS_PREFIX + json.dumps({"done": int(done), "total": int(total), "what": str(what)[:200]})
+
+
+def parse_load_progress(line: str) -> tuple[int, int, str] | None:
+    """(done, total, what) of a load progress line; None for any other line."""
+    if not line.startswith(LOAD_PROGRESS_PREFIX):
+        return None
+    try:
+        d = json.loads(line[len(LOAD_PROGRESS_PREFIX):])
+        done, total, what = d["done"], d["total"], d["what"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not (isinstance(done, int) and isinstance(total, int) and isinstance(what, str)):
+        return None
+    return done, total, what
 
 
 # ---------------------------------------------------------------- addresses

@@ -627,6 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-up", action="store_true",
                    help="run one tiny fill before listening, so the first real one is as fast as later ones "
                         "(the LSP server's standby core)")
+    p.add_argument("--load-progress", action="store_true",
+                   help="report the load's progress (hashing, converting, waiting for another conversion) on "
+                        "stderr as protocol.LOAD_PROGRESS_PREFIX lines (the LSP server's private cores)")
     p.add_argument("--log-level", default="INFO", help="DEBUG | INFO | WARNING")
     return p
 
@@ -853,7 +856,8 @@ def _run(args: argparse.Namespace, address: protocol.Address, token: str | None,
 
             torch.set_num_threads(args.threads)
         _debug_load_delay()
-        backend = EngineBackend(Engine.load(model_dir=args.model, device=args.device))
+        backend = EngineBackend(Engine.load(model_dir=args.model, device=args.device,
+                                            progress=_load_reporter() if args.load_progress else None))
         if args.warm_up:
             warm_up(backend.engine)
     except Exception as exc:
@@ -876,6 +880,25 @@ def _run(args: argparse.Namespace, address: protocol.Address, token: str | None,
         print(f"diffill core: the engine failed ({failed}); exiting so a fresh core takes over", file=sys.stderr)
         return 1
     return 0
+
+
+# Seconds between two load progress lines of one phase (a new phase is reported at once).
+LOAD_PROGRESS_EVERY_S = 1.0
+
+
+def _load_reporter() -> Any:
+    """progress(done, total, what) for Engine.load: protocol.load_progress_line on stderr,
+    at most one a second per phase; the client extends its start deadline on each."""
+    last = {"what": None, "at": 0.0}
+
+    def report(done: int, total: int, what: str) -> None:
+        phase = what.split(" ", 1)[0]
+        now = time.monotonic()
+        if phase != last["what"] or now - last["at"] >= LOAD_PROGRESS_EVERY_S or done >= total:
+            last["what"], last["at"] = phase, now
+            print(protocol.load_progress_line(done, total, what), file=sys.stderr, flush=True)
+
+    return report
 
 
 # Debugging switch: seconds of extra "loading" before Engine.load, in small sleeps (each

@@ -46,6 +46,15 @@ CLIENT_NAME = "diffill-lsp"
 # Events passed to on_event(kind, message): once per death, once per recovery.
 EVENT_DIED = "died"
 EVENT_RESTARTED = "restarted"
+# A private core's load progress (protocol.LOAD_PROGRESS_PREFIX lines on its stderr), each
+# time it changes: "converting ...: 41% (1,002/2,441 MB)"; the server shows it as $/progress.
+EVENT_PROGRESS = "progress"
+
+# A core start fails after start_timeout seconds without load progress from the core (a
+# first conversion of the default model takes 60-130 s on a 2-core CPU and reports every
+# second; a second editor's core waits for it and reports its progress), and after
+# MAX_START_S in all.
+MAX_START_S = 3600.0
 
 # Private cores live in <runtime dir>/core-XXXX/core.sock. A folder older than this whose
 # socket is dead is a leftover of a server killed with its core, and is swept.
@@ -249,6 +258,8 @@ class CoreClient:
         self._standby: _Standby | None = None
         self._standby_start: asyncio.Task | None = None
         self._want_standby = False  # start one after the next answered fill
+        self._progress_seen: dict[int, tuple[int, str]] = {}  # pid -> its last load progress (done, what)
+        self._progress_at: dict[int, float] = {}  # pid -> when that last changed (monotonic)
 
     @property
     def private(self) -> bool:
@@ -272,10 +283,10 @@ class CoreClient:
             return
         self.state = CoreState.STARTING
         try:
-            await asyncio.wait_for(self._open(), self.start_timeout)
+            await self._within_start_deadline(self._open(), lambda: self._proc)
         except asyncio.TimeoutError:
             await self._stop_process()
-            self._start_failed(f"core did not answer within {self.start_timeout:.0f} s")
+            self._start_failed(f"core did not answer within {self.start_timeout:.0f} s (and reported no load progress)")
             raise CoreUnavailable(self._restart_error) from None
         except CoreUnavailable as exc:
             await self._stop_process()
@@ -553,7 +564,7 @@ class CoreClient:
         while self.state is CoreState.RESTARTING:
             await self._stop_process()
             try:
-                await asyncio.wait_for(self._open(), self.start_timeout)
+                await self._within_start_deadline(self._open(), lambda: self._proc)
             except (CoreUnavailable, asyncio.TimeoutError) as exc:
                 self._restart_error = str(exc) or "no answer"
                 self._ready.set()  # wake waiting requests: they fail with this reason
@@ -584,7 +595,7 @@ class CoreClient:
         # before its interpreter has started (service.main, lifeline.tie_to_parent).
         cmd = [sys.executable, "-m", "diffusion_core.service", "--socket", socket_path, "--device", self.device,
                "--weights", self.weights,
-               "--parent-pid", str(os.getpid())]
+               "--parent-pid", str(os.getpid()), "--load-progress"]
         if self.model_dir:
             cmd += ["--model", str(self.model_dir)]
         cmd += [*self.core_args, *extra]
@@ -605,8 +616,48 @@ class CoreClient:
         assert proc.stderr is not None
         while line := await proc.stderr.readline():
             text = line.decode("utf-8", "replace").rstrip()
+            if self._load_progress(proc, text):
+                continue
             tail.append(text)
             log.debug("core: %s", text)
+
+    def _load_progress(self, proc: asyncio.subprocess.Process, line: str) -> bool:
+        """A load progress line of `proc`: when it changed, the start deadline runs from now,
+        and the live core's is passed on (EVENT_PROGRESS). False for any other line."""
+        parsed = protocol.parse_load_progress(line)
+        if parsed is None:
+            return False
+        done, total, what = parsed
+        if self._progress_seen.get(proc.pid) != (done, what):
+            self._progress_seen[proc.pid] = (done, what)
+            self._progress_at[proc.pid] = time.monotonic()
+            if proc is self._proc:
+                share = f": {100 * done // total}% ({done / 1e6:,.0f}/{total / 1e6:,.0f} MB)" if total > 0 else ""
+                self._emit(EVENT_PROGRESS, f"{what}{share}")
+        return True
+
+    async def _within_start_deadline(self, aw: Any, proc_of: Callable[[], Any]) -> Any:
+        """Await a core start: asyncio.TimeoutError once start_timeout has passed since it
+        began or since the core's load progress last changed, whichever is later (MAX_START_S
+        at most). A conversion in progress keeps the start alive; a silent core does not."""
+        task = asyncio.ensure_future(aw)
+        began = time.monotonic()
+        try:
+            while True:
+                proc = proc_of()
+                last = self._progress_at.get(proc.pid, 0.0) if proc is not None else 0.0
+                until = min(max(began, last) + self.start_timeout, began + MAX_START_S)
+                left = until - time.monotonic()
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                done, _ = await asyncio.wait({task}, timeout=left)
+                if done:
+                    return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
 
     def _exit_message(self, standby: _Standby | None = None) -> str:
         proc, tail = (standby.proc, standby.stderr_tail) if standby is not None else (self._proc, self._stderr_tail)
@@ -641,8 +692,8 @@ class CoreClient:
             raise
         standby = self._standby = _Standby(proc, folder, tail)
         try:
-            conn = await asyncio.wait_for(self._connect(protocol.Address("unix", path=path), standby),
-                                          self.start_timeout)
+            conn = await self._within_start_deadline(self._connect(protocol.Address("unix", path=path), standby),
+                                                     lambda: standby.proc)
             hello = await self._handshake(conn)
         except (CoreUnavailable, asyncio.TimeoutError) as exc:
             # Not retried until the live core is next replaced: a standby that cannot start
