@@ -99,7 +99,7 @@ class DiffillServer(LanguageServer):
         super().__init__("diffill", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
                          protocol_cls=DiffillProtocol)
         self.settings = Settings()
-        self._model_defaults = ("", "", "")  # see set_model_defaults
+        self._model_defaults = ("", "")  # see set_model_defaults
         self.docs = DocumentStore()
         self.cache = FillCache()
         self.latest = Latest()
@@ -146,14 +146,7 @@ class DiffillServer(LanguageServer):
         self.tell_once(f"server-error:{type(error).__name__}", f"diffill: internal error: {error}", types.MessageType.Error)
 
     def _on_core_event(self, kind: str, message: str) -> None:
-        """The core client tells once when a core dies or is restarted; a load's progress
-        ("progress": core_client.EVENT_PROGRESS) goes to the start's $/progress bar."""
-        if kind == "progress":
-            token = getattr(self, "_load_token", None)
-            if token is not None:
-                self.work_done_progress.report(token, types.WorkDoneProgressReport(message=message))
-            log.info("core loading: %s", message)
-            return
+        """The core client tells once when a core dies or is restarted."""
         log.warning("core %s: %s", kind, message)
         text = message if message.startswith("diffill: ") else f"diffill: {message}"  # said once, not "diffill: diffill:"
         self.tell_once(f"core-event:{kind}:{message}", text)
@@ -177,21 +170,20 @@ class DiffillServer(LanguageServer):
         self.settings = self._with_model_defaults(new)
         self._apply_feedback_path()
 
-    def set_model_defaults(self, path: str = "", device: str = "", weights: str = "") -> None:
-        """What ``model.path`` "", ``model.device`` "auto" and ``model.weights`` "auto" stand for
-        (``diffill lsp --model/--device/--weights``): editors send those defaults explicitly, so
-        the command line's choice must survive them; any other value the editor sends wins."""
-        self._model_defaults = (path, device, weights)
+    def set_model_defaults(self, path: str = "", device: str = "") -> None:
+        """What ``model.path`` "" and ``model.device`` "auto" stand for (``diffill lsp
+        --model/--device``): editors send those defaults explicitly, so the command
+        line's choice must survive them; any other value the editor sends wins."""
+        self._model_defaults = (path, device)
         self.settings = self._with_model_defaults(self.settings)
 
     def _with_model_defaults(self, s: Settings) -> Settings:
-        path, device, weights = self._model_defaults
+        path, device = self._model_defaults
         m = s.model
         model = dataclasses.replace(
             m,
             path=m.path or path,
             device=device if device and m.device == ModelSettings().device else m.device,
-            weights=weights if weights and m.weights == ModelSettings().weights else m.weights,
         )
         return s if model == m else dataclasses.replace(s, model=model)
 
@@ -256,7 +248,6 @@ class DiffillServer(LanguageServer):
                 token = None
 
         async def loading() -> None:
-            self._load_token = token  # the core's load progress is reported under it (_on_core_event)
             if token is not None:
                 where = self.settings.core.address or self.settings.model.path or "default model"
                 self.work_done_progress.begin(
@@ -264,7 +255,6 @@ class DiffillServer(LanguageServer):
                 )
 
         async def loaded(error: str) -> None:
-            self._load_token = None
             if token is not None:
                 self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=error or "model ready"))
             if error:
@@ -451,7 +441,6 @@ class DiffillServer(LanguageServer):
             "core": core,
             "model": info.get("model"),
             "device": info.get("device"),
-            "weights": info.get("weights"),
             "queue": {"inFlight": self.latest.in_flight(), "core": sched.get("waiting"), "active": sched.get("active")},
             **summary,
             "cache": {"hits": self.cache.hits, "misses": self.cache.misses},

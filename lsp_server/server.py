@@ -19,7 +19,6 @@ from typing import Any
 
 from lsprotocol import types
 
-from diffusion_core.protocol import WEIGHTS_SCHEMES
 from lsp_server import guards, results
 from lsp_server.core_link import CoreFactory, core_errors, real_core_factory
 from lsp_server.holes_command import holes_near, run_fill_holes
@@ -166,8 +165,6 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--model", metavar="FOLDER",
                         help="model folder used while the model.path setting is empty (the default)")
     parser.add_argument("--device", help="cpu | cuda | cuda:N | mps, used while the model.device setting is auto")
-    parser.add_argument("--weights", choices=WEIGHTS_SCHEMES,
-                        help="int4 | int8 | float32, used while the model.weights setting is auto")
     parser.add_argument("--log-level", default="WARNING", help="stderr log level (default WARNING)")
     args = parser.parse_args(argv)
     model_path = str(Path(args.model).expanduser().resolve()) if args.model else ""
@@ -175,7 +172,7 @@ def _main(argv: list[str] | None) -> int:
     # pygls logs every message body at INFO: far too much for a 10 MB document.
     logging.getLogger("pygls").setLevel(max(logging.WARNING, logging.getLogger().level))
     server = build_server()
-    server.set_model_defaults(model_path, args.device or "", args.weights or "")
+    server.set_model_defaults(model_path, args.device or "")
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         if not host or not port.isdigit():
