@@ -18,6 +18,7 @@ from. Reads through `self.data[a:b]`, as gguf's reader does (gguf_model.PartsBuf
 """
 from __future__ import annotations
 
+import array
 import struct
 import sys
 from typing import Any
@@ -43,18 +44,21 @@ STRING_WINDOW = 1 << 20  # bytes of a string array scanned per view (a copy only
 
 
 class StringArray:
-    """A GGUF array of strings, held as bytes and decoded when read; `contents` as ReaderField's."""
+    """A GGUF array of strings: their bytes joined in one buffer and where each ends (8 bytes
+    an item, not a Python object), decoded when read; `contents` as ReaderField's."""
 
-    def __init__(self, offset: int, name: str, parts: list, items: list[bytes]):
-        self.offset, self.name, self.parts, self.items = offset, name, parts, items
+    def __init__(self, offset: int, name: str, parts: list, blob: bytearray, ends: array.array):
+        self.offset, self.name, self.parts, self.blob, self.ends = offset, name, parts, blob, ends
         self.types = [GGUFValueType.ARRAY, GGUFValueType.STRING]
         self.data: list[int] = []
 
+    def _item(self, i: int) -> str:
+        return self.blob[self.ends[i - 1] if i else 0: self.ends[i]].decode("utf-8")
+
     def contents(self, index_or_slice: int | slice = slice(None)) -> Any:
-        picked = self.items[index_or_slice]
         if isinstance(index_or_slice, int):
-            return picked.decode("utf-8")
-        return [b.decode("utf-8") for b in picked]
+            return self._item(range(len(self.ends))[index_or_slice])
+        return [self._item(i) for i in range(len(self.ends))[index_or_slice]]
 
 
 class BoundedReader(gguf.GGUFReader):
@@ -149,7 +153,7 @@ class BoundedReader(gguf.GGUFReader):
         n = self._bounded(alen[0], 8, start, f"GGUF key {name!r}")
         swapped = (self.byte_order == "S") == (sys.byteorder == "little")
         length = struct.Struct(">Q" if swapped else "<Q")
-        items: list[bytes] = []
+        blob, ends = bytearray(), array.array("Q")
         pos, end = start, len(self.data)
         view, base = memoryview(b""), pos
         for _ in range(n):
@@ -162,9 +166,10 @@ class BoundedReader(gguf.GGUFReader):
                                 f"bytes at byte {pos:,})")
             if at + 8 + size > len(view):
                 view, base, at = self._window(pos, 8 + size), pos, 0
-            items.append(bytes(view[at + 8: at + 8 + size]))
+            blob += view[at + 8: at + 8 + size]
+            ends.append(len(blob))
             pos += 8 + size
-        return pos - offs, StringArray(orig_offs, name, head + [raw_itype, alen], items)
+        return pos - offs, StringArray(orig_offs, name, head + [raw_itype, alen], blob, ends)
 
     def _window(self, pos: int, need: int) -> memoryview:
         stop = min(len(self.data), pos + max(need, STRING_WINDOW))

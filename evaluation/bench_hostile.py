@@ -10,11 +10,13 @@ Owns: small experiments against real processes, each timed from outside:
   * flood: a TCP core with 1,000 hostile connections open (idle and frame-trickling),
     a legitimate client's fill latency;
   * parent_death: an editor stand-in killed with -9 while its private core loads and while
-    it serves, seconds until the core has exited (issue 22: the target is 1 s).
+    it serves, seconds until the core has exited (issue 22: the target is 1 s);
+  * first_run, hostile_gguf: two editors opening at once on a fresh cache, a damaged cache
+    rebuilt, hostile GGUF headers (issue 22 items 4-6; evaluation/hostile_cache.py).
 
 Must not know: engine internals; it talks over the protocol and LSP as clients do.
 
-    python -m evaluation.bench_hostile [--model DIR] [--only recovery,recovery_nostandby,nesting,huge,stall,flood,parent_death]
+    python -m evaluation.bench_hostile [--model DIR] [--only recovery,recovery_nostandby,nesting,huge,stall,flood,parent_death,first_run,hostile_gguf]
 
 Without --model it uses the default model (Qwen2.5-Coder-0.5B). Prints a table, then one JSON line last.
 """
@@ -434,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
             out.update(nesting())
         elif name == "parent_death":
             out.update(parent_death(args.model))
+        elif name in ("first_run", "hostile_gguf"):
+            from evaluation import hostile_cache
+
+            run_cache = getattr(hostile_cache, name)
+            result = run_cache(args.model)
+            out.update(asyncio.run(result) if asyncio.iscoroutine(result) else result)
         elif name.startswith("recovery"):
             run = recovery if name == "recovery" else recovery_nostandby
             out.update(asyncio.run(run(args.model, budget=args.budget)))
