@@ -40,9 +40,12 @@ class LocalCore:
         return None
 
     async def fill(self, segments: list[str], budgets: list[int], params: dict,
-                   request_id: str | None = None, stops: list[dict] | None = None) -> dict:
+                   request_id: str | None = None, stops: list[dict] | None = None,
+                   on_progress: Callable[[dict], None] | None = None) -> dict:
         """The engine's fill as the core process replies it; a ``CoreError`` propagates.
-        ``stops``: one map of ``protocol.STOP_KEYS`` per hole, as on the wire."""
+        ``stops``: one map of ``protocol.STOP_KEYS`` per hole, as on the wire. The engine
+        runs in this thread, so there are no heartbeats: ``on_progress`` is never called
+        (``on_step`` reports the steps)."""
         t0 = time.perf_counter()
         rules = stops if stops is not None else [{} for _ in budgets]
         if len(rules) != len(budgets):

@@ -37,6 +37,7 @@ class CoreConnection(Protocol):
         params: dict,
         request_id: str | None = None,
         stops: list[dict] | None = None,  # per hole, protocol.STOP_KEYS (engine contract)
+        on_progress: Callable[[dict], None] | None = None,  # the core's heartbeats, when it sends them
     ) -> dict: ...
 
     async def status(self) -> dict: ...
@@ -160,11 +161,13 @@ class CoreLink:
         return self._conn
 
     async def fill(self, segments: list[str], budgets: list[int], params: dict,
-                   request_id: str | None = None, stops: list[dict] | None = None) -> dict:
+                   request_id: str | None = None, stops: list[dict] | None = None,
+                   on_progress: Callable[[dict], None] | None = None) -> dict:
         """``CoreConnection.fill`` on the ready connection (waits while it starts), so
         the pipeline is handed the link and a request with nothing to fill never waits."""
         conn = await self.connection()
-        return await conn.fill(segments, budgets, params, request_id=request_id, stops=stops)
+        more = {"on_progress": on_progress} if on_progress is not None else {}
+        return await conn.fill(segments, budgets, params, request_id=request_id, stops=stops, **more)
 
     @staticmethod
     def _fail(ready: asyncio.Future[None], message: str) -> None:

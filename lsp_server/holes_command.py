@@ -10,13 +10,20 @@ Arguments: ``[uri]`` fills every hole; ``[uri, range]`` the holes overlapping
 ``{"filled": N}`` (plus ``"applied": false`` and a ``"reason"`` when nothing was); a
 hole whose fill post-processes to nothing is left as it was and not counted.
 
+Progress: while the core works the user sees a ``$/progress`` bar (when the client
+has ``window.workDoneProgress``) fed by the core's heartbeats (hole k of n, context
+tokens encoded, tokens written). There is no deadline: the fill runs as long as the
+core's heartbeats say it is working (core_client).
+
 Must not know: torch, how results are built (results.py), core transport.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
+import time
+from typing import Any, Callable
 
 from lsprotocol import types
 
@@ -80,7 +87,13 @@ async def run_fill_holes(ls: Any, args: list) -> dict:
     if not plans:
         return {"filled": 0}
     ls.stats.count("fillHoles")
-    candidates = await pipeline.fill_plans(ls.link, doc, plans, ls.settings, request_id=f"lsp-{ls.protocol.msg_id}")
+    token = await _progress_begin(ls, f"filling {len(plans)} hole{'s' if len(plans) != 1 else ''}")
+    try:
+        candidates = await pipeline.fill_plans(ls.link, doc, plans, ls.settings, request_id=f"lsp-{ls.protocol.msg_id}",
+                                               on_progress=_reporter(ls, token))
+    finally:
+        if token is not None:
+            ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message="done"))
     if entry.version != version or ls.docs.get(uri) is not entry:
         reason = "the document changed while filling; nothing was applied"
         ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=f"diffill: {reason}"))
@@ -96,3 +109,49 @@ async def run_fill_holes(ls: Any, args: list) -> dict:
         ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=f"diffill: {reason}"))
         return {"filled": 0, "applied": False, "reason": reason}
     return {"filled": len(candidates)}
+
+
+async def _progress_begin(ls: Any, title: str) -> str | None:
+    """A $/progress bar for this fill, or None when the client cannot show one."""
+    caps = ls.client_capabilities
+    if not (caps and caps.window and caps.window.work_done_progress):
+        return None
+    token = f"diffill/fillHoles/{time.monotonic_ns()}"
+    try:
+        await asyncio.wait_for(ls.work_done_progress.create_async(token), timeout=5)
+    except Exception as exc:
+        log.warning("progress create failed: %s", exc)
+        return None
+    ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="diffill", message=title, percentage=0,
+                                                                   cancellable=False))
+    return token
+
+
+def progress_message(p: dict) -> tuple[str, int]:
+    """(message, percentage) of one core heartbeat (protocol docstring)."""
+    holes = max(1, int(p.get("holes") or 1))
+    hole = min(holes - 1, max(0, int(p.get("hole") or 0)))
+    where = f"hole {hole + 1}/{holes}: " if holes > 1 else ""
+    phase = p.get("phase")
+    context = max(1, int(p.get("context") or 1))
+    encoded = min(context, int(p.get("encoded") or 0))
+    if phase == "queued":
+        return "waiting for the core", 0
+    if phase == "encoding":
+        done = 0.5 * encoded / context
+        message = f"{where}reading the context, {encoded}/{context} tokens"
+    else:
+        done = 0.5 + 0.5 * min(1.0, int(p.get("steps") or 0) / 64)
+        message = f"{where}{int(p.get('tokens') or 0)} tokens written"
+    return message, int(100 * (hole + done) / holes)
+
+
+def _reporter(ls: Any, token: str | None) -> Callable[[dict], None] | None:
+    if token is None:
+        return None
+
+    def report(p: dict) -> None:
+        message, percentage = progress_message(p)
+        ls.work_done_progress.report(token, types.WorkDoneProgressReport(message=message, percentage=percentage))
+
+    return report

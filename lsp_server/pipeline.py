@@ -23,7 +23,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from grammars.document import Document, decode
 from grammars.fillplan import FillPlan
@@ -165,13 +165,15 @@ def stop_spec(plan: FillPlan) -> dict:
 
 
 async def core_fill(core: CoreConnection, segments: list[str], plans: list[FillPlan], settings: Settings,
-                    request_id: str | None) -> dict:
+                    request_id: str | None, on_progress: Callable[[dict], None] | None = None) -> dict:
     """The one call into the core: segments, each plan's budget and stop rule, the user's
     sampler settings. Stopping in the core saves the steps a pretrained coder would spend
-    running to its budget (it rarely emits an end token after a FIM middle)."""
+    running to its budget (it rarely emits an end token after a FIM middle).
+    ``on_progress`` gets the core's heartbeats (protocol docstring), when it sends them."""
     budgets = [budget_for(p, settings) for p in plans]
+    more = {"on_progress": on_progress} if on_progress is not None else {}
     return await core.fill(segments, budgets, settings.fill_params(), request_id=request_id or _rid(),
-                           stops=[stop_spec(p) for p in plans])
+                           stops=[stop_spec(p) for p in plans], **more)
 
 
 async def fill_at(core: CoreConnection, doc: Document, cursor: int, settings: Settings,
@@ -195,13 +197,14 @@ async def fill_at(core: CoreConnection, doc: Document, cursor: int, settings: Se
 
 
 async def fill_plans(core: CoreConnection, doc: Document, plans: list[FillPlan], settings: Settings,
-                     request_id: str | None = None) -> list[Candidate]:
+                     request_id: str | None = None,
+                     on_progress: Callable[[dict], None] | None = None) -> list[Candidate]:
     """Fill every planned hole in one core call; one candidate per plan, in order
     (its text is empty where the fill post-processed to nothing)."""
     if not plans:
         return []
     segments = with_plan_context(clip_segments(split_segments(doc, plans), settings), plans)
-    reply = await core_fill(core, segments, plans, settings, request_id)
+    reply = await core_fill(core, segments, plans, settings, request_id, on_progress)
     texts = list(reply.get("texts") or [])
     if len(texts) != len(plans):
         raise ValueError(f"core answered {len(texts)} fills for {len(plans)} holes")

@@ -40,13 +40,16 @@ class FakeCore:
         if self.fail_start:
             raise RuntimeError(self.fail_start)
 
-    async def fill(self, segments, budgets, params, request_id=None, stops=None) -> dict:
+    async def fill(self, segments, budgets, params, request_id=None, stops=None, on_progress=None) -> dict:
         self.fills += 1
         self.last_stops = stops
         self.last_segments, self.last_budgets, self.last_params = list(segments), list(budgets), dict(params)
         try:
-            for _ in range(self.steps):
+            for i in range(self.steps):
                 await asyncio.sleep(self.step_s)
+                if on_progress is not None:  # a heartbeat per step, as the core's
+                    on_progress({"phase": "decoding", "steps": i + 1, "tokens": i + 1, "hole": 0,
+                                 "holes": len(budgets), "engine_idle_s": 0.0})
         except asyncio.CancelledError:
             self.cancelled += 1
             raise

@@ -375,3 +375,35 @@ async def test_status_shows_what_each_document_cost_the_core(tmp_path):
         [doc] = (await status(client))["documents"]
         assert doc["fills"] == 2 and doc["encodedTokens"] < doc["cachedTokens"] and 0 < doc["reuse"] < 1
         assert doc["reusedTokens"] + doc["encodedTokens"] == doc["cachedTokens"]
+
+
+async def test_fill_holes_shows_the_cores_progress_until_it_ends(tmp_path):
+    text = "def a():\n    <|fill|>\n\nx = <|fill|>\n"
+    # 60 steps of 0.05 s: 3 s, past any deadline a test could mistake for one.
+    async with session(fake={"text": "1", "steps": 60, "step_s": 0.05}, tmp=tmp_path) as client:
+        await wait_ready(client)
+        open_doc(client, URI, text)
+        before = set(client.progress_reports)
+        res = await execute(client, "diffill.fillHoles", [URI])
+        assert res == {"filled": 2}
+        [token] = [t for t in client.progress_reports if t not in before and "fillHoles" in str(t)]
+        reports = client.progress_reports[token]
+        kinds = [type(r).__name__ for r in reports]
+        assert kinds[0] == "WorkDoneProgressBegin" and kinds[-1] == "WorkDoneProgressEnd"
+        middle = reports[1:-1]
+        assert len(middle) >= 50 and all("tokens written" in r.message for r in middle)
+        percents = [r.percentage for r in middle]
+        assert percents == sorted(percents) and 0 <= percents[0] and percents[-1] <= 100
+
+
+def test_progress_message_of_each_phase():
+    from lsp_server.holes_command import progress_message
+
+    assert progress_message({"phase": "queued"}) == ("waiting for the core", 0)
+    msg, pct = progress_message({"phase": "encoding", "encoded": 300, "context": 600, "hole": 1, "holes": 2})
+    assert msg == "hole 2/2: reading the context, 300/600 tokens" and pct == 62
+    msg, pct = progress_message({"phase": "decoding", "tokens": 7, "steps": 64, "hole": 0, "holes": 1})
+    assert msg == "7 tokens written" and pct == 100
+    # Junk from a newer or broken core still gives a message in range.
+    msg, pct = progress_message({"phase": "encoding", "encoded": 9, "context": 0, "hole": 5, "holes": 0})
+    assert 0 <= pct <= 100 and msg
