@@ -109,7 +109,7 @@ def _describe(info: dict) -> str:
     return "model: " + ", ".join(f"{k}={v}" for k, v in info.items())
 
 
-def _load_core(model: str | None, device: str, verbose: bool, weights: str = "auto"):
+def _load_core(model: str | None, device: str, verbose: bool, weights: str = "auto", threads: int = 0):
     from diffusion_core.progress import Progress
 
     try:
@@ -122,6 +122,7 @@ def _load_core(model: str | None, device: str, verbose: bool, weights: str = "au
                                   weights=weights)
     except Exception as exc:  # CoreError names the file or key in one line; anything else too
         raise FillError(f"core failed: {one_line(exc)}", 1) from None
+    core.engine.set_threads(threads)  # diffusion_core/threads.py
     if verbose:
         print(f"diffill fill: {_describe(core.engine.info())}", file=sys.stderr)
     return core
@@ -154,7 +155,9 @@ def run(args: argparse.Namespace) -> str:
         print(f"diffill fill: {where or 'stdin: '}only {args.hole_marker!r} markers are filled{hint}", file=sys.stderr)
     if at is not None and doc.offset_at(at[0], at[1], encoding="utf-32") is None:
         raise FillError(f"{where}position {at[0] + 1}:{at[1] + 1} is outside the file", 2)
-    core = _load_core(args.model, args.device, args.verbose, args.weights)
+    if not 0 <= args.threads <= 1024:
+        raise FillError(f"--threads {args.threads}: want 0 (chosen by measurement) or a thread count 1-1024", 2)
+    core = _load_core(args.model, args.device, args.verbose, args.weights, args.threads)
     from diffusion_core.progress import Progress
 
     try:
@@ -195,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=d.model.weights, choices=WEIGHTS_SCHEMES,
                    help="auto: packed int4/int8 on a CPU, bf16 on a GPU; int4 | int8; float32: the exact reference "
                         "(default %(default)s)")
+    p.add_argument("--threads", type=int, default=d.core.threads, metavar="N",
+                   help="CPU threads: 0 (default) chooses per kind of work by measurement, N: always N")
     p.add_argument("--hole-marker", default=d.hole_marker, metavar="TEXT", help="the marker text (default %(default)s)")
     p.add_argument("--max-tokens", type=int, default=None, metavar="N",
                    help=f"cap on each hole's token budget (default {d.fill.max_tokens}, as in the editor)")

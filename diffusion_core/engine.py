@@ -39,6 +39,7 @@ from .model import KVCache, Segment
 from .params import CAUSAL_ONLY, MAX_BUDGET, FillParams
 from .sampler import HoleState, commit_hole, resize_holes, restrict, step_cap, stop_point, trim
 from .static_step import StaticSteps
+from .threads import ThreadChoice
 from .tokenizer import Heal
 
 ENCODE_CHUNK = 1024  # context tokens per forward when encoding (bounds the [T, S] mask)
@@ -229,6 +230,7 @@ class Engine:
                         if self.config.layout == "causal" else None)
         self.mask_rows = MASK_ROWS
         self.encode_step_tokens = ENCODE_STEP_CPU if self.device.type == "cpu" else ENCODE_CHUNK
+        self.threads: ThreadChoice | None = None  # set_threads
         sp = self.tokenizer.special
         if self.config.layout in ("diffill", "causal") and None in (sp.suf, sp.pre, sp.mid):
             raise CoreError(f"{loaded.path}: the {self.config.layout} layout needs suf/pre/mid special tokens in tokenizer.json")
@@ -518,19 +520,14 @@ class Engine:
                 job.finish(FillCancelled())
                 continue
             if job.encoding:  # one chunk of its context this step (not packed with the others)
-                job.encode_step(self.encode_step_tokens)
+                units = min(self.encode_step_tokens, len(job.encode_ids) - job.stored.cache.n) if job.stored else 1
+                self._timed("encode", units, lambda: job.encode_step(self.encode_step_tokens))
                 continue
             live.append(job)
         if not live:
             return
         t0 = time.perf_counter()
-        if self.static is not None and len(live) == 1 and live[0].mode == "exact" and isinstance(live[0], Job):
-            # The packed plan of an exact step is exactly the static step's input: the region, its rows.
-            region, pos, _, rows, positions = self._plan_step(live[0])
-            logits = self.static.logits(live[0].cache, region, int(pos[0]), rows).float().cpu()
-            plans, counts = [positions], [len(rows)]
-        else:
-            logits, plans, counts = self._packed_logits(live)
+        logits, plans, counts = self._timed("decode", 1, lambda: self._step_logits(live))
         offset = 0
         elapsed = (time.perf_counter() - t0) * 1e3 / len(live)
         for job, plan, m in zip(live, plans, counts):
@@ -549,6 +546,28 @@ class Engine:
             if not job.done and job.stats.forward_passes >= job.max_steps:
                 job.finish(CoreError(f"model {self.name}: fill not finished after {job.stats.forward_passes} steps "
                                       f"(the cap for its budgets); stopped"))
+
+    def _step_logits(self, live: list[Job]) -> tuple[torch.Tensor, list, list]:
+        if self.static is not None and len(live) == 1 and live[0].mode == "exact" and isinstance(live[0], Job):
+            # The packed plan of an exact step is exactly the static step's input: the region, its rows.
+            region, pos, _, rows, positions = self._plan_step(live[0])
+            logits = self.static.logits(live[0].cache, region, int(pos[0]), rows).float().cpu()
+            return logits, [positions], [len(rows)]
+        return self._packed_logits(live)
+
+    def set_threads(self, threads: int | None) -> None:
+        """CPU threads for torch (``diffusion_core.threads``): 0 chooses per kind of work by
+        measurement (what ``diffill fill``, ``core`` and ``lsp`` run with), N > 0 always N,
+        None leaves torch's setting alone (the default: library callers and tests)."""
+        if threads is None or self.device.type != "cpu":
+            self.threads = None
+            return
+        self.threads = ThreadChoice(fixed=threads, apply=torch.set_num_threads)
+        if threads > 0:
+            torch.set_num_threads(threads)
+
+    def _timed(self, kind: str, units: int, work):
+        return work() if self.threads is None else self.threads.timed(kind, units, work)
 
     def _packed_logits(self, live: list[Job]) -> tuple[torch.Tensor, list]:
         """One forward pass over every job's step, packed: logits of all masked positions."""

@@ -122,6 +122,11 @@ class EngineBackend:
     def info(self) -> dict:
         return dict(self.engine.info())
 
+    def threads(self) -> dict | None:
+        """The engine's thread choice and its measured costs (diffusion_core.threads)."""
+        choice = getattr(self.engine, "threads", None)
+        return choice.summary() if choice is not None else None
+
     def reply(self, result: Any) -> dict:
         return {"texts": list(result.texts), "stats": dict(result.stats.as_dict())}
 
@@ -511,6 +516,7 @@ class CoreServer:
             "connections": len(self.connections),
             "scheduler": sched,
             "failed": self.failed,
+            "threads": self.backend.threads() if hasattr(self.backend, "threads") else None,
         }
 
     def engine_failed(self, message: str) -> None:
@@ -618,7 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-per-client", type=int, default=d.max_per_client, help="queued requests per client")
     p.add_argument("--no-batch", action="store_true", help="step each request alone (benchmark baseline)")
     p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch (0: torch's default); 1 is often faster on a busy CPU")
+                   help="CPU threads for torch: 0 (default) chooses per kind of work by measurement (one thread "
+                        "decodes fastest on a small CPU, more encode fastest while it is quiet); N: always N")
     p.add_argument("--exit-with-parent", action="store_true",
                    help="shut down when the parent process dies (private cores), also while loading")
     p.add_argument("--parent-pid", type=int, default=None, metavar="PID",
@@ -653,6 +660,8 @@ def resolve_listen(args: argparse.Namespace) -> tuple[protocol.Address, str | No
     """Address, token and whether the token must be written out; ValueError with one line."""
     if any(b < 1 for b in (args.max_batch, args.max_queue, args.max_per_client)):
         raise ValueError("--max-batch, --max-queue and --max-per-client must be >= 1")
+    if not 0 <= args.threads <= 1024:
+        raise ValueError(f"--threads {args.threads}: want 0 (chosen by measurement) or a thread count 1-1024")
     token = None
     if args.token_file:
         try:
@@ -851,13 +860,10 @@ def _run(args: argparse.Namespace, address: protocol.Address, token: str | None,
         log.info("loading the model %s", args.model or "(default)")
         from diffusion_core.engine import Engine
 
-        if args.threads > 0:
-            import torch
-
-            torch.set_num_threads(args.threads)
         _debug_load_delay()
         backend = EngineBackend(Engine.load(model_dir=args.model, device=args.device,
                                             progress=_load_reporter() if args.load_progress else None))
+        backend.engine.set_threads(args.threads)  # diffusion_core/threads.py
         if args.warm_up:
             warm_up(backend.engine)
     except Exception as exc:

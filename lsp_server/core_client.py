@@ -221,6 +221,7 @@ class CoreClient:
         status_timeout: float = 5.0,
         hung_after: float = 20.0,
         stall_after: float = 120.0,
+        threads: int = 0,
         standby: bool = True,
     ):
         self.address = protocol.parse_address(address) if address else None
@@ -241,6 +242,7 @@ class CoreClient:
         # ~1-2 s on the 2-core CPU with the default model, ~15 s at load 8.
         self.hung_after = hung_after
         self.stall_after = stall_after
+        self.threads = threads  # a private core's --threads (0: chosen by measurement, diffusion_core.threads)
         self.status_timeout = status_timeout
         self.standby = standby  # keep a standby private core (STANDBY_ARGS); ignored for external cores
         self.state = CoreState.IDLE
@@ -594,7 +596,7 @@ class CoreClient:
         # --parent-pid: the core exits with us from its first instruction, also when we die
         # before its interpreter has started (service.main, lifeline.tie_to_parent).
         cmd = [sys.executable, "-m", "diffusion_core.service", "--socket", socket_path, "--device", self.device,
-               "--weights", self.weights,
+               "--weights", self.weights, "--threads", str(self.threads),
                "--parent-pid", str(os.getpid()), "--load-progress"]
         if self.model_dir:
             cmd += ["--model", str(self.model_dir)]

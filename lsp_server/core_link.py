@@ -72,6 +72,7 @@ def real_core_factory(settings: Settings, on_event: OnEvent) -> CoreConnection:
         weights=settings.model.weights,
         token=settings.core.token or None,
         standby=settings.core.standby,
+        threads=settings.core.threads,
         on_event=on_event,
     )
 

@@ -35,7 +35,7 @@ from lsp_server.feedback import FeedbackLog, Stats, default_log_path
 from lsp_server import pipeline
 from lsp_server.pipeline import Candidate, Outcome
 from lsp_server.debounce import Debouncer, Focus, Latest
-from lsp_server.settings import ModelSettings, Settings
+from lsp_server.settings import CoreSettings, ModelSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class DiffillServer(LanguageServer):
         self.feedback = FeedbackLog(None, self.stats)
         self.link = CoreLink(core_factory, self._on_core_event)
         self._told: set[str] = set()
+        self._threads_default = 0  # what core.threads 0 stands for (diffill lsp --threads)
         self._core_task: asyncio.Task | None = None
         self._may_start_core = False  # set by allow_core_start once `initialized` ran
         self._apply_feedback_path()
@@ -185,7 +186,15 @@ class DiffillServer(LanguageServer):
             path=m.path or path,
             device=device if device and m.device == ModelSettings().device else m.device,
         )
-        return s if model == m else dataclasses.replace(s, model=model)
+        s = s if model == m else dataclasses.replace(s, model=model)
+        if self._threads_default and s.core.threads == CoreSettings().threads:
+            s = dataclasses.replace(s, core=dataclasses.replace(s.core, threads=self._threads_default))
+        return s
+
+    def set_threads_default(self, threads: int) -> None:
+        """What ``core.threads`` 0 stands for (``diffill lsp --threads``); a value the editor sets wins."""
+        self._threads_default = threads
+        self.settings = self._with_model_defaults(self.settings)
 
     async def pull_configuration(self) -> None:
         """workspace/configuration for section 'diffill', when the client has it."""

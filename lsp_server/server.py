@@ -165,14 +165,22 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--model", metavar="FOLDER",
                         help="model folder used while the model.path setting is empty (the default)")
     parser.add_argument("--device", help="cpu | cuda | cuda:N | mps, used while the model.device setting is auto")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads of the private core, used while the core.threads setting is 0 "
+                             "(default 0: chosen per kind of work by measurement)")
     parser.add_argument("--log-level", default="WARNING", help="stderr log level (default WARNING)")
     args = parser.parse_args(argv)
+    if not 0 <= args.threads <= 1024:
+        print(f"diffill lsp: --threads {args.threads}: want 0 (chosen by measurement) or a thread count 1-1024",
+              file=sys.stderr)
+        return 2
     model_path = str(Path(args.model).expanduser().resolve()) if args.model else ""
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # pygls logs every message body at INFO: far too much for a 10 MB document.
     logging.getLogger("pygls").setLevel(max(logging.WARNING, logging.getLogger().level))
     server = build_server()
     server.set_model_defaults(model_path, args.device or "")
+    server.set_threads_default(args.threads)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         if not host or not port.isdigit():

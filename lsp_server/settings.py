@@ -12,7 +12,7 @@ data out.
 Example editor JSON (every key optional)::
 
     {"model": {"path": "", "device": "auto", "weights": "auto"},
-     "core": {"address": "", "token": "", "standby": true},
+     "core": {"address": "", "token": "", "standby": true, "threads": 0},
      "fill": {"maxTokens": 64, "steps": null, "threshold": null, "strategy": null},
      "debounce": {"minMs": 0, "maxMs": 120},
      "context": {"prefixBytes": 6000, "suffixBytes": 256},
@@ -61,6 +61,10 @@ class CoreSettings:
     # next completion after kill -9 instead of 6.48 s, docs/security.md) for ~250 MB of
     # private memory and one background core start; off on machines short of either.
     standby: bool = True
+    # CPU threads of a private core (diffill core --threads): 0 chooses per kind of work by
+    # measurement (one thread decodes fastest on the 2-core dev VM, two encode fastest when
+    # it is quiet and slowest beside a busy neighbour; diffusion_core/threads.py).
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,7 @@ class Settings:
 _CHECKS: dict[str, typing.Callable[[Any], bool]] = {
     "model.weights": lambda v: v in WEIGHTS_SCHEMES,
     "fill.max_tokens": lambda v: 1 <= v <= MAX_HOLE_TOKENS,
+    "core.threads": lambda v: 0 <= v <= 1024,
     "fill.steps": lambda v: v is None or 1 <= v <= 1024,
     "fill.threshold": lambda v: v is None or 0.0 < v <= 1.0,
     "fill.strategy": lambda v: v is None or v in ("auto", "threshold", "topk", "ar", "lossless"),
