@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CoreError
+from .quant import PACKED_MODULES
 
 PACKAGED = Path(__file__).parent / "adapters"  # shipped adapters, one per base they were trained on
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -56,15 +57,16 @@ class MaskAdapter(nn.Module):
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # LoRA's init: A random, B zero, delta 0
             self.A[key] = nn.Parameter(a)
             self.B[key] = nn.Parameter(torch.zeros(lin.out_features, spec.rank))
-        emb = model.embed_tokens.weight
-        self.mask_embed = nn.Parameter(emb[spec.mask_id].detach().clone().float())
+        emb = model.embed_tokens  # an nn.Embedding, or packed (quant.Int8Embedding: rows by lookup)
+        row = emb.row(spec.mask_id) if hasattr(emb, "row") else emb.weight[spec.mask_id]
+        self.mask_embed = nn.Parameter(row.detach().clone().float())
         self._rows: torch.Tensor | None = None  # flat indices of this forward's mask rows
         self._handles: list = []
 
     @staticmethod
     def _targets(model: nn.Module):
         for name, mod in model.named_modules():
-            if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in TARGETS:
+            if isinstance(mod, (nn.Linear, *PACKED_MODULES)) and name.rsplit(".", 1)[-1] in TARGETS:
                 yield name, mod
 
     # -- attaching ---------------------------------------------------------------------
@@ -72,7 +74,7 @@ class MaskAdapter(nn.Module):
     def attach(self, model: nn.Module) -> "MaskAdapter":
         """Hook into model: the embedding finds the mask rows, each projection adds its delta there."""
         self.detach()
-        ref = model.embed_tokens.weight
+        ref = model.norm.weight  # dense in every weights scheme
         self.to(device=ref.device, dtype=ref.dtype)
         self._handles.append(model.embed_tokens.register_forward_hook(self._embed_hook))
         for name, lin in self._targets(model):
@@ -158,7 +160,7 @@ def load_adapter(path: str | Path, model: nn.Module, base_sha256: str | None = N
     spec, _ = read_spec(path)
     if base_sha256 is not None and spec.base_sha256 and spec.base_sha256 != base_sha256:
         raise CoreError(f"{path}: trained on base {spec.base_sha256[:12]}..., not this model ({base_sha256[:12]}...)")
-    if not 0 <= spec.mask_id < model.embed_tokens.weight.shape[0]:
+    if not 0 <= spec.mask_id < model.config.vocab_size:
         raise CoreError(f"{path}: mask id {spec.mask_id} outside the model's vocabulary")
     adapter = MaskAdapter(model, spec)
     tensors = load_file(str(path))

@@ -48,6 +48,23 @@ def test_clean_rows_are_the_base_exactly_and_mask_rows_change():
     assert torch.equal(m(ids, pos, causal(8)), base)
 
 
+def test_on_packed_weights_clean_rows_stay_the_packed_base_exactly():
+    from diffusion_core import quant
+
+    m = tiny()
+    rest = quant.install(m, quant.pack_state(dict(m.state_dict()), "int4"))
+    m.load_state_dict(rest, strict=False)
+    assert isinstance(m.layers[0].mlp.up_proj, quant.Int4Linear) and isinstance(m.embed_tokens, quant.Int8Embedding)
+    ids = torch.tensor([[3, 9, 11, 4, 20, MASK, MASK, MASK]])
+    pos = torch.arange(8)[None]
+    base = m(ids, pos, causal(8))
+    a = adapter(m).attach(m)
+    assert len(a.A) == len(list(a._targets(m))) == 2 * 7  # every packed projection is a target
+    with_adapter = m(ids, pos, causal(8))
+    assert torch.equal(with_adapter[:, :5], base[:, :5])
+    assert not torch.allclose(with_adapter[:, 5:], base[:, 5:])
+
+
 def test_training_streams_equal_one_masked_forward():
     """clean_pass + mask_pass over several blocks == a full forward of each block after its anchor."""
     m = tiny()
