@@ -170,6 +170,18 @@ class CoreLink:
         more = {"on_progress": on_progress} if on_progress is not None else {}
         return await conn.fill(segments, budgets, params, request_id=request_id, stops=stops, **more)
 
+    async def warm(self, segments: list[str], budget: int, params: dict) -> dict:
+        """Have the core encode a one-hole fill's context at idle priority (the core's
+        ``warm``); {} from a connection that has no warm-ups (a fake, an older core)."""
+        conn = await self.connection()
+        warm = getattr(conn, "warm", None)
+        return await warm(segments, budget, params) if warm is not None else {}
+
+    def device(self) -> str:
+        """The device the connected core runs on, as its hello said ("" when unknown)."""
+        info = getattr(self._conn, "server_info", None) if self.state is LinkState.READY else None
+        return str(info.get("device") or "") if isinstance(info, dict) else ""
+
     @staticmethod
     def _fail(ready: asyncio.Future[None], message: str) -> None:
         if not ready.done():

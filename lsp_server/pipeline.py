@@ -19,6 +19,7 @@ start: while the user types inside one grid cell the prefix only grows at its en
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -54,6 +55,7 @@ class Outcome:
     cached: bool = False
     timings: dict[str, float] = field(default_factory=dict)  # plan_ms, core_ms, post_ms
     core_stats: dict = field(default_factory=dict)
+    short_window: bool = False  # sent with a short prefix window (lsp_server.windows)
 
 
 def _utf8_start(source: bytes, i: int) -> int:
@@ -152,6 +154,18 @@ def segments_at(doc: Document, plan: FillPlan, settings: Settings) -> list[str]:
     return with_plan_context(window_segments(doc.source, plan.start_byte, plan.end_byte, settings), [plan])
 
 
+def window_key(doc: Document, plan: FillPlan, settings: Settings) -> tuple[int, str]:
+    """What names the full context window of a fill at ``plan`` (lsp_server.windows): the
+    byte where its prefix window starts and its suffix segment. Typing at the cursor keeps
+    both (the prefix grows at its end); a cursor move changes the suffix."""
+    lo = prefix_window_start(doc.source, plan.start_byte, settings.context.prefix_bytes)
+    return lo, segments_at(doc, plan, settings)[1]
+
+
+def with_prefix_bytes(settings: Settings, prefix_bytes: int) -> Settings:
+    return dataclasses.replace(settings, context=dataclasses.replace(settings.context, prefix_bytes=prefix_bytes))
+
+
 def stop_spec(plan: FillPlan) -> dict:
     """The planner's stop rule as the core applies it while decoding (engine contract in
     docs/architecture.md): a line hole ends at its newline, a dedenting block at the first
@@ -178,22 +192,26 @@ async def core_fill(core: CoreConnection, segments: list[str], plans: list[FillP
 
 async def fill_at(core: CoreConnection, doc: Document, cursor: int, settings: Settings,
                   selection: tuple[tuple[int, int], tuple[int, int]] | None = None, encoding: str = "utf-16",
-                  request_id: str | None = None) -> Outcome | None:
+                  request_id: str | None = None,
+                  short_window: Callable[[FillPlan], int | None] | None = None) -> Outcome | None:
     """Ranked fills at a cursor (a byte offset into ``doc.source``); None when there is
     nothing worth completing. ``selection`` (editor positions in ``encoding``) regenerates
-    the selected text instead."""
+    the selected text instead. ``short_window(plan)``: the prefix bytes to send instead of
+    ``context.prefixBytes`` (None: the full window; lsp_server.windows)."""
     t0 = time.perf_counter()
     p = plan_at(doc, cursor, marker=settings.hole_marker, selection=selection, encoding=encoding)
     if p is None:
         return None
     t1 = time.perf_counter()
-    segments = segments_at(doc, p, settings)
+    short = short_window(p) if short_window is not None else None
+    segments = segments_at(doc, p, settings if short is None else with_prefix_bytes(settings, short))
     reply = await core_fill(core, segments, [p], settings, request_id)
     t2 = time.perf_counter()
     raw = reply["texts"][0] if reply.get("texts") else ""
     scored = rank(doc, p, raw)
     timings = {"plan_ms": (t1 - t0) * 1000, "core_ms": (t2 - t1) * 1000, "post_ms": _ms(t2)}
-    return Outcome(scored, plan=p, timings=timings, core_stats=dict(reply.get("stats") or {}))
+    return Outcome(scored, plan=p, timings=timings, core_stats=dict(reply.get("stats") or {}),
+                   short_window=short is not None)
 
 
 async def fill_plans(core: CoreConnection, doc: Document, plans: list[FillPlan], settings: Settings,

@@ -36,6 +36,7 @@ from lsp_server import pipeline
 from lsp_server.pipeline import Candidate, Outcome
 from lsp_server.debounce import Debouncer, Focus, Latest
 from lsp_server.settings import CoreSettings, ModelSettings, Settings
+from lsp_server.windows import Windows
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class DiffillServer(LanguageServer):
         self.focus = Focus()
         self.debouncer = Debouncer()
         self.doc_stats: dict[str, dict] = {}  # per document: what its last fill cost the core (diffill/status)
+        self.windows = Windows()  # short window first, the full one warmed (lsp_server.windows)
         self.stats = Stats()
         self.feedback = FeedbackLog(None, self.stats)
         self.link = CoreLink(core_factory, self._on_core_event)
@@ -272,6 +274,7 @@ class DiffillServer(LanguageServer):
         await self.link.start(self.settings, on_loading=loading, on_loaded=loaded)
 
     async def close_core(self) -> None:
+        self.windows.close()
         if self._core_task is not None and not self._core_task.done():
             self._core_task.cancel()
         await self.link.close()
@@ -388,6 +391,7 @@ class DiffillServer(LanguageServer):
         self.debouncer.forget(uri)
         self.focus.forget(uri)
         self.doc_stats.pop(uri, None)
+        self.windows.forget(uri)
         self.feedback.closed(uri)
 
     def from_cache(self, uri: str, doc: Any, cursor: int | None) -> Outcome | None:
@@ -404,12 +408,42 @@ class DiffillServer(LanguageServer):
         the keystrokes that type it."""
         if cursor is None:
             return None
-        outcome = await pipeline.fill_at(self.link, doc, cursor, self.settings, request_id=request_id)
+        outcome = await pipeline.fill_at(self.link, doc, cursor, self.settings, request_id=request_id,
+                                         short_window=self._short_window(uri, doc))
         if outcome is not None:
             self.note_fill(uri, outcome.core_stats, outcome.timings.get("core_ms", 0.0))
+            self._grow_window(uri, doc, outcome)
         if outcome is not None and outcome.candidates and outcome.plan.start_byte == cursor:
             self.cache.put(uri, doc.source, cursor, outcome.plan.end_byte, [c.text for c in outcome.candidates])
         return outcome
+
+    def _short_window(self, uri: str, doc: Any):
+        """The pipeline's short_window hook (lsp_server.windows): the cold prefix size
+        while the core does not hold this request's full window, on a CPU core only."""
+        c = self.settings.context
+        if not c.cold_prefix_bytes or c.cold_prefix_bytes >= c.prefix_bytes or not self.link.device().startswith("cpu"):
+            return None
+
+        def choose(plan: Any) -> int | None:
+            return None if self.windows.holds(uri, pipeline.window_key(doc, plan, self.settings)) else c.cold_prefix_bytes
+
+        return choose
+
+    def _grow_window(self, uri: str, doc: Any, outcome: Outcome) -> None:
+        """After a fill: a full-window one leaves that window in the core; a short one has
+        the full window warmed in the background for the next request."""
+        plan = outcome.plan
+        if plan is None:
+            return
+        key = pipeline.window_key(doc, plan, self.settings)
+        if uri in self.doc_stats:
+            self.doc_stats[uri]["lastWindow"] = "short" if outcome.short_window else "full"
+        if not outcome.short_window:
+            self.windows.hold(uri, key)
+            return
+        segments = pipeline.segments_at(doc, plan, self.settings)
+        budget, params = pipeline.budget_for(plan, self.settings), self.settings.fill_params()
+        self.windows.warm(uri, key, lambda: self.link.warm(segments, budget, params))
 
     def note_fill(self, uri: str, core_stats: dict, fill_ms: float) -> None:
         """What a fill of ``uri`` cost the core, for ``diffill/status``'s per-document view."""
@@ -453,6 +487,7 @@ class DiffillServer(LanguageServer):
             "queue": {"inFlight": self.latest.in_flight(), "core": sched.get("waiting"), "active": sched.get("active")},
             **summary,
             "cache": {"hits": self.cache.hits, "misses": self.cache.misses},
-            "documents": [{"uri": uri, **d} for uri, d in self.doc_stats.items()],
+            "documents": [{"uri": uri, **d, **self.windows.summary(uri)} for uri, d in self.doc_stats.items()],
+            "warmups": {"started": self.windows.warmups, "finished": self.windows.warmed},
             "settings": self._settings_shown(),
         }

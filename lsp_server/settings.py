@@ -15,7 +15,7 @@ Example editor JSON (every key optional)::
      "core": {"address": "", "token": "", "standby": true, "threads": 0},
      "fill": {"maxTokens": 64, "steps": null, "threshold": null, "strategy": null},
      "debounce": {"minMs": 0, "maxMs": 120},
-     "context": {"prefixBytes": 6000, "suffixBytes": 256},
+     "context": {"prefixBytes": 6000, "suffixBytes": 256, "coldPrefixBytes": 768},
      "languages": [],
      "inline": {"enable": true, "maxItems": 3},
      "completion": {"enable": true},
@@ -91,6 +91,12 @@ class ContextSettings:
     # cold request encodes at ~7 ms a token in fp32 on the 2-core dev CPU (chosen when the
     # FIM order was PSM and every keystroke re-encoded the window; spm-variant appends).
     suffix_bytes: int = 256
+    # A request whose full window the core does not hold yet (a newly opened file, a cursor
+    # moved elsewhere) sends this much prefix instead, on a CPU core, while the full window
+    # is encoded in the background for the next request (lsp_server.windows); 0: off. About
+    # 200 tokens: ~0.5-1 s cold on the 2-core dev CPU, where 6000 bytes (~1.6K tokens) cost
+    # 4-12 s. A GPU core encodes the full window in tens of milliseconds: never shortened.
+    cold_prefix_bytes: int = 768
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,7 @@ _CHECKS: dict[str, typing.Callable[[Any], bool]] = {
     "debounce.max_ms": lambda v: 0 <= v <= 5000,
     "context.prefix_bytes": lambda v: 64 <= v <= 1_000_000,
     "context.suffix_bytes": lambda v: 0 <= v <= 1_000_000,
+    "context.cold_prefix_bytes": lambda v: v == 0 or 64 <= v <= 1_000_000,
     "inline.max_items": lambda v: 1 <= v <= 10,
     "hole_marker": lambda v: len(v) > 0,
 }

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class FakeCore:
     def __init__(self, settings=None, on_event=None, *, text: str = "value = 42", steps: int = 3,
-                 step_s: float = 0.01, fail_start: str = "") -> None:
+                 step_s: float = 0.01, fail_start: str = "", device: str = "") -> None:
         self.settings = settings
         self.text = text
         self.steps = steps
@@ -34,6 +34,11 @@ class FakeCore:
         self.last_stops: list[dict] | None = None
         self.last_context = ""
         self.closed = False
+        # What the core client knows from hello; "" (unknown) keeps the server's CPU-only
+        # short windows off, as on every core that does not say (lsp_server.windows).
+        self.server_info = {"device": device} if device else {}
+        self.warms: list[list[str]] = []  # segments of each warm-up, in order
+        self.warmed = 0
 
     async def start(self) -> None:
         await asyncio.sleep(0.01)
@@ -64,11 +69,21 @@ class FakeCore:
                 "stats": {"steps": self.steps, "context_tokens": len(text), "reused_tokens": reused,
                           "encode_ms": 0.01 * (len(text) - reused)}}
 
+    async def warm(self, segments, budget, params) -> dict:
+        """The core's warm: the context held afterwards (the char-level cache above)."""
+        self.warms.append(list(segments))
+        for _ in range(self.steps):
+            await asyncio.sleep(self.step_s)
+        self.warmed += 1
+        self.last_context = "\x00".join(segments)
+        return {"texts": [], "stats": {"context_tokens": len(self.last_context)}}
+
     async def status(self) -> dict:
         return {"info": {"model": "fake", "device": "cpu"},
                 "scheduler": {"waiting": 0, "active": 0},
                 "fake": {"fills": self.fills, "cancelled": self.cancelled, "completed": self.completed,
-                         "last_segments": self.last_segments, "last_params": self.last_params}}
+                         "last_segments": self.last_segments, "last_params": self.last_params,
+                         "warms": [[len(s) for s in w] for w in self.warms], "warmed": self.warmed}}
 
     async def close(self) -> None:
         self.closed = True

@@ -407,3 +407,49 @@ def test_progress_message_of_each_phase():
     # Junk from a newer or broken core still gives a message in range.
     msg, pct = progress_message({"phase": "encoding", "encoded": 9, "context": 0, "hole": 5, "holes": 0})
     assert 0 <= pct <= 100 and msg
+
+
+LONG = "".join(f"def f{i}(a, b):\n    return a * {i} + b\n\n" for i in range(200)) + "def g(x):\n    return \n"
+
+
+async def test_a_cold_window_is_short_and_the_full_one_warms_for_the_next_request(tmp_path):
+    # A CPU core: the first request of a big file sends coldPrefixBytes of prefix, and the
+    # full window is warmed; the next keystroke (same window key) then sends the full one.
+    line = LONG.count("\n") - 1
+    async with session(fake={"text": "x + 1", "device": "cpu", "steps": 5}, tmp=tmp_path,
+                       init={"context": {"prefixBytes": 6000, "coldPrefixBytes": 512}}) as client:
+        await wait_ready(client)
+        open_doc(client, URI, LONG)
+        first = await inline(client, URI, line, 11)
+        assert first.items
+        fake = (await status(client))["core"]["fake"]
+        assert len(fake["last_segments"][0].encode()) <= 512  # the short prefix window
+        for _ in range(100):  # the warm-up runs in the background
+            st = await status(client)
+            if st["core"]["fake"]["warmed"]:
+                break
+            await asyncio.sleep(0.05)
+        [warm] = st["core"]["fake"]["warms"]
+        assert 4500 <= warm[0] <= 6000  # the full prefix window (its start on a 1500-byte grid)
+        change_doc(client, URI, 2, "y", start=(line, 11))  # not the fill's first character
+        second = await inline(client, URI, line, 12)
+        assert second.items
+        st = await status(client)
+        fake = st["core"]["fake"]
+        assert len(fake["last_segments"][0].encode()) >= 4500  # the full window now
+        [doc] = st["documents"]
+        assert doc["lastWindow"] == "full" and doc["reuse"] > 0.9  # the warmed context was reused
+        # A jump elsewhere: another window key, short again, and its own warm-up.
+        third = await inline(client, URI, 200, 4)
+        st = await status(client)
+        assert st["documents"][0]["lastWindow"] == "short" and st["warmups"]["started"] == 2
+
+
+async def test_windows_stay_full_on_a_core_of_unknown_device(tmp_path):
+    line = LONG.count("\n") - 1
+    async with session(fake={"text": "x + 1"}, tmp=tmp_path, init={"context": {"coldPrefixBytes": 512}}) as client:
+        await wait_ready(client)
+        open_doc(client, URI, LONG)
+        await inline(client, URI, line, 11)
+        st = await status(client)
+        assert len(st["core"]["fake"]["last_segments"][0].encode()) >= 4500 and not st["core"]["fake"]["warms"]
