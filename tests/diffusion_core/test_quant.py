@@ -234,3 +234,12 @@ def test_a_stored_packed_tensor_of_the_wrong_shape_is_one_line():
     e = quant.pack_int4(q, scale, zero, "w")
     with pytest.raises(CoreError, match="stored int4 tensors have shapes"):
         quant.packed_linear("w", e, 64, 48, None)
+
+
+def test_a_cache_packed_for_another_layout_is_not_reused(tiny_gguf, cache, monkeypatch):
+    """The int4 layout is blocked for the CPU that packed it: a copy packed under another
+    fingerprint (another CPU or torch build) is never loaded; a new one is packed beside it."""
+    first = load_model(tiny_gguf.path, "cpu", torch.float32, weights="int4").path
+    monkeypatch.setattr(quant, "layout_fingerprint", lambda: "0123456789ab")
+    second = load_model(tiny_gguf.path, "cpu", torch.float32, weights="int4").path
+    assert second != first and second.name.endswith("-int4-0123456789ab") and first.is_dir()
