@@ -4,7 +4,8 @@ Owns what a GGUF file means to diffill: its metadata -> `ModelConfig` (architect
 and llama, loaded as layout "causal": a pretrained autoregressive FIM coder), its tokenizer
 fields -> a `tokenizers` byte-level BPE (written as tokenizer.json by the cache), and its
 tensors, dequantized by the `gguf` package (ggml's own reader and dequantizers, never by
-hand), under diffill's tensor names. The header is parsed by `gguf.GGUFReader` itself, over
+hand), under diffill's tensor names, or handed to `quant` for packing (a Q4_K tensor's
+blocks regrouped as int4 groups without dequantizing: `GGUFTensors.packed`). The header is parsed by `gguf.GGUFReader` itself, over
 a read-only view that joins the parts without copying them (`PartsBuffer`).
 
 It must not know where files come from (registry wheels: `base_model`) or where the
@@ -369,22 +370,52 @@ class GGUFTensors:
         src = source_name(self.reader)
         for t in self.reader.tensors:
             name = our_name(t.name, cfg.num_hidden_layers, src)
+            yield name, self._dequantize(t, name, cfg, dtype), int(t.n_bytes)
+
+    def packed(self, cfg: ModelConfig, fmt_of: Callable[[str, tuple[int, ...], str], str]
+               ) -> Iterator[tuple[str, dict[str, torch.Tensor], int]]:
+        """(our name, its stored entries, stored bytes) per tensor, in the format fmt_of(name, shape,
+        ggml type name) gives ("int4", "int8" or "float": `quant.tensor_format`).
+
+        A Q4_K tensor asked for as int4 is regrouped straight from its blocks (`quant.pack_q4_k`);
+        every other one is dequantized to float32 first and quantized from that.
+        """
+        from . import quant
+
+        src = source_name(self.reader)
+        for t in self.reader.tensors:
+            name = our_name(t.name, cfg.num_hidden_layers, src)
             shape = self.shapes[name]
-            out = torch.empty(shape, dtype=dtype)
-            rows = t.data.reshape(-1, t.data.shape[-1]) if t.data.ndim > 1 else t.data.reshape(1, -1)
-            flat = out.view(rows.shape[0], -1)
-            for a in range(0, rows.shape[0], DEQUANT_ROWS):
-                try:
-                    w = gguf.quants.dequantize(rows[a: a + DEQUANT_ROWS], t.tensor_type)
-                except NotImplementedError:
-                    raise CoreError(f"{src}: tensor {t.name!r} has type {t.tensor_type.name}, which the gguf "
-                                    "package cannot dequantize") from None
-                # copy=True: an F32 tensor comes back as a read-only view of the memory map
-                flat[a: a + DEQUANT_ROWS] = torch.from_numpy(np.array(w, dtype=np.float32, copy=True))
-            if cfg.model_type == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
-                n = cfg.num_attention_heads if name.endswith("q_proj.weight") else cfg.num_key_value_heads
-                out = unpermute_qk(out, n).contiguous()
-            yield name, out, int(t.n_bytes)
+            fmt = fmt_of(name, shape, t.tensor_type.name)
+            if fmt == "int4" and t.tensor_type == gguf.GGMLQuantizationType.Q4_K and len(shape) == 2:
+                q, scale, zero = quant.q4_k_groups(np.asarray(t.data), shape)
+                if cfg.model_type == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+                    n = cfg.num_attention_heads if name.endswith("q_proj.weight") else cfg.num_key_value_heads
+                    q, scale, zero = (unpermute_qk(x, n).contiguous() for x in (q, scale, zero))
+                entries = quant.pack_int4(q, scale, zero, name)
+            else:
+                entries = quant.pack_float(name, self._dequantize(t, name, cfg, torch.float32), fmt)
+            yield name, entries, int(t.n_bytes)
+
+    def _dequantize(self, t, name: str, cfg: ModelConfig, dtype: torch.dtype) -> torch.Tensor:
+        """One tensor dequantized by the gguf package, DEQUANT_ROWS rows at a time, in the HF layout."""
+        src = source_name(self.reader)
+        shape = self.shapes[name]
+        out = torch.empty(shape, dtype=dtype)
+        rows = t.data.reshape(-1, t.data.shape[-1]) if t.data.ndim > 1 else t.data.reshape(1, -1)
+        flat = out.view(rows.shape[0], -1)
+        for a in range(0, rows.shape[0], DEQUANT_ROWS):
+            try:
+                w = gguf.quants.dequantize(rows[a: a + DEQUANT_ROWS], t.tensor_type)
+            except NotImplementedError:
+                raise CoreError(f"{src}: tensor {t.name!r} has type {t.tensor_type.name}, which the gguf "
+                                "package cannot dequantize") from None
+            # copy=True: an F32 tensor comes back as a read-only view of the memory map
+            flat[a: a + DEQUANT_ROWS] = torch.from_numpy(np.array(w, dtype=np.float32, copy=True))
+        if cfg.model_type == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+            n = cfg.num_attention_heads if name.endswith("q_proj.weight") else cfg.num_key_value_heads
+            out = unpermute_qk(out, n).contiguous()
+        return out
 
 
 def read_tensors_info(reader) -> GGUFTensors:

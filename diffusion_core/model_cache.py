@@ -5,7 +5,9 @@ Owns `$XDG_CACHE_HOME/diffill` (default ~/.cache/diffill):
   models/<sha256>/  one GGUF file converted: config.json, tokenizer.json, bf16 safetensors
                     (sharded, with an index) and provenance.json; a plain model folder that
                     `loader` memory-maps like any other. A model run in fp32 gets its own
-                    fp32 copy beside it, models/<sha256>-float32/ (see `cache_dtype`).
+                    fp32 copy beside it, models/<sha256>-float32-t/ (see `cache_dtype`).
+  models/<sha256>-<scheme>-<fingerprint>/  the same with packed int4/int8 weights
+                    (`quant`; the CPU default), keyed by the packing's layout fingerprint.
 A folder appears in models/ only complete: it is written under a temporary name, sealed with a
 manifest of its files (sizes, sha256) and fsynced, then renamed, one conversion at a time per
 folder; it is checked against its manifest at every load and rebuilt when damaged
@@ -30,7 +32,7 @@ from safetensors.torch import save_file
 from . import cache_folder
 from .errors import CoreError
 from .gguf_model import Progress, read_gguf
-from .weights import TRANSPOSED_SUFFIX
+from .weights import TRANSPOSED_SUFFIX, save_aligned
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +153,13 @@ def cache_dtype(run_dtype: torch.dtype | None) -> torch.dtype:
     return torch.float32 if run_dtype == torch.float32 else CACHE_DTYPE
 
 
-def model_dir(digest: str, dtype: torch.dtype = CACHE_DTYPE) -> Path:
+def model_dir(digest: str, dtype: torch.dtype = CACHE_DTYPE, scheme: str = "float32") -> Path:
+    """models/<sha256>[-float32-t] for dense copies; models/<sha256>-<scheme>-<layout fingerprint>
+    for packed ones (the int4 layout is blocked for the CPU that packed it: `quant.layout_fingerprint`)."""
+    if scheme != "float32":
+        from .quant import layout_fingerprint
+
+        return cache_root() / MODELS_DIR_NAME / f"{digest}-{scheme}-{layout_fingerprint()}"
     return cache_root() / MODELS_DIR_NAME / (digest + (FLOAT32_SUFFIX if dtype == torch.float32 else ""))
 
 
@@ -204,6 +212,52 @@ def _write_converted(parts: list[Path], folder: Path, provenance: dict, progress
     (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
     model.tokenizer.save(str(folder / "tokenizer.json"))
     record = {**provenance, "gguf_metadata": model.metadata, "cache_dtype": str(dtype).removeprefix("torch.")}
+    (folder / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_packed(parts: list[Path], folder: Path, provenance: dict, progress: Progress | None,
+                  scheme: str) -> None:
+    """Convert the GGUF into `folder` with its matmul weights packed under `scheme` (quant).
+
+    Shards are flushed past CACHE_SHARD_BYTES of packed entries, so a conversion holds one
+    shard and the tensor being converted (the float32 head: 545 MB) in memory.
+    """
+    from .quant import tensor_format
+
+    model = read_gguf(parts)
+    cfg, tensors = model.config, model.tensors
+    weight_map: dict[str, str] = {}
+    pending: dict[str, torch.Tensor] = {}
+    size = done = total = 0
+    files = 0
+
+    def flush() -> None:
+        nonlocal files, size
+        files += 1
+        name = f"packed-{files:05d}.safetensors"
+        save_aligned(pending, folder / name, metadata={"format": "pt"})
+        weight_map.update({k: name for k in pending})
+        pending.clear()
+        size = 0
+
+    fmt_of = lambda name, shape, kind: tensor_format(scheme, name, shape, kind)  # noqa: E731
+    for name, entries, nbytes in tensors.packed(cfg, fmt_of):
+        n = sum(v.numel() * v.element_size() for v in entries.values())
+        if pending and size + n > CACHE_SHARD_BYTES:
+            flush()
+        pending.update(entries)
+        size += n
+        total += n
+        done += nbytes
+        if progress:
+            progress(done, tensors.total_bytes, f"packing {name}")
+    if pending:
+        flush()
+    index = {"metadata": {"total_size": total, "weights": scheme}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+    model.tokenizer.save(str(folder / "tokenizer.json"))
+    record = {**provenance, "gguf_metadata": model.metadata, "weights": scheme}
     (folder / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
@@ -276,23 +330,25 @@ def _begin_conversion(parts: list[Path], digest: str, target: Path, progress: Pr
 
 
 def converted(parts: list[Path], digest: str, provenance: dict | None = None,
-              progress: Progress | None = None, dtype: torch.dtype = CACHE_DTYPE) -> Path:
+              progress: Progress | None = None, dtype: torch.dtype = CACHE_DTYPE, scheme: str = "float32") -> Path:
     """The cached model folder of the GGUF whose joined parts hash to `digest`; converted on first use.
 
-    dtype: the stored dtype (`cache_dtype` of the run dtype).
+    dtype: the stored dtype (`cache_dtype` of the run dtype) of a dense copy; scheme: a packed
+    scheme (quant.PACKED_SCHEMES) stores packed weights instead, or "float32" for dense.
     The caller has checked `digest` (the cache is keyed by it); a conversion hashes the
     parts again. Written under a temporary name, sealed and renamed, so an interrupted
     conversion never leaves a folder that looks done; one process converts at a time, the
     others wait for it (reporting its progress) and use its folder.
     """
-    target = model_dir(digest, dtype)
+    target = model_dir(digest, dtype, scheme)
     if _ready(target, progress):
         return target
     root = target.parent
     lock = None
     try:
         root.mkdir(parents=True, exist_ok=True)
-        lock = _begin_conversion(parts, digest, target, progress, torch.finfo(dtype).bits // 8)
+        # Packed schemes store nothing wider than float32 per element.
+        lock = _begin_conversion(parts, digest, target, progress, torch.finfo(dtype).bits // 8 if scheme == "float32" else 4)
         if lock is None:  # another process converted it while we waited
             return target
         progress = lock.report  # the processes waiting on the lock see this conversion's progress
@@ -306,7 +362,10 @@ def converted(parts: list[Path], digest: str, provenance: dict | None = None,
         record = {"gguf_sha256": digest, "gguf_files": [str(p) for p in parts], **(provenance or {})}
         log.info("converting %s into %s (once)", parts[0], target)
         try:
-            _write_converted([Path(p) for p in parts], tmp, record, progress, dtype)
+            if scheme == "float32":
+                _write_converted([Path(p) for p in parts], tmp, record, progress, dtype)
+            else:
+                _write_packed([Path(p) for p in parts], tmp, record, progress, scheme)
             cache_folder.seal(tmp, progress)
         except OSError as e:
             raise CoreError(f"{tmp}: cannot write the converted model ({e.strerror})") from None
@@ -336,10 +395,11 @@ def read_provenance(folder: Path) -> dict:
         return {}
 
 
-def gguf_folder(path: str | Path, progress: Progress | None = None, dtype: torch.dtype = CACHE_DTYPE) -> Path:
+def gguf_folder(path: str | Path, progress: Progress | None = None, dtype: torch.dtype = CACHE_DTYPE,
+                scheme: str = "float32") -> Path:
     """A user's .gguf file -> its cached model folder (hashed, converted on first use)."""
     path = Path(path)
     if not path.is_file():
         raise CoreError(f"{path}: GGUF file not found")
     digest = sha256_of([path], progress)
-    return converted([path], digest, {"source": str(path)}, progress, dtype)
+    return converted([path], digest, {"source": str(path)}, progress, dtype, scheme)
