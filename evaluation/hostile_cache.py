@@ -71,7 +71,7 @@ def _zero_tensor_bytes(shard: Path) -> None:
             left -= n
 
 
-async def first_run(model: str | None) -> dict:
+async def first_run(model: str | None, weights: str = "auto") -> dict:
     from diffusion_core import cache_folder
 
     out: dict = {}
@@ -79,7 +79,7 @@ async def first_run(model: str | None) -> dict:
         old = _private_env(Path(tmp))
         try:
             events: list[list[str]] = [[], []]
-            clients = [CoreClient(model_dir=model, core_args=["--threads", "1"], standby=False,
+            clients = [CoreClient(model_dir=model, core_args=["--threads", "1"], standby=False, weights=weights,
                                   on_event=lambda k, m, i=i: events[i].append(m) if k == EVENT_PROGRESS else None)
                        for i in range(2)]
             t0 = time.monotonic()
@@ -102,14 +102,14 @@ async def first_run(model: str | None) -> dict:
             t = time.perf_counter()
             cache_folder.check(folder, full=True)
             out["cache_full_check_s"] = round(time.perf_counter() - t, 2)
-            warm = CoreClient(model_dir=model, core_args=["--threads", "1"], standby=False)
+            warm = CoreClient(model_dir=model, core_args=["--threads", "1"], standby=False, weights=weights)
             try:
                 out["warm_start_s"] = await _start_and_fill(warm, time.monotonic())
             finally:
                 await warm.close()
             shard = sorted(folder.glob("*.safetensors"))[0]
             _zero_tensor_bytes(shard)
-            again = CoreClient(model_dir=model, core_args=["--threads", "1"], standby=False)
+            again = CoreClient(model_dir=model, core_args=["--threads", "1"], standby=False, weights=weights)
             try:
                 out["damaged_start_s"] = await _start_and_fill(again, time.monotonic())
             finally:
