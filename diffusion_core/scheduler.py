@@ -244,7 +244,8 @@ class Scheduler:
         outcome.queue_ms = (start - ticket.submitted) * 1000.0
         outcome.run_ms = (now - start) * 1000.0
         outcome.max_batch = ticket.max_batch
-        self.counters["cancelled" if outcome.code == protocol.E_CANCELLED else "failed" if outcome.code else "completed"] += 1
+        kind = "cancelled" if outcome.code == protocol.E_CANCELLED else "failed" if outcome.code else "completed"
+        self.counters["warm_" + kind if ticket.idle else kind] += 1  # warm-ups are counted apart
         try:
             ticket.on_done(outcome)
         except Exception:  # a broken callback must not kill the engine thread
