@@ -213,6 +213,9 @@ def discard(folder: Path) -> None:
         os.rename(folder, aside)
     except FileNotFoundError:
         return
+    if aside.is_symlink() or not aside.is_dir():  # a link or a file where the folder should be
+        aside.unlink(missing_ok=True)
+        return
     shutil.rmtree(aside, ignore_errors=True)
 
 

@@ -189,7 +189,8 @@ def test_zeroed_tensor_bytes_are_caught_at_load_and_rebuilt(cache_home, tiny):
     assert [p.name for p in models_dir(cache_home).iterdir()] == [folder.name]
 
 
-@pytest.mark.parametrize("damage", ["config.json", "a shard", "the manifest", "a whole folder of junk"])
+@pytest.mark.parametrize("damage", ["config.json", "a shard", "the manifest", "a whole folder of junk", "a file",
+                                    "a link"])
 def test_a_half_present_folder_is_replaced_not_enotempty(cache_home, tiny, damage):
     folder = model_cache.gguf_folder(tiny.path)
     want = weights(folder)
@@ -199,14 +200,26 @@ def test_a_half_present_folder_is_replaced_not_enotempty(cache_home, tiny, damag
         next(folder.glob("*.safetensors")).unlink()
     elif damage == "the manifest":
         (folder / cache_folder.MANIFEST_NAME).write_text("{")
-    else:
+    elif damage == "a whole folder of junk":
         for p in folder.iterdir():
             p.unlink()
         (folder / "junk").write_text("x")
+    else:  # the folder's name taken by a file, or by a link to a folder elsewhere
+        import shutil
+
+        shutil.rmtree(folder)
+        if damage == "a file":
+            folder.write_text("x")
+        else:
+            elsewhere = folder.parent.parent / "elsewhere"
+            elsewhere.mkdir()
+            folder.symlink_to(elsewhere)
     for _ in range(2):  # and the next start finds it sound
         assert model_cache.gguf_folder(tiny.path) == folder
     got = weights(folder)
     assert all(torch.equal(got[k], want[k]) for k in want)
+    assert folder.is_dir() and not folder.is_symlink()
+    assert [p.name for p in models_dir(cache_home).iterdir()] == [folder.name]
 
 
 def test_one_flipped_byte_is_caught_by_the_full_check_after_a_reboot(cache_home, tiny, monkeypatch):
