@@ -392,7 +392,7 @@ class GGUFTensors:
                 if cfg.model_type == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
                     n = cfg.num_attention_heads if name.endswith("q_proj.weight") else cfg.num_key_value_heads
                     q, scale, zero = (unpermute_qk(x, n).contiguous() for x in (q, scale, zero))
-                entries = quant.pack_int4(q, scale, zero, name)
+                entries = quant.pack_int4(q, scale, zero, name, quant.wants_dense(name))
             else:
                 entries = quant.pack_float(name, self._dequantize(t, name, cfg, torch.float32), fmt)
             yield name, entries, int(t.n_bytes)

@@ -45,7 +45,12 @@ AUTO_CPU = "mixed"
 # Stored tensor names: "<weight name><suffix>".
 INT4_SUFFIX, INT4_SZ_SUFFIX = ".q4", ".q4sz"  # packed uint8 [N', K/2]; bf16 [K/G, N', 2] (scale, zero)
 INT8_SUFFIX, INT8_SCALE_SUFFIX = ".q8", ".q8s"  # int8 [N, K]; bf16 [N] (fp32 [N] for the embedding)
-PACKED_SUFFIXES = (INT4_SUFFIX, INT4_SZ_SUFFIX, INT8_SUFFIX, INT8_SCALE_SUFFIX)
+DENSE_SUFFIX = ".bf16"  # bf16 [N, K]: the packed values dequantized, for context encoding (PackedLinear)
+PACKED_SUFFIXES = (INT4_SUFFIX, INT4_SZ_SUFFIX, INT8_SUFFIX, INT8_SCALE_SUFFIX, DENSE_SUFFIX)
+# Rows from which a packed linear with a dense copy runs the dense GEMM (decode steps and
+# verify forwards stay below it). Chosen by measurement: docs/benchmarks.md.
+DENSE_ROWS = 32
+DENSE_FAMILIES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # not the head: encoding needs no logits
 
 LINEAR_FAMILIES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
 # "mixed": the GGUF's own precision choices kept where they fit: what llama.cpp stored in
@@ -134,9 +139,25 @@ def quantize_int8(w: torch.Tensor, scale_dtype: torch.dtype = torch.bfloat16) ->
     return q, scale
 
 
-def pack_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
-    """Plain (q, scale, zero) -> the stored entries in the kernel's layout (rows padded to N_ALIGN)."""
+def dense_copies() -> bool:
+    """Whether packed layer weights get a dense bf16 copy for context encoding: on CPUs with
+    bf16 matrix instructions (AVX512-BF16, AMX), where a dense bf16 GEMM of many rows beats
+    the weight-only kernels; elsewhere dense bf16 runs slower than the packed kernels."""
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def wants_dense(name: str) -> bool:
+    return family(name) in DENSE_FAMILIES and dense_copies()
+
+
+def pack_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, name: str,
+              dense: bool = False) -> dict[str, torch.Tensor]:
+    """Plain (q, scale, zero) -> the stored entries in the kernel's layout (rows padded to N_ALIGN),
+    with the dense bf16 copy of the same values when asked."""
     N, K = q.shape
+    extra = {name + DENSE_SUFFIX: dequantize_int4(q, scale, zero).to(torch.bfloat16)} if dense else {}
     pad = -N % N_ALIGN
     if pad:  # zero rows: q = 8 with scale and zero 0 is exactly 0
         q = torch.cat((q, torch.full((pad, K), 8, dtype=q.dtype)))
@@ -144,17 +165,18 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, name: st
         zero = torch.cat((zero, torch.zeros(pad, zero.shape[1], dtype=zero.dtype)))
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
     sz = torch.stack((scale, zero), -1).transpose(0, 1).contiguous()  # [K/G, N', 2]
-    return {name + INT4_SUFFIX: packed, name + INT4_SZ_SUFFIX: sz}
+    return {name + INT4_SUFFIX: packed, name + INT4_SZ_SUFFIX: sz, **extra}
 
 
 def pack_float(name: str, w: torch.Tensor, fmt: str) -> dict[str, torch.Tensor]:
     """A float tensor -> its stored entries in fmt ("float": the tensor itself, fp32)."""
     if fmt == "int4":
-        return pack_int4(*quantize_int4(w), name)
+        return pack_int4(*quantize_int4(w), name, wants_dense(name))
     if fmt == "int8":
         # A lookup multiplies in fp32: the embedding keeps its row scales in fp32.
         q, scale = quantize_int8(w, torch.float32 if name == "embed_tokens.weight" else torch.bfloat16)
-        return {name + INT8_SUFFIX: q, name + INT8_SCALE_SUFFIX: scale}
+        extra = {name + DENSE_SUFFIX: (q.float() * scale.float()[:, None]).to(torch.bfloat16)} if wants_dense(name) else {}
+        return {name + INT8_SUFFIX: q, name + INT8_SCALE_SUFFIX: scale, **extra}
     return {name: w.float()}
 
 
@@ -187,7 +209,7 @@ def q4_k_groups(blocks: np.ndarray, shape: tuple[int, int]) -> tuple[torch.Tenso
 
 def pack_q4_k(name: str, blocks: np.ndarray, shape: tuple[int, int]) -> dict[str, torch.Tensor]:
     """A Q4_K tensor straight into int4 groups of 32 (no second quantization)."""
-    return pack_int4(*q4_k_groups(blocks, shape), name)
+    return pack_int4(*q4_k_groups(blocks, shape), name, wants_dense(name))
 
 
 def layout_fingerprint() -> str:
@@ -200,28 +222,39 @@ def layout_fingerprint() -> str:
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1)
     h = hashlib.sha256(packed.contiguous().numpy().tobytes())
     h.update(torch.__version__.encode())
+    h.update(b"dense" if dense_copies() else b"")  # the copy holds dense weights or not
     return h.hexdigest()[:12]
 
 
 # -- modules ---------------------------------------------------------------------------------
 
-class Int4Linear(nn.Module):
-    """y = x @ W^T (+ bias) with W in int4 groups; x cast to bf16 for the kernel, y back to x's dtype."""
+class PackedLinear(nn.Module):
+    """y = x @ W^T (+ bias) with W packed: x cast to bf16 for the kernel, y back to x's dtype.
 
-    def __init__(self, packed: torch.Tensor, sz: torch.Tensor, in_features: int, out_features: int,
-                 bias: torch.Tensor | None = None):
+    dense: an optional bf16 copy of the same W (the packed values, dequantized), used for
+    inputs of at least DENSE_ROWS rows: context encoding, where a dense GEMM on a CPU with
+    bf16 matrix units beats the weight-only kernels (docs/benchmarks.md); decode steps of a
+    few rows read the packed bytes, a quarter of the dense ones.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("packed", packed, persistent=False)
-        self.register_buffer("sz", sz, persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.dense: torch.Tensor | None = None
+
+    def kernel(self, a: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         a = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
         if a.shape[0] == 0:
             return x.new_zeros(*lead, self.out_features)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(a, self.packed, GROUP_SIZE, self.sz)
+        if self.dense is not None and a.shape[0] >= DENSE_ROWS:
+            y = F.linear(a, self.dense)
+        else:
+            y = self.kernel(a)
         if y.shape[-1] != self.out_features:
             y = y[:, : self.out_features]
         y = y.to(x.dtype)
@@ -230,25 +263,29 @@ class Int4Linear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
 
-class Int8Linear(nn.Module):
-    """y = x @ W^T (+ bias) with W int8 per output row; bf16 into the kernel, y back to x's dtype."""
+class Int4Linear(PackedLinear):
+    """W in int4 groups of GROUP_SIZE (see the module docstring)."""
+
+    def __init__(self, packed: torch.Tensor, sz: torch.Tensor, in_features: int, out_features: int,
+                 bias: torch.Tensor | None = None):
+        super().__init__(in_features, out_features, bias)
+        self.register_buffer("packed", packed, persistent=False)
+        self.register_buffer("sz", sz, persistent=False)
+
+    def kernel(self, a: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(a, self.packed, GROUP_SIZE, self.sz)
+
+
+class Int8Linear(PackedLinear):
+    """W in int8 with one scale per output row."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
-        super().__init__()
-        self.out_features, self.in_features = q.shape
+        super().__init__(q.shape[1], q.shape[0], bias)
         self.register_buffer("q", q, persistent=False)
         self.register_buffer("scale", scale.to(torch.bfloat16), persistent=False)
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        a = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
-        if a.shape[0] == 0:
-            return x.new_zeros(*lead, self.out_features)
-        y = torch.ops.aten._weight_int8pack_mm(a, self.q, self.scale).to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*lead, self.out_features)
+    def kernel(self, a: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(a, self.q, self.scale)
 
 
 class Int8Embedding(nn.Module):
@@ -268,7 +305,7 @@ class Int8Embedding(nn.Module):
         return self.forward(torch.tensor([i], device=self.q.device))[0]
 
 
-PACKED_MODULES = (Int4Linear, Int8Linear)
+PACKED_MODULES = (PackedLinear,)
 
 
 def packed_linear(name: str, tensors: dict[str, torch.Tensor], in_features: int, out_features: int,
@@ -281,13 +318,13 @@ def packed_linear(name: str, tensors: dict[str, torch.Tensor], in_features: int,
                 or tuple(sz.shape) != (in_features // GROUP_SIZE, n_pad, 2):
             raise CoreError(f"{name}: stored int4 tensors have shapes {tuple(packed.shape)} / {tuple(sz.shape)}, "
                             f"the model needs [{n_pad}, {in_features // 2}] / [{in_features // GROUP_SIZE}, {n_pad}, 2]")
-        return Int4Linear(packed, sz.to(torch.bfloat16), in_features, out_features, bias)
+        return _with_dense(Int4Linear(packed, sz.to(torch.bfloat16), in_features, out_features, bias), name, tensors)
     if name + INT8_SUFFIX in tensors:
         q, scale = tensors[name + INT8_SUFFIX], tensors[name + INT8_SCALE_SUFFIX]
         if q.dtype != torch.int8 or tuple(q.shape) != (out_features, in_features) or tuple(scale.shape) != (out_features,):
             raise CoreError(f"{name}: stored int8 tensors have shapes {tuple(q.shape)} / {tuple(scale.shape)}, "
                             f"the model needs [{out_features}, {in_features}] / [{out_features}]")
-        return Int8Linear(q, scale, bias)
+        return _with_dense(Int8Linear(q, scale, bias), name, tensors)
     return None
 
 
@@ -300,6 +337,16 @@ def simulated(name: str, w: torch.Tensor, fmt: str) -> torch.Tensor:
         q, scale = quantize_int8(w, torch.float32 if name == "embed_tokens.weight" else torch.bfloat16)
         return q.float() * scale.float()[:, None]
     return w.float()
+
+
+def _with_dense(mod: PackedLinear, name: str, tensors: dict[str, torch.Tensor]) -> PackedLinear:
+    dense = tensors.get(name + DENSE_SUFFIX)
+    if dense is not None:
+        if dense.dtype != torch.bfloat16 or tuple(dense.shape) != (mod.out_features, mod.in_features):
+            raise CoreError(f"{name}: stored dense copy is {dense.dtype} {tuple(dense.shape)}, the model needs "
+                            f"bfloat16 [{mod.out_features}, {mod.in_features}]")
+        mod.dense = dense
+    return mod
 
 
 def is_packed(tensors: dict[str, torch.Tensor]) -> bool:

@@ -74,6 +74,22 @@ def test_int8_linear_equals_the_dequantized_matmul(m):
     assert_close_to_reference(y.reshape(-1, 80), x.reshape(-1, 64), q.float() * scale.float()[:, None], b)
 
 
+@pytest.mark.parametrize("fmt", ["int4", "int8"])
+def test_the_dense_copy_holds_the_packed_values(fmt, monkeypatch):
+    monkeypatch.setattr(quant, "dense_copies", lambda: True)
+    w = torch.randn(48, 64, generator=torch.Generator().manual_seed(5))
+    e = quant.pack_float("layers.0.mlp.up_proj.weight", w, fmt)
+    lin = quant.packed_linear("layers.0.mlp.up_proj.weight", e, 64, 48, None)
+    assert lin.dense is not None
+    x = torch.randn(quant.DENSE_ROWS + 3, 64, generator=torch.Generator().manual_seed(6))
+    dense = lin(x)  # enough rows: the dense GEMM
+    saved, lin.dense = lin.dense, None
+    packed = lin(x)
+    assert_close_to_reference(dense, x, saved.float())
+    assert_close_to_reference(packed, x, quant.simulated("layers.0.mlp.up_proj.weight", w, fmt))
+    assert quant.pack_float("lm_head.weight", w, fmt).keys().isdisjoint({"lm_head.weight.bf16"})
+
+
 def test_zero_rows_give_an_empty_output():
     q, scale, zero = quant.quantize_int4(torch.randn(16, 32))
     e = quant.pack_int4(q, scale, zero, "w")
@@ -209,9 +225,15 @@ def test_packed_gguf_is_stored_packed_and_equals_its_dequantized_float_model(tin
         assert torch.equal(again.model(ids, pos, None), got)
 
 
+@pytest.mark.parametrize("dense_rows", [10 ** 9, 1], ids=["packed kernels", "dense copies"])
 @pytest.mark.parametrize("weights", ["int4", "int8"])
-def test_ar_exact_on_packed_weights_equals_the_uncached_reference(tiny_gguf, cache, weights):
+def test_ar_exact_on_packed_weights_equals_the_uncached_reference(tiny_gguf, cache, weights, dense_rows, monkeypatch):
+    """Each arithmetic path on its own: a fill that mixes them (dense copies for a long
+    context, packed kernels for its decode steps) agrees with either up to bf16 rounding."""
+    monkeypatch.setattr(quant, "dense_copies", lambda: True)
+    monkeypatch.setattr(quant, "DENSE_ROWS", dense_rows)
     eng = Engine.load(tiny_gguf.path, "cpu", dtype=torch.float32, weights=weights)
+    assert eng.model.layers[0].mlp.up_proj.dense is not None and eng.model.lm_head.dense is None
     cached = eng.fill([PREFIX, SUFFIX], [HoleSpec(12)], FillParams(strategy="ar"))
     uncached = eng.fill([PREFIX, SUFFIX], [HoleSpec(12)], FillParams(strategy="ar", cache="none"))
     assert cached.token_ids == uncached.token_ids
