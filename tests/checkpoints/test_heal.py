@@ -13,6 +13,7 @@ import torch
 
 from test_causal import fill, make_causal_lm
 from diffusion_core.engine import Engine, HoleSpec
+from diffusion_core.params import FillParams
 from diffusion_core.infill_formats import causal_context
 from diffusion_core.sampler import stop_point
 
@@ -129,3 +130,37 @@ def test_stop_rules_read_the_text_after_the_healed_part(engine):
     cut = stop_point(free, 1, -1, -1)
     res = fill(engine, [prefix, SUFFIX], [HoleSpec(16, max_lines=1, min_depth=-1)], strategy="ar")
     assert res.texts[0] == (free if cut is None else free[:cut])
+
+
+def test_healed_dream_hole_equals_the_reference_loop_on_reference_logits(tmp_path):
+    """The natural layout (a Dream checkpoint, shifted logits): the prompt loses the last chunk,
+    the hole one more position, whose token (any that starts with the removed text, found by
+    brute force) the slow loop over transformers' own model commits too."""
+    from ckpt_fixtures import make_dream
+    from test_parity import qwen2_reference
+    from diffusion_core.infill_formats import build
+    from diffusion_core.sampler import denoise_reference, trim
+
+    folder = make_dream(tmp_path / "d", seed=5)
+    ref = qwen2_reference(folder)
+    eng = Engine.load(folder, device="cpu")
+    tok, sp = eng.tokenizer, eng.tokenizer.special
+    prefix, suffix = "def add(a, b):\n    return a + b\n\nclass Point:\n    def __init__(self, x, y):\n        sel", "\n"
+    kept, removed = removed_text(tok, prefix)
+    assert removed == " sel"
+    params = FillParams(strategy="topk", steps=4, block_size=8, cache="none")
+    layout = build([kept, tok.encode(suffix)], [9], sp, eng.format)
+    job = eng.begin([prefix, suffix], [HoleSpec(8)], params)
+    assert job.layout.ids == layout.ids
+    while not job.done:
+        eng.step([job])
+    specials = set(tok._tok.get_added_tokens_decoder())
+    allowed = [t for t in range(tok.vocab_size) if t not in specials and tok.decode([t]).startswith(removed)]
+    s, e = layout.holes[0]
+    with torch.no_grad():
+        expected, _ = denoise_reference(lambda x: ref(x[None])[0], torch.tensor(layout.ids), layout.holes, params,
+                                        sp.mask, eng.end_ids, eng.config.logits_shift, banned=eng.banned,
+                                        allowed={s: allowed})
+    assert torch.equal(job.x, expected)
+    text = tok.decode(trim(expected[s:e].tolist(), eng.end_ids))
+    assert text.startswith(removed) and job.result().texts[0] == text[len(removed):]
