@@ -646,6 +646,10 @@ class WarmJob:
     def encoding(self) -> bool:
         return not self.done
 
+    @property
+    def encode_ids(self) -> torch.Tensor | None:  # as Job's and CausalJob's: the context being encoded
+        return self.ids
+
     def encode_step(self, max_tokens: int) -> None:
         if self._engine.encode_some(self.stored, self.ids, max_tokens, self.stats):
             self.finish()
