@@ -1,7 +1,7 @@
 """Cache and GGUF faults timed from outside (issue 22 items 4-6): the figures docs/security.md quotes.
 
 Owns three experiments that `evaluation.bench_hostile --only NAME` runs:
-  * first_run: two editors' private cores started at once on a fresh cache (default model,
+  * first_run: two editors' private cores (`editors`) started at once on a fresh cache (default model,
     the client's production start deadline): seconds until each serves, how many conversions
     ran (one converts, the other waits and reports its progress), what models/ holds after;
     then the damage of issue 22 item 5 (the first shard's tensor bytes zeroed, the header kept):
@@ -71,17 +71,17 @@ def _zero_tensor_bytes(shard: Path) -> None:
             left -= n
 
 
-async def first_run(model: str | None, weights: str = "auto") -> dict:
+async def first_run(model: str | None, weights: str = "auto", editors: int = 2) -> dict:
     from diffusion_core import cache_folder
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         old = _private_env(Path(tmp))
         try:
-            events: list[list[str]] = [[], []]
+            events: list[list[str]] = [[] for _ in range(editors)]
             clients = [CoreClient(model_dir=model, core_args=["--threads", "1"], standby=False, weights=weights,
                                   on_event=lambda k, m, i=i: events[i].append(m) if k == EVENT_PROGRESS else None)
-                       for i in range(2)]
+                       for i in range(editors)]
             t0 = time.monotonic()
             try:
                 served = await asyncio.gather(*(_start_and_fill(c, t0) for c in clients))
