@@ -139,16 +139,26 @@ async def test_the_editor_sees_a_conversion_in_progress_as_progress(fresh, tmp_p
     from tests.lsp_server.lsp_session import REAL_SERVER, session, wait_ready
 
     path, folder = fresh
-    holder = Holder(folder, 6)
+    holder = Holder(folder, 120)  # until the editor has seen the wait (below)
     holder.start()
     init = {"model": {"path": str(path), "device": "cpu"}, "core": {"standby": False}}
+
+    def messages(client) -> list[str]:
+        reports = [v for vs in client.progress_reports.values() for v in vs]
+        return [r.message or "" for r in reports if isinstance(r, types.WorkDoneProgressReport)]
+
     try:
         async with session(REAL_SERVER, init=init, tmp=tmp_path) as client:
+            t0 = time.monotonic()
+            while not any(m.startswith("waiting for pid") for m in messages(client)) and time.monotonic() - t0 < 90:
+                await asyncio.sleep(0.1)
+            holder.stop.set()
             st = await wait_ready(client, timeout=90)
-            reports = [v for vs in client.progress_reports.values() for v in vs]
+            seen = messages(client)
+            last = [v for vs in client.progress_reports.values() for v in vs][-1]
     finally:
         holder.stop.set()
     assert st["core"]["state"] == "ready", st
-    messages = [r.message or "" for r in reports if isinstance(r, types.WorkDoneProgressReport)]
-    assert any(m.startswith("waiting for pid") for m in messages), messages
-    assert isinstance(reports[-1], types.WorkDoneProgressEnd)
+    waits = [m for m in seen if m.startswith("waiting for pid")]
+    assert waits and "converting layers." in waits[-1], seen
+    assert isinstance(last, types.WorkDoneProgressEnd)
