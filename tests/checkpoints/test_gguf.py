@@ -73,7 +73,7 @@ def our_logits(lm, ids: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("arch,tie", [("qwen2", False), ("qwen2", True), ("llama", False)])
 def test_logits_match_transformers(tmp_path, arch, tie):
     tiny = make_gguf(tmp_path / "tiny.gguf", arch=arch, tie=tie, seed=3)
-    lm = load_model(tiny.path, "cpu", torch.float32)  # an fp32 run keeps an fp32 copy: exact weights
+    lm = load_model(tiny.path, "cpu", torch.float32, weights="float32")  # the fp32 copy: exact weights
     assert (lm.config.layout, lm.config.model_type, lm.config.logits_shift) == ("causal", arch, True)
     assert lm.config.attention_bias == (arch == "qwen2") and lm.config.tie_word_embeddings == tie
     ids = torch.randint(0, tiny.hparams["vocab"], (2, 19), generator=torch.Generator().manual_seed(0))
@@ -140,7 +140,8 @@ def test_special_ids_from_metadata_win(tmp_path):
 def test_cache_round_trip(tmp_path, cache_home, monkeypatch):
     tiny = make_gguf(tmp_path / "tiny.gguf", seed=5)
     seen = []
-    first = load_model(tiny.path, "cpu", torch.bfloat16, progress=lambda d, t, w: seen.append((d, t, w)))
+    first = load_model(tiny.path, "cpu", torch.bfloat16, progress=lambda d, t, w: seen.append((d, t, w)),
+                       weights="float32")  # the dense copies (packed ones: tests/diffusion_core/test_quant.py)
     digest = hashlib.sha256(tiny.path.read_bytes()).hexdigest()
     folder = cache_home / "diffill" / "models" / digest
     assert first.path == folder and (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
@@ -158,7 +159,7 @@ def test_cache_round_trip(tmp_path, cache_home, monkeypatch):
     legacy = folder.parent / (digest + "-float32")
     legacy.mkdir()
     (legacy / "config.json").write_text("{}")
-    full = load_model(tiny.path, "cpu", torch.float32)
+    full = load_model(tiny.path, "cpu", torch.float32, weights="float32")
     assert not legacy.exists()
     assert full.path.name == digest + model_cache.FLOAT32_SUFFIX
     assert torch.equal(full.model.state_dict()["lm_head.weight"], tiny.effective["lm_head.weight"])
@@ -176,7 +177,7 @@ def test_cache_round_trip(tmp_path, cache_home, monkeypatch):
     # sampled blocks of the converted folder, in cache_folder).
     monkeypatch.setattr(model_cache, "read_gguf", lambda *a: pytest.fail("converted twice"))
     monkeypatch.setattr(model_cache, "open", lambda *a, **k: pytest.fail("hashed twice"), raising=False)
-    second = load_model(tiny.path, "cpu", torch.bfloat16)
+    second = load_model(tiny.path, "cpu", torch.bfloat16, weights="float32")
     for (k, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
         assert torch.equal(a, b), k
     # The cached folder is an ordinary model folder.
@@ -192,10 +193,10 @@ def test_interrupted_conversion_leaves_no_cache(tmp_path, cache_home, monkeypatc
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        load_model(tiny.path, "cpu", torch.float32, progress=crash)
+        load_model(tiny.path, "cpu", torch.float32, progress=crash, weights="float32")
     models = cache_home / "diffill" / "models"
     assert models.is_dir() and list(models.iterdir()) == []
-    assert load_model(tiny.path, "cpu", torch.float32).config.model_type == "qwen2"
+    assert load_model(tiny.path, "cpu", torch.float32).config.model_type == "qwen2"  # packed, this time
 
 
 # -- failures: one line naming the file and the key ------------------------------------------
