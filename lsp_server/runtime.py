@@ -149,7 +149,14 @@ class DiffillServer(LanguageServer):
         self.tell_once(f"server-error:{type(error).__name__}", f"diffill: internal error: {error}", types.MessageType.Error)
 
     def _on_core_event(self, kind: str, message: str) -> None:
-        """The core client tells once when a core dies or is restarted."""
+        """The core client tells once when a core dies or is restarted; a load's progress
+        ("progress": core_client.EVENT_PROGRESS) goes to the start's $/progress bar."""
+        if kind == "progress":
+            token = getattr(self, "_load_token", None)
+            if token is not None:
+                self.work_done_progress.report(token, types.WorkDoneProgressReport(message=message))
+            log.info("core loading: %s", message)
+            return
         log.warning("core %s: %s", kind, message)
         text = message if message.startswith("diffill: ") else f"diffill: {message}"  # said once, not "diffill: diffill:"
         self.tell_once(f"core-event:{kind}:{message}", text)
@@ -259,6 +266,7 @@ class DiffillServer(LanguageServer):
                 token = None
 
         async def loading() -> None:
+            self._load_token = token  # the core's load progress is reported under it (_on_core_event)
             if token is not None:
                 where = self.settings.core.address or self.settings.model.path or "default model"
                 self.work_done_progress.begin(
@@ -266,6 +274,7 @@ class DiffillServer(LanguageServer):
                 )
 
         async def loaded(error: str) -> None:
+            self._load_token = None
             if token is not None:
                 self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=error or "model ready"))
             if error:
