@@ -25,7 +25,9 @@ import time
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="diffill bench threads", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="diffill bench threads", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example:\n  diffill bench threads --context 512 --tokens 12 --repeat 2")
     p.add_argument("--model", default=None, help="model folder or .gguf (default: Qwen2.5-Coder-0.5B)")
     p.add_argument("--tiny", action="store_true", help="a tiny random model (smoke run, not a figure)")
     p.add_argument("--context", type=int, default=512, help="context tokens encoded cold per run")

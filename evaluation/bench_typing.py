@@ -348,7 +348,9 @@ async def run_human(args: argparse.Namespace) -> dict[str, Any]:
         rec = replay.records[msg_id]
         ghost = rec["answered"] - rec["sent"] if rec["answered"] is not None and rec["items"] else None
         entry = {"kind": kind, "pause_ms": round(seconds * 1000), "ghost_ms": None if ghost is None else round(ghost * 1000, 1),
-                 "in_time": ghost is not None and ghost <= seconds}
+                 "in_time": ghost is not None and ghost <= seconds,
+                 # why there was none: answered empty (nothing to offer), or still running when the next key came
+                 "outcome": "ghost" if ghost is not None else "empty" if rec["answered"] is not None else "late"}
         if ghost is not None:
             doc = await replay.document()
             entry.update(encoded=doc.get("encodedTokens"), context=doc.get("cachedTokens"), reuse=doc.get("reuse"),
@@ -399,6 +401,7 @@ def human_summary(args: argparse.Namespace, pauses: list[dict], first_ghost_ms: 
     typing = [p for p in pauses if p["kind"] == "typing"]
     long = [p for p in pauses if p["pause_ms"] >= 500 and p["kind"] != "open"]
     answered = [p for p in pauses if p.get("encoded") is not None]
+    outcomes = {k: sum(p["outcome"] == k for p in pauses) for k in ("ghost", "empty", "late")}
     counters = st.counters._asdict() if hasattr(st.counters, "_asdict") else dict(st.counters)
     return {
         "bench": "lsp_typing_human", "model": getattr(st, "model", None) or args.model or "default",
@@ -410,6 +413,7 @@ def human_summary(args: argparse.Namespace, pauses: list[dict], first_ghost_ms: 
         "typing_pauses": len(typing), "typing_pauses_with_ghost": len(ghost(("typing",))),
         "move_jump_ghost_p50_ms": _round(percentile(ghost(("move", "jump")), 50)),
         "move_jump_ghost_p95_ms": _round(percentile(ghost(("move", "jump")), 95)),
+        "pause_outcomes": outcomes,
         "pauses_500ms": len(long), "pauses_500ms_in_time": sum(p["in_time"] for p in long),
         "pauses_500ms_in_time_share": round(sum(p["in_time"] for p in long) / len(long), 3) if long else None,
         "encoded_p50": percentile([p["encoded"] for p in answered], 50),
@@ -432,6 +436,7 @@ def print_human(r: dict[str, Any]) -> None:
             ("typing pauses with ghost text", f"{r['typing_pauses_with_ghost']} of {r['typing_pauses']}"),
             ("move/jump -> ghost p50 / p95 ms", f"{r['move_jump_ghost_p50_ms']} / {r['move_jump_ghost_p95_ms']}"),
             ("pauses >= 500 ms in time", f"{r['pauses_500ms_in_time']} of {r['pauses_500ms']} ({r['pauses_500ms_in_time_share']})"),
+            ("pauses: ghost / answered empty / late", " / ".join(str(r["pause_outcomes"][k]) for k in ("ghost", "empty", "late"))),
             ("tokens encoded per answer p50 / p95", f"{r['encoded_p50']} / {r['encoded_p95']}"),
             ("reuse p50", r["reuse_p50"]), ("answers on a short window", r["short_windows"]),
             ("requests / offscreen / cancelled / errors", f"{r['requests']} / {r['offscreen']} / {r['cancelled']} / {r['errors']}"),
