@@ -90,7 +90,7 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 # -- item 4: one conversion at a time, nothing left behind ---------------------------------------
 
 def test_two_processes_convert_once_and_share_the_folder(cache_home, tiny):
-    first, second = start(tiny.path, 0.1), None
+    first, second = start(tiny.path, 0.5), None  # slow enough for the second to start under load
     seen_a, seen_b = [], []
     try:
         wait_for(first, "converting", seen_a)
