@@ -244,6 +244,7 @@ class Engine:
         layout_markers = {i for i in (sp.suf, sp.pre, sp.mid, sp.hole) if i is not None} if self.format is None else set()
         banned = infill_formats.banned_ids(sp, self.format, expanding=self.expanding)
         self.banned = tuple(sorted(set(banned) | layout_markers))
+        self.tokenizer.prepare_healing()
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, device: str = "auto", static_steps: bool | None = None,
