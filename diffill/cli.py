@@ -45,6 +45,8 @@ BENCHES: dict[str, Command] = {
     "load": Command("evaluation.bench_load", "main", "GGUF load time: first conversion into the cache, then warm loads"),
     "hostile": Command("evaluation.bench_hostile", "main", "what hostile input costs the server and the core"),
     "core-start": Command("evaluation.bench_core_start", "main", "where a core's start goes, phase by phase, and its memory"),
+    "examples": Command("evaluation.bench_examples", "main",
+                        "diffill fill on the six sample files, compiled (or parsed) and their indentation checked"),
 }
 
 EXAMPLES = """examples:

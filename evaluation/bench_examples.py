@@ -1,4 +1,4 @@
-"""`python -m evaluation.bench_examples`: `diffill fill` on the sample files, compiled.
+"""`diffill bench examples`: `diffill fill` on the sample files, compiled.
 
 Owns issue 24's "done when" check: each sample file of examples/ (Python, C, Go, Rust,
 JavaScript, TypeScript) is filled by `diffill fill FILE` in a subprocess, as a fresh clone
@@ -32,6 +32,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FILES = ("holes.py", "holes.c", "holes.go", "holes.rs", "holes.js", "holes.ts")
 CLOSERS, OPENERS = ")]}", "([{"
 FILL_TIMEOUT_S = 900
+EPILOG = """examples:
+  diffill bench examples                          every sample file, the default model
+  diffill bench examples --files holes.c,holes.rs --model ~/models/my-coder.gguf"""
 
 
 def _compile_cmd(name: str, path: Path) -> list[str] | None:
@@ -143,7 +146,8 @@ def fill_cmd(args) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m evaluation.bench_examples", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="diffill bench examples", description=__doc__.split("\n")[0], epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model folder or .gguf (default: the default model)")
     ap.add_argument("--files", default=",".join(FILES), help="sample files of examples/ (default %(default)s)")
     args = ap.parse_args(argv)
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print(json.dumps({"bench": "examples", "ok": all(r["ok"] for r in rows), "files": rows,
                       "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg_1m": load},
-                      "command": " ".join(["python -m evaluation.bench_examples", *(argv or sys.argv[1:])])}))
+                      "command": " ".join(["diffill bench examples", *(sys.argv[1:] if argv is None else argv)])}))
     return 0 if all(r["ok"] for r in rows) else 1
 
 
