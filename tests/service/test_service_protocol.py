@@ -69,14 +69,27 @@ def test_parse_request_never_crashes(msg):
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from(["segments", "budgets", "params", "request_id"]), values))
+@given(st.dictionaries(st.sampled_from(["segments", "budgets", "params", "request_id", "progress"]), values))
 def test_parse_fill_never_crashes(params):
-    try:
-        fill = protocol.parse_fill(params)
-    except protocol.ProtocolError as exc:
-        assert exc.code == protocol.E_BAD_REQUEST
-    else:
-        assert len(fill.segments) == len(fill.budgets) + 1
+    for parse in (protocol.parse_fill, protocol.parse_warm):
+        try:
+            fill = parse(params)
+        except protocol.ProtocolError as exc:
+            assert exc.code == protocol.E_BAD_REQUEST
+        else:
+            assert len(fill.segments) == len(fill.budgets) + 1 and isinstance(fill.progress, bool)
+            assert parse is protocol.parse_fill or len(fill.budgets) == 1
+
+
+def test_progress_and_warm_shapes_are_one_line_errors():
+    ok = {"segments": ["a", "b"], "budgets": [3]}
+    assert protocol.parse_fill({**ok, "progress": True}).progress is True
+    assert protocol.parse_fill(ok).progress is False
+    with pytest.raises(protocol.ProtocolError, match="'progress' must be a bool"):
+        protocol.parse_fill({**ok, "progress": 1})
+    with pytest.raises(protocol.ProtocolError, match="warm takes one hole"):
+        protocol.parse_warm({"segments": ["a", "b", "c"], "budgets": [1, 2]})
+    assert protocol.WARM in protocol.METHODS and protocol.HEARTBEAT_S > 0
 
 
 def test_limits_and_envelopes():

@@ -265,3 +265,19 @@ def test_engine_idle_s_grows_only_while_a_step_runs():
         assert sched.engine_idle_s() == 0.0
     finally:
         sched.stop()
+
+
+def test_a_closed_connection_cancels_its_warm_ups_too():
+    backend = FakeBackend(step_delay=0.01)
+    sched = Scheduler(backend, SchedulerConfig())
+    got = Collector()
+    sched.submit("gone", prepared("w", steps=500), got.cb("w"), idle=True)
+    sched.submit("gone", prepared("f", steps=500), got.cb("f"))
+    sched.start()
+    try:
+        assert sched.cancel_client("gone") == 2
+        outcomes = got.wait(2)
+        assert {o.code for o in outcomes.values()} == {protocol.E_CANCELLED}
+        assert sched.snapshot()["warming"] == 0 and sched.snapshot()["active"] == 0
+    finally:
+        sched.stop()
