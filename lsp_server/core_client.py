@@ -387,7 +387,15 @@ class CoreClient:
                 if done:
                     return call.result()
                 silent = time.monotonic() - conn.last_frame
+                if silent > self.hung_after:
+                    # Our own loop may have been the one blocked (a huge document parsed on
+                    # it): let the read loop take what arrived meanwhile before judging.
+                    for _ in range(3):
+                        await asyncio.sleep(0.02)
+                    silent = time.monotonic() - conn.last_frame
                 stalled = float(seen.get("engine_idle_s") or 0.0)
+                if call.done():
+                    return call.result()
                 if silent > self.hung_after:
                     why = f"the core sent nothing for {silent:.0f} s during {method} (stopped or wedged)"
                 elif stalled > self.stall_after:

@@ -148,3 +148,22 @@ def test_private_core_folder_goes_when_its_server_is_killed(tiny_dir, tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+async def test_a_blocked_client_loop_does_not_make_a_live_core_look_hung(tmp_path):
+    # The server's own event loop stalls (a 10 MB document parsed on it) longer than
+    # hung_after while the core's heartbeats queue up in the socket: not a hung core.
+    server, address = await start_server(tmp_path, FakeBackend())
+    client = CoreClient(address=str(address), hung_after=1.0, stall_after=30.0)
+    try:
+        await client.start()
+        fill = asyncio.ensure_future(client.fill(FILL["segments"], FILL["budgets"], {"steps": 10, "delay": 0.4}))
+        await asyncio.sleep(1.2)  # the fill is running, heartbeats have come
+        blocked_until = time.monotonic() + 1.6
+        while time.monotonic() < blocked_until:  # block this loop: no frame is read meanwhile
+            time.sleep(0.05)
+        reply = await fill
+        assert reply["texts"] and client.state is CoreState.READY
+    finally:
+        await client.close()
+        await server.close()
