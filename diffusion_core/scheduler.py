@@ -60,9 +60,10 @@ class SchedulerConfig:
     max_queue: int = 64  # tickets waiting or active, all clients together
     max_per_client: int = 16  # so one flooding client cannot take the whole queue
     batched: bool = True  # False: step each job alone (benchmark baseline)
-    # New jobs begun (context encoded) between two steps while others are mid-denoise:
-    # a cold encode of a long file costs many steps' time, so admitting a crowd at once
-    # would stall every active request. With nothing active, a whole batch is admitted.
+    # New jobs begun between two steps while others are mid-denoise. A job's context is
+    # encoded by its own first steps, one chunk each (engine.ENCODE_STEP_CPU), so a cold
+    # encode no longer stalls the others for its whole length, but each admitted job adds
+    # a chunk to every step until it is encoded. With nothing active, a whole batch is admitted.
     admit_per_step: int = 2
     max_idle_per_client: int = 2  # warm-ups a client may have queued or running; a newer one cancels the oldest
 
