@@ -193,17 +193,22 @@ async def core_fill(core: CoreConnection, segments: list[str], plans: list[FillP
 async def fill_at(core: CoreConnection, doc: Document, cursor: int, settings: Settings,
                   selection: tuple[tuple[int, int], tuple[int, int]] | None = None, encoding: str = "utf-16",
                   request_id: str | None = None,
-                  short_window: Callable[[FillPlan], int | None] | None = None) -> Outcome | None:
+                  short_window: Callable[[FillPlan], int | None] | None = None,
+                  cold_one_line: bool = False) -> Outcome | None:
     """Ranked fills at a cursor (a byte offset into ``doc.source``); None when there is
     nothing worth completing. ``selection`` (editor positions in ``encoding``) regenerates
     the selected text instead. ``short_window(plan)``: the prefix bytes to send instead of
-    ``context.prefixBytes`` (None: the full window; lsp_server.windows)."""
+    ``context.prefixBytes`` (None: the full window; lsp_server.windows); with
+    ``cold_one_line`` such a short-window fill is also cut to its first line, decoded
+    as a line hole (a block's first line is one of its variants anyway)."""
     t0 = time.perf_counter()
     p = plan_at(doc, cursor, marker=settings.hole_marker, selection=selection, encoding=encoding)
     if p is None:
         return None
     t1 = time.perf_counter()
     short = short_window(p) if short_window is not None else None
+    if short is not None and cold_one_line and not p.stop.single_line:
+        p = dataclasses.replace(p, stop=dataclasses.replace(p.stop, single_line=True))
     segments = segments_at(doc, p, settings if short is None else with_prefix_bytes(settings, short))
     reply = await core_fill(core, segments, [p], settings, request_id)
     t2 = time.perf_counter()

@@ -108,6 +108,7 @@ class DiffillServer(LanguageServer):
         self.debouncer = Debouncer()
         self.doc_stats: dict[str, dict] = {}  # per document: what its last fill cost the core (diffill/status)
         self.windows = Windows()  # short window first, the full one warmed (lsp_server.windows)
+        self._line_only: set[str] = set()  # documents whose cached fill is a cold request's first line only
         self.stats = Stats()
         self.feedback = FeedbackLog(None, self.stats)
         self.link = CoreLink(core_factory, self._on_core_event)
@@ -327,14 +328,15 @@ class DiffillServer(LanguageServer):
             # Let the request this one superseded run its cancellation first (it tells the
             # core to drop its fill), so a burst never fills the core's per-client queue.
             await asyncio.sleep(0)
-            outcome = self.from_cache(uri, doc, cursor)
+            # An invoked request wants the whole fill: not a cold automatic one's first line.
+            outcome = self.from_cache(uri, doc, cursor) if debounce or uri not in self._line_only else None
             if outcome is None:
                 if debounce:
                     s = self.settings.debounce
                     await self.debouncer.wait(uri, s.min_ms, s.max_ms)
                 # The LSP request id travels to the core, so both logs name the request.
                 rid = f"lsp-{self.protocol.msg_id}"
-                outcome = await self.fill_at(uri, doc, cursor, rid)
+                outcome = await self.fill_at(uri, doc, cursor, rid, automatic=debounce)
         except asyncio.CancelledError:
             self.stats.count("cancelled")
             raise
@@ -401,6 +403,7 @@ class DiffillServer(LanguageServer):
         self.focus.forget(uri)
         self.doc_stats.pop(uri, None)
         self.windows.forget(uri)
+        self._line_only.discard(uri)
         self.feedback.closed(uri)
 
     def from_cache(self, uri: str, doc: Any, cursor: int | None) -> Outcome | None:
@@ -412,17 +415,24 @@ class DiffillServer(LanguageServer):
         cands = [Candidate(t, hit.start, hit.end) for t in hit.texts]
         return Outcome(cands, cached=True, timings={"cache_ms": (time.perf_counter() - t0) * 1000})
 
-    async def fill_at(self, uri: str, doc: Any, cursor: int | None, request_id: str) -> Outcome | None:
+    async def fill_at(self, uri: str, doc: Any, cursor: int | None, request_id: str,
+                      automatic: bool = False) -> Outcome | None:
         """The pipeline's fill at the cursor; what it answers at the cursor is cached for
         the keystrokes that type it."""
         if cursor is None:
             return None
+        # An automatic request on a cold window answers one line: the ghost text comes in
+        # the time of a line, and the block follows once the full window is warm.
         outcome = await pipeline.fill_at(self.link, doc, cursor, self.settings, request_id=request_id,
-                                         short_window=self._short_window(uri, doc))
+                                         short_window=self._short_window(uri, doc), cold_one_line=automatic)
         if outcome is not None:
             self.note_fill(uri, outcome.core_stats, outcome.timings.get("core_ms", 0.0))
             self._grow_window(uri, doc, outcome)
         if outcome is not None and outcome.candidates and outcome.plan.start_byte == cursor:
+            if automatic and outcome.short_window:
+                self._line_only.add(uri)
+            else:
+                self._line_only.discard(uri)
             self.cache.put(uri, doc.source, cursor, outcome.plan.end_byte, [c.text for c in outcome.candidates])
         return outcome
 

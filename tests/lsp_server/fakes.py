@@ -83,6 +83,7 @@ class FakeCore:
                 "scheduler": {"waiting": 0, "active": 0},
                 "fake": {"fills": self.fills, "cancelled": self.cancelled, "completed": self.completed,
                          "last_segments": self.last_segments, "last_params": self.last_params,
+                         "last_stops": self.last_stops,
                          "warms": [[len(s) for s in w] for w in self.warms], "warmed": self.warmed}}
 
     async def close(self) -> None:

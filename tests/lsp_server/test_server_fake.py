@@ -453,3 +453,20 @@ async def test_windows_stay_full_on_a_core_of_unknown_device(tmp_path):
         await inline(client, URI, line, 11)
         st = await status(client)
         assert len(st["core"]["fake"]["last_segments"][0].encode()) >= 4500 and not st["core"]["fake"]["warms"]
+
+
+async def test_a_cold_automatic_request_answers_one_line_and_an_invoked_one_the_block(tmp_path):
+    text = LONG + "\ndef h(items):\n    \n"
+    line = text.count("\n") - 1
+    async with session(fake={"text": "total = 0\n    for x in items:\n        total += x", "device": "cpu"},
+                       tmp=tmp_path, init={"context": {"coldPrefixBytes": 512}, "debounce": {"maxMs": 0}}) as client:
+        await wait_ready(client)
+        open_doc(client, URI, text)
+        auto = await inline(client, URI, line, 4)
+        st = await status(client)
+        assert st["core"]["fake"]["last_stops"][0]["max_lines"] == 1  # decoded as a line hole
+        assert [i.insert_text for i in auto.items] == ["total = 0"]
+        invoked = await inline(client, URI, line, 4, invoked=True)  # the user asked: the whole block
+        st = await status(client)
+        assert st["core"]["fake"]["last_stops"][0]["max_lines"] != 1
+        assert any("\n" in i.insert_text for i in invoked.items)
