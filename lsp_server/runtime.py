@@ -100,7 +100,7 @@ class DiffillServer(LanguageServer):
         super().__init__("diffill", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
                          protocol_cls=DiffillProtocol)
         self.settings = Settings()
-        self._model_defaults = ("", "")  # see set_model_defaults
+        self._model_defaults = ("", "", "")  # see set_model_defaults
         self.docs = DocumentStore()
         self.cache = FillCache()
         self.latest = Latest()
@@ -181,20 +181,21 @@ class DiffillServer(LanguageServer):
         self.settings = self._with_model_defaults(new)
         self._apply_feedback_path()
 
-    def set_model_defaults(self, path: str = "", device: str = "") -> None:
-        """What ``model.path`` "" and ``model.device`` "auto" stand for (``diffill lsp
-        --model/--device``): editors send those defaults explicitly, so the command
-        line's choice must survive them; any other value the editor sends wins."""
-        self._model_defaults = (path, device)
+    def set_model_defaults(self, path: str = "", device: str = "", weights: str = "") -> None:
+        """What ``model.path`` "", ``model.device`` "auto" and ``model.weights`` "auto" stand for
+        (``diffill lsp --model/--device/--weights``): editors send those defaults explicitly, so
+        the command line's choice must survive them; any other value the editor sends wins."""
+        self._model_defaults = (path, device, weights)
         self.settings = self._with_model_defaults(self.settings)
 
     def _with_model_defaults(self, s: Settings) -> Settings:
-        path, device = self._model_defaults
+        path, device, weights = self._model_defaults
         m = s.model
         model = dataclasses.replace(
             m,
             path=m.path or path,
             device=device if device and m.device == ModelSettings().device else m.device,
+            weights=weights if weights and m.weights == ModelSettings().weights else m.weights,
         )
         s = s if model == m else dataclasses.replace(s, model=model)
         if self._threads_default and s.core.threads == CoreSettings().threads:
@@ -503,6 +504,7 @@ class DiffillServer(LanguageServer):
             "core": core,
             "model": info.get("model"),
             "device": info.get("device"),
+            "weights": info.get("weights"),
             "queue": {"inFlight": self.latest.in_flight(), "core": sched.get("waiting"), "active": sched.get("active")},
             **summary,
             "cache": {"hits": self.cache.hits, "misses": self.cache.misses},

@@ -19,6 +19,7 @@ from typing import Any
 
 from lsprotocol import types
 
+from diffusion_core.protocol import WEIGHTS_SCHEMES
 from lsp_server import guards, results
 from lsp_server.core_link import CoreFactory, core_errors, real_core_factory
 from lsp_server.holes_command import holes_near, run_fill_holes
@@ -165,6 +166,8 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--model", metavar="FOLDER",
                         help="model folder used while the model.path setting is empty (the default)")
     parser.add_argument("--device", help="cpu | cuda | cuda:N | mps, used while the model.device setting is auto")
+    parser.add_argument("--weights", choices=WEIGHTS_SCHEMES,
+                        help="int4 | int8 | float32, used while the model.weights setting is auto")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads of the private core, used while the core.threads setting is 0 "
                              "(default 0: chosen per kind of work by measurement)")
@@ -179,7 +182,7 @@ def _main(argv: list[str] | None) -> int:
     # pygls logs every message body at INFO: far too much for a 10 MB document.
     logging.getLogger("pygls").setLevel(max(logging.WARNING, logging.getLogger().level))
     server = build_server()
-    server.set_model_defaults(model_path, args.device or "")
+    server.set_model_defaults(model_path, args.device or "", args.weights or "")
     server.set_threads_default(args.threads)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")

@@ -1,7 +1,7 @@
-"""``diffill lsp --model FOLDER --device D``: for editors configured by command line.
+"""``diffill lsp --model FOLDER --device D --weights W``: for editors configured by command line.
 
 The flags give what the settings' defaults (``model.path`` "", ``model.device``
-"auto") stand for, since editors send those defaults explicitly; a value the editor
+"auto", ``model.weights`` "auto") stand for, since editors send those defaults explicitly; a value the editor
 sets wins."""
 
 import pytest
@@ -12,13 +12,22 @@ pytestmark = pytest.mark.e2e
 
 
 async def test_lsp_model_flag_survives_the_editors_default_settings(tmp_path, tiny_model):
-    command = REAL_SERVER + ["--model", str(tiny_model), "--device", "cpu"]
-    editor_defaults = {"model": {"path": "", "device": "auto"}, "fill": {"maxTokens": 8}}  # as Neovim/VS Code send
+    command = REAL_SERVER + ["--model", str(tiny_model), "--device", "cpu", "--weights", "int8"]
+    editor_defaults = {"model": {"path": "", "device": "auto", "weights": "auto"}, "fill": {"maxTokens": 8}}  # as Neovim/VS Code send
     async with session(command, init=editor_defaults, configuration=editor_defaults, tmp=tmp_path) as client:
         st = await wait_ready(client)
         assert st["core"]["state"] == "ready", st["core"]
         assert st["model"] == tiny_model.name and st["device"] == "cpu"
-        assert st["settings"]["model"] == {"path": str(tiny_model.resolve()), "device": "cpu"}
+        assert st["settings"]["model"] == {"path": str(tiny_model.resolve()), "device": "cpu", "weights": "int8"}
+        assert st["weights"] == "int8"  # the private core was started with it and runs it
+
+
+async def test_the_editors_weights_setting_wins_over_the_flag(tmp_path, tiny_model):
+    command = REAL_SERVER + ["--model", str(tiny_model), "--device", "cpu", "--weights", "int8"]
+    chosen = {"model": {"weights": "float32"}}
+    async with session(command, init=chosen, configuration=chosen, tmp=tmp_path) as client:
+        st = await wait_ready(client)
+        assert st["settings"]["model"]["weights"] == "float32" and st["weights"] == "float32"
 
 
 async def test_lsp_threads_flag_reaches_the_private_core_and_the_editor_value_wins(tmp_path, tiny_model):
