@@ -47,7 +47,7 @@ class ModelSettings:
     path: str = ""  # model folder or .gguf file; "" = the default model (Qwen2.5-Coder-0.5B)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     # What the matmuls run on (protocol.WEIGHTS_SCHEMES): "auto" is packed int4/int8 on a CPU
-    # (one decode step of the default model 81 -> 35 ms on the dev CPU, docs/benchmarks.md)
+    # (int8 per channel: one decode step of the default model 88 -> 46 ms on the dev CPU, docs/benchmarks.md)
     # and bf16 on a GPU; "float32" the exact reference.
     weights: str = "auto"
 

@@ -167,7 +167,7 @@ def test_scheme_table():
     assert fmt("int4", "embed_tokens.weight", (400, 64)) == "int8"
     assert fmt("int8", "layers.0.input_layernorm.weight", (64,)) == "float"
     assert fmt("float32", "lm_head.weight", (400, 64)) == "float"
-    assert quant.resolve_scheme("auto", torch.device("cpu")) == "mixed"
+    assert quant.resolve_scheme("auto", torch.device("cpu")) == "int8"
     assert quant.resolve_scheme("auto", torch.device("cuda")) == "float32"
     with pytest.raises(CoreError, match="CPU only"):
         quant.resolve_scheme("int4", torch.device("cuda"))
@@ -207,7 +207,7 @@ def test_packed_gguf_is_stored_packed_and_equals_its_dequantized_float_model(tin
     simulate(ref, scheme, DEFAULT_TYPES)
     lm = load_model(tiny_gguf.path, "cpu", torch.float32, weights=weights)
     assert lm.path.name.startswith(f"{lm.path.name[:64]}-{scheme}-")
-    assert lm.weights == {"int4": "int4", "int8": "int8", "mixed": "mixed int4/int8"}[scheme]
+    assert lm.weights == {"int4": "int4", "int8": "int8"}[scheme]
     assert isinstance(lm.model.embed_tokens, quant.Int8Embedding)
     ids = torch.tensor([lm.tokenizer.encode(PREFIX)])
     pos = torch.arange(ids.shape[1])[None]
