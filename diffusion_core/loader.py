@@ -186,8 +186,9 @@ def load_model(folder: str | Path | None = None, device: str = "auto", dtype: to
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CoreError(f"{folder / 'tokenizer.json'}: vocabulary of {tokenizer.vocab_size} exceeds config vocab_size {cfg.vocab_size}")
     model = meta_model(cfg)
-    if scheme != "float32" or quant.is_packed(tensors):
-        if not quant.is_packed(tensors):
+    stored_packed = quant.is_packed(tensors)
+    if scheme != "float32" or stored_packed:
+        if not stored_packed:
             tensors = untranspose(tensors)
             if cfg.tie_word_embeddings and "lm_head.weight" not in tensors and "embed_tokens.weight" in tensors:
                 tensors["lm_head.weight"] = tensors["embed_tokens.weight"]
@@ -200,10 +201,11 @@ def load_model(folder: str | Path | None = None, device: str = "auto", dtype: to
 
 def weights_scheme(model: Transformer) -> str:
     """What the model's matmuls run on: "float32"/"bfloat16" (dense) or the packed formats' mix."""
-    kinds = {type(m).__name__ for m in model.modules() if isinstance(m, quant.PACKED_MODULES)}
+    kinds = {"int4" if isinstance(m, quant.Int4Linear) else "int8" for m in model.modules()
+             if isinstance(m, quant.PACKED_MODULES)}
     if not kinds:
         return str(model.norm.weight.dtype).removeprefix("torch.")
-    return {"Int4Linear": "int4", "Int8Linear": "int8"}[kinds.pop()] if len(kinds) == 1 else "mixed int4/int8"
+    return kinds.pop() if len(kinds) == 1 else "mixed int4/int8"
 
 
 def save_model(model: Transformer, folder: str | Path, tokenizer_json: str | Path | None = None,
