@@ -50,9 +50,13 @@ INT4_SUFFIX, INT4_SZ_SUFFIX = ".q4", ".q4sz"  # packed uint8 [N', K/2]; bf16 [K/
 INT8_SUFFIX, INT8_SCALE_SUFFIX = ".q8", ".q8s"  # int8 [N, K]; bf16 [N] (fp32 [N] for the embedding)
 DENSE_SUFFIX = ".bf16"  # bf16 [N, K]: the packed values dequantized, for context encoding (PackedLinear)
 PACKED_SUFFIXES = (INT4_SUFFIX, INT4_SZ_SUFFIX, INT8_SUFFIX, INT8_SCALE_SUFFIX, DENSE_SUFFIX)
-# Rows from which a packed linear with a dense copy runs the dense GEMM (decode steps and
-# verify forwards stay below it). Chosen by measurement: docs/benchmarks.md.
+# Rows from which a packed linear runs a dense bf16 GEMM instead of its kernel (decode steps
+# and verify forwards stay below both): int4 from its stored copy, int8 from its values
+# dequantized per call, which costs a pass over the weights and so pays only for larger
+# chunks, but stores nothing (the copies doubled the core's memory). Chosen by measurement:
+# docs/benchmarks.md "Packed weights (issue 21)".
 DENSE_ROWS = 32
+DEQUANT_ROWS = 128
 DENSE_FAMILIES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # not the head: encoding needs no logits
 
 LINEAR_FAMILIES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
@@ -178,8 +182,7 @@ def pack_float(name: str, w: torch.Tensor, fmt: str) -> dict[str, torch.Tensor]:
     if fmt == "int8":
         # A lookup multiplies in fp32: the embedding keeps its row scales in fp32.
         q, scale = quantize_int8(w, torch.float32 if name == "embed_tokens.weight" else torch.bfloat16)
-        extra = {name + DENSE_SUFFIX: (q.float() * scale.float()[:, None]).to(torch.bfloat16)} if wants_dense(name) else {}
-        return {name + INT8_SUFFIX: q, name + INT8_SCALE_SUFFIX: scale, **extra}
+        return {name + INT8_SUFFIX: q, name + INT8_SCALE_SUFFIX: scale}
     return {name: w.float()}
 
 
@@ -225,7 +228,7 @@ def layout_fingerprint() -> str:
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1)
     h = hashlib.sha256(packed.contiguous().numpy().tobytes())
     h.update(torch.__version__.encode())
-    h.update(b"dense" if dense_copies() else b"")  # the copy holds dense weights or not
+    h.update(b"dense-int4" if dense_copies() else b"")  # int4 tensors carry dense copies or not
     return h.hexdigest()[:12]
 
 
@@ -234,10 +237,10 @@ def layout_fingerprint() -> str:
 class PackedLinear(nn.Module):
     """y = x @ W^T (+ bias) with W packed: x cast to bf16 for the kernel, y back to x's dtype.
 
-    dense: an optional bf16 copy of the same W (the packed values, dequantized), used for
-    inputs of at least DENSE_ROWS rows: context encoding, where a dense GEMM on a CPU with
-    bf16 matrix units beats the weight-only kernels (docs/benchmarks.md); decode steps of a
-    few rows read the packed bytes, a quarter of the dense ones.
+    Context encoding (many rows) runs a dense bf16 GEMM on `dense_weight()` where that is
+    cheaper: on a CPU with bf16 matrix units a dense GEMM of many rows beats the weight-only
+    kernels (docs/benchmarks.md); decode steps of a few rows read the packed bytes, a quarter
+    of the dense ones. `dense`: an optional stored bf16 copy of the same W (int4).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None):
@@ -249,15 +252,17 @@ class PackedLinear(nn.Module):
     def kernel(self, a: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def dense_weight(self, rows: int) -> torch.Tensor | None:
+        """W in bf16 for an input of `rows` rows when a dense GEMM should run it, else None."""
+        return self.dense if self.dense is not None and rows >= DENSE_ROWS else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         a = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
         if a.shape[0] == 0:
             return x.new_zeros(*lead, self.out_features)
-        if self.dense is not None and a.shape[0] >= DENSE_ROWS:
-            y = F.linear(a, self.dense)
-        else:
-            y = self.kernel(a)
+        w = self.dense_weight(a.shape[0])
+        y = self.kernel(a) if w is None else F.linear(a, w)
         if y.shape[-1] != self.out_features:
             y = y[:, : self.out_features]
         y = y.to(x.dtype)
@@ -286,9 +291,17 @@ class Int8Linear(PackedLinear):
         super().__init__(q.shape[1], q.shape[0], bias)
         self.register_buffer("q", q, persistent=False)
         self.register_buffer("scale", scale.to(torch.bfloat16), persistent=False)
+        self.dequantize = False  # set per tensor by `packed_linear` (the layers', not the head's)
 
     def kernel(self, a: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(a, self.q, self.scale)
+
+    def dense_weight(self, rows: int) -> torch.Tensor | None:
+        if self.dense is not None or not self.dequantize or rows < DEQUANT_ROWS:
+            return super().dense_weight(rows)
+        # |q| <= 127 is exact in bf16, and a bf16 product rounds once: the same values as
+        # (q.float() * scale.float()).to(bf16), five times faster to make
+        return self.q.to(torch.bfloat16) * self.scale[:, None]
 
 
 class Int8Embedding(nn.Module):
@@ -327,7 +340,9 @@ def packed_linear(name: str, tensors: dict[str, torch.Tensor], in_features: int,
         if q.dtype != torch.int8 or tuple(q.shape) != (out_features, in_features) or tuple(scale.shape) != (out_features,):
             raise CoreError(f"{name}: stored int8 tensors have shapes {tuple(q.shape)} / {tuple(scale.shape)}, "
                             f"the model needs [{out_features}, {in_features}] / [{out_features}]")
-        return _with_dense(Int8Linear(q, scale, bias), name, tensors)
+        lin = _with_dense(Int8Linear(q, scale, bias), name, tensors)
+        lin.dequantize = wants_dense(name)
+        return lin
     return None
 
 

@@ -74,11 +74,10 @@ def test_int8_linear_equals_the_dequantized_matmul(m):
     assert_close_to_reference(y.reshape(-1, 80), x.reshape(-1, 64), q.float() * scale.float()[:, None], b)
 
 
-@pytest.mark.parametrize("fmt", ["int4", "int8"])
-def test_the_dense_copy_holds_the_packed_values(fmt, monkeypatch):
+def test_the_int4_dense_copy_holds_the_packed_values(monkeypatch):
     monkeypatch.setattr(quant, "dense_copies", lambda: True)
     w = torch.randn(48, 64, generator=torch.Generator().manual_seed(5))
-    e = quant.pack_float("layers.0.mlp.up_proj.weight", w, fmt)
+    e = quant.pack_float("layers.0.mlp.up_proj.weight", w, "int4")
     lin = quant.packed_linear("layers.0.mlp.up_proj.weight", e, 64, 48, None)
     assert lin.dense is not None
     x = torch.randn(quant.DENSE_ROWS + 3, 64, generator=torch.Generator().manual_seed(6))
@@ -86,8 +85,28 @@ def test_the_dense_copy_holds_the_packed_values(fmt, monkeypatch):
     saved, lin.dense = lin.dense, None
     packed = lin(x)
     assert_close_to_reference(dense, x, saved.float())
-    assert_close_to_reference(packed, x, quant.simulated("layers.0.mlp.up_proj.weight", w, fmt))
-    assert quant.pack_float("lm_head.weight", w, fmt).keys().isdisjoint({"lm_head.weight.bf16"})
+    assert_close_to_reference(packed, x, quant.simulated("layers.0.mlp.up_proj.weight", w, "int4"))
+    assert quant.pack_float("lm_head.weight", w, "int4").keys().isdisjoint({"lm_head.weight.bf16"})
+
+
+def test_int8_dequantizes_per_call_for_long_inputs_and_stores_no_copy(monkeypatch):
+    monkeypatch.setattr(quant, "dense_copies", lambda: True)
+    w = torch.randn(48, 64, generator=torch.Generator().manual_seed(5))
+    e = quant.pack_float("layers.0.mlp.up_proj.weight", w, "int8")
+    assert set(e) == {"layers.0.mlp.up_proj.weight.q8", "layers.0.mlp.up_proj.weight.q8s"}
+    lin = quant.packed_linear("layers.0.mlp.up_proj.weight", e, 64, 48, None)
+    assert lin.dense is None and lin.dequantize
+    q, scale = e["layers.0.mlp.up_proj.weight.q8"], e["layers.0.mlp.up_proj.weight.q8s"]
+    # bit for bit the values the fp32 product rounds to
+    assert torch.equal(lin.dense_weight(quant.DEQUANT_ROWS), (q.float() * scale.float()[:, None]).to(torch.bfloat16))
+    assert lin.dense_weight(quant.DEQUANT_ROWS - 1) is None  # short inputs: the kernel
+    x = torch.randn(quant.DEQUANT_ROWS + 3, 64, generator=torch.Generator().manual_seed(6))
+    reference = quant.simulated("layers.0.mlp.up_proj.weight", w, "int8")
+    assert_close_to_reference(lin(x), x, reference)  # the dense GEMM
+    lin.dequantize = False
+    assert_close_to_reference(lin(x), x, reference)  # the kernel, same rows
+    head = quant.packed_linear("lm_head.weight", quant.pack_float("lm_head.weight", w, "int8"), 64, 48, None)
+    assert not head.dequantize  # the head never runs many rows
 
 
 def test_zero_rows_give_an_empty_output():
@@ -232,8 +251,10 @@ def test_ar_exact_on_packed_weights_equals_the_uncached_reference(tiny_gguf, cac
     context, packed kernels for its decode steps) agrees with either up to bf16 rounding."""
     monkeypatch.setattr(quant, "dense_copies", lambda: True)
     monkeypatch.setattr(quant, "DENSE_ROWS", dense_rows)
+    monkeypatch.setattr(quant, "DEQUANT_ROWS", dense_rows)
     eng = Engine.load(tiny_gguf.path, "cpu", dtype=torch.float32, weights=weights)
-    assert eng.model.layers[0].mlp.up_proj.dense is not None and eng.model.lm_head.dense is None
+    up, head = eng.model.layers[0].mlp.up_proj, eng.model.lm_head
+    assert (up.dense_weight(64) is not None) == (dense_rows == 1) and head.dense_weight(64) is None
     cached = eng.fill([PREFIX, SUFFIX], [HoleSpec(12)], FillParams(strategy="ar"))
     uncached = eng.fill([PREFIX, SUFFIX], [HoleSpec(12)], FillParams(strategy="ar", cache="none"))
     assert cached.token_ids == uncached.token_ids
