@@ -8,8 +8,8 @@ Owns the causal layout's request state and its per-step rules:
   * Dream's shift: the output at position p - 1 predicts the token at p, so with every
     position attending causally, committing one token per step is the base model's greedy
     AR decoding token for token ("ar");
-  * the cache: the context's keys/values (longest-common-prefix reuse across requests, the
-    engine's store) AND the committed hole tokens': under causal attention a committed
+  * the cache: the context's keys/values (longest-common-prefix reuse across requests: the
+    job's slot of the context store) AND the committed hole tokens': under causal attention a committed
     token's keys/values are final, so a step forwards only the tokens committed since the
     last one plus its drafts, and its cost does not grow with the hole;
   * drafts verified in the same forward (self-speculative decoding, Leviathan et al. 2023
@@ -24,7 +24,7 @@ Owns the causal layout's request state and its per-step rules:
     made after a wrong draft instead (Fast-dLLM's rule read literally) is not an option:
     that prediction is conditioned on a token that is not in the text, and a confident
     model copies its own garbage (a bigram fake did, in the tests).
-  * mask drafts (block diffusion): when the engine's model carries a mask-row adapter
+  * mask drafts (block diffusion): when the model carries a mask-row adapter
     (`draft_adapter`), a forward also carries a block of k mask tokens after its drafts and
     one beside them (at their positions, seeing only verified tokens); the adapter denoises
     each in parallel into the k tokens after the model's own next token, and the after
@@ -40,30 +40,28 @@ Owns the causal layout's request state and its per-step rules:
     re-created, and its text drops that part, so drafts and the AR-exact claim hold after.
 
 It knows nothing of packing several jobs into one forward (the engine does that) or of
-the wire protocol. The engine calls `plan()` then `apply(logits)` once per step.
+the wire protocol. The engine calls `plan()` then `apply(logits)` once per step (`job.Job`).
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
 from . import infill_formats
-from .layout import attention_mask, fit_context
-from .model import KVCache, Segment
 from .fill_types import FillResult, FillStats, HoleSpec
+from .job import JobBase, JobEnv, StepRows
+from .layout import attention_mask, fit_context
+from .model import Segment
 from .params import FillParams
 from .sampler import restrict, sample_tokens, step_cap, stop_point
-
-if TYPE_CHECKING:  # the engine builds CausalJobs: an import at run time would be a cycle
-    from .engine import Engine
-    from .tokenizer import Heal
+from .tokenizer import Heal
 
 # Drafts per forward. Verifying them is cheap where a forward is bound by reading the weights
-# (a GPU); on the 2-core dev CPU a 1-row forward costs 131 ms and 4 / 16 rows 333 / 410 ms
-# (evaluation.bench_step), which is why "auto" is "ar" there (Engine.auto_strategy). Not swept.
+# (a GPU); on a CPU extra rows are not free, which is why "auto" is "ar" there
+# (Engine.auto_strategy; docs/benchmarks.md, "Where a decode step's time goes"). Not swept.
 DRAFT_TOKENS = 8
+CACHE_ROOM = 16  # slots past a step's rows its cache reserves
 # Prompt lookup tries the longest n-gram first: a longer match is a better predictor.
 NGRAM_MAX = 3
 
@@ -98,27 +96,25 @@ def accepted(drafts: list[int], y: list[int], near: list[bool], params: FillPara
     return n
 
 
-class CausalJob:
+class CausalJob(JobBase):
     """One request on the causal layout: its holes, filled one after another."""
 
-    warm = False  # a background warm-up (engine.WarmJob) a real request may take over
-
-    def __init__(self, engine: "Engine", seg_ids: list[list[int]], specs: "list[HoleSpec]", params: FillParams,
-                 mode: str, cancel, on_step, stats: "FillStats", room: int, heals: "list[Heal | None] | None" = None):
-        self._engine, self.seg_ids, self.specs, self.params, self.mode = engine, seg_ids, specs, params, mode
-        self.cancel, self.on_step, self.stats, self.room = cancel, on_step, stats, room
+    def __init__(self, env: JobEnv, seg_ids: list[list[int]], specs: list[HoleSpec], params: FillParams,
+                 mode: str, cancel, on_step, stats: FillStats, room: int, heals: list[Heal | None] | None = None):
+        super().__init__(env, stats)
+        self.seg_ids, self.specs, self.params, self.mode = seg_ids, specs, params, mode
+        self.cancel, self.on_step, self.room = cancel, on_step, room
         self.gen = torch.Generator().manual_seed(params.seed)
         self.fills: list[list[int]] = []  # committed ids of the finished holes
         self.cuts: list[int | None] = []  # where each finished hole's text ends under its stop rule
-        self.steps, self.done, self.error = 0, False, None
         # Token healing per hole (engine._heals): the segment before it already lost the
         # removed ids; the hole's first tokens must re-create their text, then drop it.
         self.heals = heals or [None] * len(specs)
         self.max_steps = step_cap([s.budget + (h.removed if h else 0) for s, h in zip(specs, self.heals)])
-        self.stored = None
-        self.cache: KVCache | None = None
-        self.encode_ids: torch.Tensor | None = None  # context still to encode (one chunk per step)
-        self._sp = engine.tokenizer.special
+        self.ctx: list[int] = []  # the current hole's context ids (its frame, prefix and suffix)
+        self.committed: list[int] = []  # the current hole's committed ids
+        self.cache = None
+        self._sp = env.tokenizer.special
         self._start_hole()
 
     # -- holes -------------------------------------------------------------------------
@@ -146,39 +142,25 @@ class CausalJob:
         self.pending = heal.text.encode("utf-8") if heal else b""
         if self.mode == "exact":
             # The last context token stays out of the cache: its output predicts the hole's
-            # first token, so the first step forwards it. The engine encodes the rest one
-            # chunk per step (encode_step) before the first decode step.
-            ids = torch.tensor(self.ctx[:-1], dtype=torch.long)
-            self.stored = self._engine.claim_context(ids, self.stats)
-            self.stored.owner = self
-            self.cache = self.stored.cache
-            self.encode_ids = ids if self.cache.n < len(ids) else None
+            # first token, so the first step forwards it. The job's first steps encode the
+            # rest, one chunk each (encode_step), before its first decode step.
+            self.slot = self.env.claim(torch.tensor(self.ctx[:-1], dtype=torch.long), self.stats, self)
+            self.cache = self.slot.cache
         else:
-            self.cache = self._engine.model.new_cache(len(self.ctx) + self.budget + DRAFT_TOKENS + 16)
+            self.cache = self.env.new_cache(len(self.ctx) + self.budget + DRAFT_TOKENS + CACHE_ROOM)
 
-    def _release(self) -> None:
-        """Give the stored context back to the engine, holding what its cache now holds
-        (a part of the context when the job ends while encoding)."""
-        stored, self.stored = self.stored, None
-        self.encode_ids = None
-        if stored is not None:
-            self._engine.release_context(stored, self.ctx + self.committed)
-
-    @property
-    def encoding(self) -> bool:
-        return self.encode_ids is not None and not self.done
-
-    def encode_step(self, max_tokens: int) -> None:
-        if self._engine.encode_some(self.stored, self.encode_ids, max_tokens, self.stats):
-            self.encode_ids = None
+    def _release(self, tokens: list[int] | None = None) -> None:
+        """Give the slot back holding what its cache now holds: the context and the
+        committed tokens (a part of the context when the job ends while encoding)."""
+        super()._release(self.ctx + self.committed)
 
     def progress(self) -> dict:
         """What a heartbeat says about this job (read from another thread: plain ints)."""
         cache = self.cache
         encoding = self.encoding
         return {"phase": "encoding" if encoding else "decoding",
-                "encoded": cache.n if encoding and cache is not None else len(getattr(self, "ctx", ())),
-                "context": len(getattr(self, "ctx", ())), "steps": self.steps, "tokens": self.stats.tokens_committed,
+                "encoded": cache.n if encoding and cache is not None else len(self.ctx),
+                "context": len(self.ctx), "steps": self.steps, "tokens": self.stats.tokens_committed,
                 "hole": len(self.fills), "holes": len(self.specs)}
 
     def _end_hole(self, cut: int | None) -> None:
@@ -193,8 +175,9 @@ class CausalJob:
 
     # -- steps -------------------------------------------------------------------------
 
-    def plan(self):
-        """(ids [T], pos [T], segment, logit rows [R]) of this job's next forward."""
+    def plan(self) -> StepRows:
+        """This job's next forward: the tokens committed since the last, its drafts and
+        the drafter's mask blocks; the rows from the last committed token's on."""
         tokens = self.ctx + self.committed
         if self.mode == "none":
             self.cache.truncate(0)  # the uncached reference: everything, every step
@@ -203,7 +186,7 @@ class CausalJob:
         assert pending, "a causal step always forwards the last committed token"
         drafts: list[int] = []
         room = self.budget - len(self.committed) - 1  # a draft's output would predict past the budget
-        drafter = (self._engine.drafter if self.params.drafts == "auto" and self.params.strategy != "ar"
+        drafter = (self.env.drafter if self.params.drafts == "auto" and self.params.strategy != "ar"
                    and not self.pending else None)
         if self.params.strategy != "ar" and room > 0 and not self.pending:
             k = min(DRAFT_TOKENS, room)
@@ -214,14 +197,14 @@ class CausalJob:
         # when there are drafts, "beside" them -- at the drafts' own positions, seeing only the
         # verified tokens -- the next drafts when the first draft fails, the commonest miss.
         # No more rows than can land inside the budget.
-        k = min(drafter.spec.draft_len, self._engine.mask_rows) if drafter is not None else 0
+        k = min(drafter.spec.draft_len, self.env.mask_rows) if drafter is not None else 0
         after = max(0, min(k, room - len(drafts)))
         beside = max(0, min(k, room)) if drafts else 0
         p, m = len(pending), len(drafts)
         ids = pending + drafts + [drafter.spec.mask_id] * (beside + after) if k else pending + drafts
         T = len(ids)
-        self.cache.reserve(n + T + 16)
-        dev = self._engine.device
+        self.cache.reserve(n + T + CACHE_ROOM)
+        dev = self.env.device
         mask = attention_mask("causal", 0, n, T, n + T, dev)  # over cache slots, in row order
         pos = torch.arange(n, n + T)
         if beside:
@@ -232,15 +215,15 @@ class CausalJob:
             pos[p + m + beside:] = torch.arange(n + p + m, n + p + m + after)
         seg = Segment(0, T, self.cache, "append", mask)
         self._step = (n, p, drafts, beside, after)
-        return (torch.tensor(ids, dtype=torch.long), pos, seg, torch.arange(p - 1, T))
+        return StepRows(torch.tensor(ids, dtype=torch.long), pos, seg, torch.arange(p - 1, T))
 
     def apply(self, logits: torch.Tensor) -> int:
         """Commit this step's tokens from logits [len(drafts) + 1 + masks, V]; returns how many."""
         n, n_pending, drafts, beside, after = self._step
-        eng = self._engine
+        env = self.env
         if self.pending:  # token healing: one row, constrained to re-create the removed text
-            logits = restrict(logits, eng.tokenizer.heal_candidates(self.pending))
-        y, conf = sample_tokens(logits, self.params, self.gen, eng.banned)
+            logits = restrict(logits, env.tokenizer.heal_candidates(self.pending))
+        y, conf = sample_tokens(logits, self.params, self.gen, env.banned)
         y, conf = y.tolist(), conf.tolist()
         v = len(drafts) + 1  # the verifying rows come first, then the beside block, then the after block
         blocks = {"beside": (y[v : v + beside], conf[v : v + beside]), "after": (y[v + beside:], conf[v + beside:])}
@@ -253,7 +236,7 @@ class CausalJob:
             rows = torch.arange(len(drafts))
             ratio = torch.exp(logp[rows, d] - logp[rows, torch.tensor(y[: len(drafts)])])
             # A draft copied from the context may be a FIM marker: never keep a banned id.
-            near = [bool(r >= self.params.threshold) and t not in eng.banned for r, t in zip(ratio.tolist(), drafts)]
+            near = [bool(r >= self.params.threshold) and t not in env.banned for r, t in zip(ratio.tolist(), drafts)]
         forced = 0
         if self.params.strategy == "topk" and self.params.steps > 0:
             left = self.budget - len(self.committed)
@@ -273,7 +256,7 @@ class CausalJob:
         if block is not None and not over:
             mask_y, mask_conf = blocks[block]
             for t in mask_y:
-                if t in eng.end_ids:
+                if t in env.end_ids:
                     break
                 self.mask_guess.append(t)
             if self.params.strategy == "threshold" and self.mask_guess:
@@ -296,17 +279,17 @@ class CausalJob:
     def _commit(self, tokens: list[int]) -> tuple[list[int], bool, int | None]:
         """Append tokens to the hole until an end token, its stop rule or its budget:
         (the tokens appended, whether the hole is over, where its text is cut)."""
-        eng, spec = self._engine, self.specs[len(self.fills)]
+        env, spec = self.env, self.specs[len(self.fills)]
         new, cut = [], None
         for t in tokens:
-            if t in eng.end_ids:
+            if t in env.end_ids:
                 return new, True, None
             new.append(t)
             self.committed.append(t)
             if self.pending:
-                b = eng.tokenizer.token_bytes(t) or b""
+                b = env.tokenizer.token_bytes(t) or b""
                 self.pending = self.pending[len(b):] if self.pending.startswith(b) else b""
-            text = eng.tokenizer.decode_healed(self.committed, self.heals[len(self.fills)])
+            text = env.tokenizer.decode_healed(self.committed, self.heals[len(self.fills)])
             cut = stop_point(text, spec.max_lines, spec.dedent_below, spec.min_depth)
             if cut is not None or len(self.committed) >= self.budget:
                 return new, True, cut
@@ -316,11 +299,7 @@ class CausalJob:
         return 0 if self.done else self.budget - len(self.committed)
 
     def result(self) -> FillResult:
-        if self.error is not None:
-            raise self.error
-        assert self.done, "result() of an unfinished job"
-        tok = self._engine.tokenizer
+        st = self._final_stats()
+        tok = self.env.tokenizer
         texts = [tok.decode_healed(ids, heal)[:cut] for ids, cut, heal in zip(self.fills, self.cuts, self.heals)]
-        st = self.stats
-        st.tokens_per_forward = st.tokens_committed / st.forward_passes if st.forward_passes else 0.0
         return FillResult(texts, st, [list(f) for f in self.fills])

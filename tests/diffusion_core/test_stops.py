@@ -133,7 +133,7 @@ def test_nan_logits_end_the_fill_with_one_line(engine, params):
 def test_step_cap_ends_a_loop_that_makes_no_progress(engine):
     """A job whose steps never finish it is stopped at its cap with one error."""
     job = engine.begin(["a = ", "\n"], [HoleSpec(8)], ONE_BY_ONE)
-    job.apply = lambda logits, positions: 0  # a broken rule that commits nothing
+    job.apply = lambda logits: 0  # a broken rule that commits nothing
     with pytest.raises(CoreError, match="not finished after"):
         while not job.done:
             engine.step([job])
