@@ -1,6 +1,6 @@
 """Token layouts of an infill request and the attention masks that go with them: the one place both live.
 
-Two layouts:
+Three layouts:
 
 * "diffill" (our own model, exact cache). A causal context, then a bidirectional hole region:
 
