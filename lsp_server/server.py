@@ -2,8 +2,8 @@
 
 Owns: the handler functions only, registered on a ``DiffillServer`` by
 ``build_server``. Each converts its params with results.py, asks the server
-(runtime.py: documents, settings, the completion pipeline around lsp_server.pipeline)
-or the fillHoles command (holes_command.py), and converts the answer with results.py.
+(runtime.py: documents, settings) or one of its features (``lsp_server.features``:
+completion, fill holes, status, core start), and converts the answer with results.py.
 
 Must not know: torch, how fills are computed, how results are built.
 """
@@ -21,8 +21,10 @@ from lsprotocol import types
 
 from diffusion_core.protocol import WEIGHTS_SCHEMES
 from lsp_server import guards, results
-from lsp_server.core_link import CoreFactory, core_errors, real_core_factory
-from lsp_server.holes_command import holes_near, run_fill_holes
+from lsp_server.core_link import CoreFactory, real_core_factory
+from lsp_server.features import status as status_feature
+from lsp_server.features.fill_holes import fill_holes as fill_holes_command
+from lsp_server.features.fill_holes import holes_near
 from lsp_server.runtime import DiffillServer
 from lsp_server.settings import SECTION
 
@@ -45,7 +47,7 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
     @ls.feature(types.INITIALIZED)
     async def initialized(ls: DiffillServer, params: types.InitializedParams) -> None:
         await ls.pull_configuration()
-        ls.allow_core_start()
+        ls.core_start.allow()
 
     @ls.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(ls: DiffillServer, params: types.DidChangeConfigurationParams) -> None:
@@ -54,7 +56,7 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
             ls.update_settings(data[SECTION], "didChangeConfiguration")
         else:  # the pull model: settings is null or another section
             await ls.pull_configuration()
-        ls.ensure_core()
+        ls.core_start.ensure()
 
     @ls.feature(types.SHUTDOWN)
     async def shutdown(ls: DiffillServer, params: Any) -> None:
@@ -81,10 +83,10 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
         uri, selected = params.text_document.uri, params.context.selected_completion_info
         if selected is not None:  # complete as if the selected item were applied
             r = selected.range
-            answer = await ls.complete_with_selected(uri, results.point(r.start), results.point(r.end), selected.text,
-                                                     debounce=not invoked)
+            answer = await ls.completion.complete_with_selected(uri, results.point(r.start), results.point(r.end),
+                                                                selected.text, debounce=not invoked)
         else:
-            answer = await ls.complete(uri, *results.point(params.position), debounce=not invoked)
+            answer = await ls.completion.complete(uri, *results.point(params.position), debounce=not invoked)
         if answer is None:
             return types.InlineCompletionList(items=[])
         n = ls.settings.inline.max_items if invoked else 1
@@ -99,7 +101,8 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
         if not ls.settings.completion.enable:
             return None
         invoked = params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked
-        answer = await ls.complete(params.text_document.uri, *results.point(params.position), debounce=not invoked)
+        answer = await ls.completion.complete(params.text_document.uri, *results.point(params.position),
+                                              debounce=not invoked)
         if answer is None:
             return types.CompletionList(is_incomplete=True, items=[])
         return results.completion_list(answer.doc, answer.outcome.candidates, answer.cursor, ls.encoding)
@@ -117,11 +120,7 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
 
     @ls.command(results.COMMAND_FILL_HOLES)
     async def fill_holes(ls: DiffillServer, *args: Any) -> dict:
-        try:
-            return await run_fill_holes(ls, list(args))
-        except core_errors() as exc:
-            ls.tell_once(f"fill-error:{exc}", f"diffill: filling holes failed: {exc}", types.MessageType.Error)
-            return {"filled": 0, "error": str(exc)}
+        return await fill_holes_command(ls, list(args))
 
     @ls.command(results.COMMAND_ACCEPTED)
     def accepted(ls: DiffillServer, *args: Any) -> bool:
@@ -129,7 +128,7 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
 
     @ls.feature(results.STATUS_METHOD)
     async def status(ls: DiffillServer, params: Any) -> dict:
-        return await ls.status()
+        return await status_feature.status(ls)
 
     return ls
 

@@ -16,7 +16,8 @@ import time
 import pytest
 
 from diffusion_core import service
-from lsp_server.core_client import CoreClient, CoreState, CoreUnavailable, sweep_stale_private_dirs
+from lsp_server.core_client import CoreClient, CoreState, CoreUnavailable
+from lsp_server.core_process import sweep_stale_private_dirs
 from tests.service.service_fakes import FakeBackend
 from tests.service.test_service_server import FILL, start_server
 

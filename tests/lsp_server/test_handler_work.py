@@ -8,7 +8,7 @@ from lsprotocol import types
 
 from lsp_server import results
 from lsp_server.documents import DocumentStore, with_selected
-from lsp_server.holes_command import holes_near
+from lsp_server.features.fill_holes import holes_near
 from lsp_server.settings import Settings
 
 

@@ -397,7 +397,7 @@ async def test_fill_holes_shows_the_cores_progress_until_it_ends(tmp_path):
 
 
 def test_progress_message_of_each_phase():
-    from lsp_server.holes_command import progress_message
+    from lsp_server.features.fill_holes import progress_message
 
     assert progress_message({"phase": "queued"}) == ("waiting for the core", 0)
     msg, pct = progress_message({"phase": "encoding", "encoded": 300, "context": 600, "hole": 1, "holes": 2})

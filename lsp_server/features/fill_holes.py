@@ -1,9 +1,10 @@
-"""The ``diffill.fillHoles`` command: multi-span fill applied with a versioned edit.
+"""Filling holes and regenerating a selection: the ``diffill.fillHoles`` command and the
+code actions that offer it.
 
 Owns: reading the command arguments, choosing the plans (every hole; the hole under
 a range; a selection to regenerate), one joint core fill, and the version-checked
 ``workspace/applyEdit``. If the document changed while the model ran, nothing is
-applied and the user is told.
+applied and the user is told; a failed core request is told once.
 
 Arguments: ``[uri]`` fills every hole; ``[uri, range]`` the holes overlapping
 ``range``; ``[uri, range, "regenerate"]`` regenerates the selected text. The result is
@@ -15,7 +16,7 @@ has ``window.workDoneProgress``) fed by the core's heartbeats (hole k of n, cont
 tokens encoded, tokens written). There is no deadline: the fill runs as long as the
 core's heartbeats say it is working (core_client).
 
-Must not know: torch, how results are built (results.py), core transport.
+Must not know: torch, how results are built (results.py), how the core is reached (core_link).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lsprotocol import types
 from grammars.holes import find_holes
 from grammars.planner import plan
 from lsp_server import pipeline, results
+from lsp_server.core_link import CORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,15 @@ def holes_near(ls: Any, doc: Any, start: tuple[int, int], end: tuple[int, int]) 
     hi = doc.offset_at(*end, encoding=ls.encoding)
     here = lo is not None and hi is not None and any(h.start_byte <= hi and lo <= h.end_byte for h in holes)
     return here, len(holes)
+
+
+async def fill_holes(ls: Any, args: list) -> dict:
+    """The command: ``run_fill_holes``, a failed core request told once and answered with its error."""
+    try:
+        return await run_fill_holes(ls, args)
+    except CORE_ERRORS as exc:
+        ls.tell_once(f"fill-error:{exc}", f"diffill: filling holes failed: {exc}", types.MessageType.Error)
+        return {"filled": 0, "error": str(exc)}
 
 
 async def run_fill_holes(ls: Any, args: list) -> dict:
