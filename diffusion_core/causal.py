@@ -184,15 +184,10 @@ class CausalJob(JobBase):
         n = self.cache.n
         pending = tokens[n:]
         assert pending, "a causal step always forwards the last committed token"
-        drafts: list[int] = []
         room = self.budget - len(self.committed) - 1  # a draft's output would predict past the budget
         drafter = (self.env.drafter if self.params.drafts == "auto" and self.params.strategy != "ar"
                    and not self.pending else None)
-        if self.params.strategy != "ar" and room > 0 and not self.pending:
-            k = min(DRAFT_TOKENS, room)
-            # With a drafter, no Jacobi guesses: they are mostly wrong, and a rejected draft
-            # also voids the mask block behind it; a forward without drafts always yields one.
-            drafts = self.mask_guess[:k] or prompt_lookup(tokens, NGRAM_MAX, k) or ([] if drafter else self.guess[:k])
+        drafts = self._drafts(tokens, room, with_drafter=drafter is not None)
         # Two mask blocks: "after" the drafts (the next drafts when every draft is kept) and,
         # when there are drafts, "beside" them -- at the drafts' own positions, seeing only the
         # verified tokens -- the next drafts when the first draft fails, the commonest miss.
@@ -204,8 +199,26 @@ class CausalJob(JobBase):
         ids = pending + drafts + [drafter.spec.mask_id] * (beside + after) if k else pending + drafts
         T = len(ids)
         self.cache.reserve(n + T + CACHE_ROOM)
-        dev = self.env.device
-        mask = attention_mask("causal", 0, n, T, n + T, dev)  # over cache slots, in row order
+        mask, pos = self._attention(n, p, m, beside, after)
+        seg = Segment(0, T, self.cache, "append", mask)
+        self._step = (n, p, drafts, beside, after)
+        return StepRows(torch.tensor(ids, dtype=torch.long), pos, seg, torch.arange(p - 1, T))
+
+    def _drafts(self, tokens: list[int], room: int, with_drafter: bool) -> list[int]:
+        """The tokens this step verifies after the pending ones (none for "ar", while
+        healing, or when no draft's output would land inside the budget)."""
+        if self.params.strategy == "ar" or room <= 0 or self.pending:
+            return []
+        k = min(DRAFT_TOKENS, room)
+        # With a drafter, no Jacobi guesses: they are mostly wrong, and a rejected draft
+        # also voids the mask block behind it; a forward without drafts always yields one.
+        return self.mask_guess[:k] or prompt_lookup(tokens, NGRAM_MAX, k) or ([] if with_drafter else self.guess[:k])
+
+    def _attention(self, n: int, p: int, m: int, beside: int, after: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask [T, n + T] over the cache slots, in row order, and positions [T] of a step's
+        p pending tokens, m drafts and its mask blocks (n tokens already cached)."""
+        T = p + m + beside + after
+        mask = attention_mask("causal", 0, n, T, n + T, self.env.device)
         pos = torch.arange(n, n + T)
         if beside:
             rows = slice(p + m, p + m + beside)
@@ -213,9 +226,7 @@ class CausalJob(JobBase):
             mask[p + m + beside:, n + p + m : n + p + m + beside] = False  # nor the after block it
             pos[rows] = torch.arange(n + p, n + p + beside)
             pos[p + m + beside:] = torch.arange(n + p + m, n + p + m + after)
-        seg = Segment(0, T, self.cache, "append", mask)
-        self._step = (n, p, drafts, beside, after)
-        return StepRows(torch.tensor(ids, dtype=torch.long), pos, seg, torch.arange(p - 1, T))
+        return mask, pos
 
     def apply(self, logits: torch.Tensor) -> int:
         """Commit this step's tokens from logits [len(drafts) + 1 + masks, V]; returns how many."""
@@ -228,20 +239,8 @@ class CausalJob(JobBase):
         v = len(drafts) + 1  # the verifying rows come first, then the beside block, then the after block
         blocks = {"beside": (y[v : v + beside], conf[v : v + beside]), "after": (y[v + beside:], conf[v + beside:])}
         y = y[:v]
-        logits = logits[:v]
-        near: list[bool] = []
-        if self.params.strategy == "threshold" and drafts:
-            logp = torch.log_softmax(logits[: len(drafts)].float(), dim=-1)
-            d = torch.tensor(drafts)
-            rows = torch.arange(len(drafts))
-            ratio = torch.exp(logp[rows, d] - logp[rows, torch.tensor(y[: len(drafts)])])
-            # A draft copied from the context may be a FIM marker: never keep a banned id.
-            near = [bool(r >= self.params.threshold) and t not in env.banned for r, t in zip(ratio.tolist(), drafts)]
-        forced = 0
-        if self.params.strategy == "topk" and self.params.steps > 0:
-            left = self.budget - len(self.committed)
-            forced = math.ceil(left / max(1, self.params.steps - self.steps))
-        keep = accepted(drafts, y, near, self.params, forced)
+        near = self._near(logits[: len(drafts)], drafts, y) if self.params.strategy == "threshold" and drafts else []
+        keep = accepted(drafts, y, near, self.params, self._forced())
         new, over, cut = self._commit(drafts[:keep] + [y[keep]])
         # Keys/values written for drafts that became the committed tokens stay; the rest go.
         matched = 0
@@ -254,27 +253,50 @@ class CausalJob(JobBase):
         self.mask_guess = []
         block = "after" if keep == len(drafts) else "beside" if keep == 0 else None
         if block is not None and not over:
-            mask_y, mask_conf = blocks[block]
-            for t in mask_y:
-                if t in env.end_ids:
-                    break
-                self.mask_guess.append(t)
-            if self.params.strategy == "threshold" and self.mask_guess:
-                # Fast-dLLM's parallel rule on the denoised block: its leading predictions the
-                # model is confident of (>= tau) are committed now, unverified, beside the AR
-                # token they were decoded with; the rest stay drafts for the next forward.
-                sure = 0
-                while sure < len(self.mask_guess) and mask_conf[sure] >= self.params.threshold:
-                    sure += 1
-                if sure:
-                    more, over, cut = self._commit(self.mask_guess[:sure])
-                    new += more
-                    self.mask_guess = [] if over else self.mask_guess[sure:]
+            more, over, cut = self._take_block(*blocks[block])
+            new += more
         self.steps += 1
         self.stats.tokens_committed += len(new)
         if over:
             self._end_hole(cut)
         return len(new)
+
+    def _near(self, logits: torch.Tensor, drafts: list[int], y: list[int]) -> list[bool]:
+        """Per draft, whether the model finds it nearly as likely as its own token y[i]
+        ("threshold": probability >= tau x the top token's, from logits [len(drafts), V])."""
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        rows = torch.arange(len(drafts))
+        ratio = torch.exp(logp[rows, torch.tensor(drafts)] - logp[rows, torch.tensor(y[: len(drafts)])])
+        # A draft copied from the context may be a FIM marker: never keep a banned id.
+        return [bool(r >= self.params.threshold) and t not in self.env.banned for r, t in zip(ratio.tolist(), drafts)]
+
+    def _forced(self) -> int:
+        """Under "topk", the tokens this step must commit for the hole to end within its steps."""
+        if self.params.strategy != "topk" or self.params.steps <= 0:
+            return 0
+        left = self.budget - len(self.committed)
+        return math.ceil(left / max(1, self.params.steps - self.steps))
+
+    def _take_block(self, mask_y: list[int], mask_conf: list[float]) -> tuple[list[int], bool, int | None]:
+        """The denoised mask block that saw exactly the kept tokens: up to an end token it
+        becomes the next drafts; "threshold" commits its confident lead now (`_commit`'s result)."""
+        for t in mask_y:
+            if t in self.env.end_ids:
+                break
+            self.mask_guess.append(t)
+        if self.params.strategy != "threshold" or not self.mask_guess:
+            return [], False, None
+        # Fast-dLLM's parallel rule on the denoised block: its leading predictions the
+        # model is confident of (>= tau) are committed now, unverified, beside the AR
+        # token they were decoded with; the rest stay drafts for the next forward.
+        sure = 0
+        while sure < len(self.mask_guess) and mask_conf[sure] >= self.params.threshold:
+            sure += 1
+        if not sure:
+            return [], False, None
+        more, over, cut = self._commit(self.mask_guess[:sure])
+        self.mask_guess = [] if over else self.mask_guess[sure:]
+        return more, over, cut
 
     def _commit(self, tokens: list[int]) -> tuple[list[int], bool, int | None]:
         """Append tokens to the hole until an end token, its stop rule or its budget:
