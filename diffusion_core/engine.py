@@ -28,7 +28,7 @@ from .causal import CausalJob
 from .context_store import CONTEXT_STORE_SIZE, ContextStore  # noqa: F401 (bench_context_reuse reads the size here)
 from .diffusion_job import DiffusionJob
 from .job import ENCODE_CHUNK, Job, JobEnv, StepRows, WarmJob
-from .layout import build_diffill, fit_context
+from .layout import Layout, build_diffill, fit_context
 from .loader import LoadedModel, load_model
 from .model_cache import read_provenance
 from .params import CAUSAL_ONLY, MAX_BUDGET, FillParams
@@ -170,14 +170,22 @@ class Engine:
         room = min(self.config.max_context, self.config.max_position_embeddings - sum(budgets) - 2 * len(budgets) - 4)
         if room < 0:
             raise CoreError(f"holes: total budget {sum(budgets)} exceeds the model's {self.config.max_position_embeddings} positions")
-        if causal:
-            # Each hole is laid out (and truncated) when its turn comes: later ones see earlier fills.
-            stats.tokenize_ms = (time.perf_counter() - t0) * 1e3
-            mode = stats.cache = self._mode(params)
-            t1 = time.perf_counter()
+        # The causal layout lays each hole out (and truncates) when its turn comes: later
+        # ones see earlier fills.
+        layout = None if causal else self._layout(seg_ids, budgets, room, stats)
+        stats.tokenize_ms = (time.perf_counter() - t0) * 1e3
+        mode = stats.cache = self._mode(params)
+        t1 = time.perf_counter()
+        if layout is None:
             job = CausalJob(self.job_env(), seg_ids, specs, params, mode, cancel, on_step, stats, room + sum(budgets), heals)
-            stats.encode_ms = (time.perf_counter() - t1) * 1e3
-            return job
+        else:
+            job = DiffusionJob(self.job_env(), layout, params, mode, cancel, on_step, stats, budgets, specs, heals)
+        stats.encode_ms = (time.perf_counter() - t1) * 1e3
+        return job
+
+    def _layout(self, seg_ids: list[list[int]], budgets: list[int], room: int, stats: FillStats) -> Layout:
+        """A diffusion request's sequence: its segments fitted into ``room`` tokens, the
+        holes as masks, in our own layout or the checkpoint family's frame."""
         last_len = len(seg_ids[-1])
         seg_ids, stats.truncated_tokens = fit_context(seg_ids, room)
         if self.format is None:
@@ -185,14 +193,8 @@ class Engine:
         else:
             layout = infill_formats.build(seg_ids, budgets, self.tokenizer.special, self.format,
                                           suffix_complete=len(seg_ids[-1]) == last_len, expanding=self.expanding)
-        stats.tokenize_ms = (time.perf_counter() - t0) * 1e3
-        mode = self._mode(params)
-        stats.cache = mode
         stats.context_tokens = layout.n_context if layout.kind == "diffill" else len(layout.ids) - sum(e - s for s, e in layout.holes)
-        t1 = time.perf_counter()
-        job = DiffusionJob(self.job_env(), layout, params, mode, cancel, on_step, stats, budgets, specs, heals)
-        stats.encode_ms = (time.perf_counter() - t1) * 1e3
-        return job
+        return layout
 
     def warm(self, segments: list[str], budget: int = 64, params: FillParams | None = None) -> "WarmJob":
         """A job that only encodes the context a one-hole fill of ``segments`` with this
