@@ -33,14 +33,14 @@ SUBCOMMANDS: dict[str, Command] = {
 # `diffill bench NAME`: every benchmark prints a table, then one JSON line last.
 BENCHES: dict[str, Command] = {
     "quality": Command("evaluation.bench_quality", "main", "held-out fill quality and latency through the shipped fill path"),
-    "latency": Command("diffusion_core.bench", "main", "core latency over context sizes and hole budgets"),
+    "latency": Command("evaluation.bench_latency", "main", "core latency over context sizes and hole budgets"),
     "service": Command("evaluation.bench_service", "main", "completions/s of one shared core at several concurrent editors"),
     "typing": Command("evaluation.bench_typing", "main", "latency while typing a file into the real `diffill lsp`"),
     "threads": Command("evaluation.bench_threads", "main", "encode and decode cost per torch thread count, quiet and busy"),
     "context-reuse": Command("evaluation.bench_context_reuse", "main",
                              "context tokens each key, cursor move and jump makes the core encode, per FIM layout"),
     "grammars": Command("evaluation.bench_grammars", "main", "reparse and plan time per keystroke"),
-    "gpu": Command("diffusion_core.bench_gpu", "main", "GPU latency of a 7B-shaped model and the default one (Qwen2.5-Coder-0.5B)"),
+    "gpu": Command("evaluation.bench_gpu", "main", "GPU latency of a 7B-shaped model and the default one (Qwen2.5-Coder-0.5B)"),
     "decoding": Command("evaluation.decoding", "main", "decoding strategies of a pretrained coder, side by side"),
     "load": Command("evaluation.bench_load", "main", "GGUF load time: first conversion into the cache, then warm loads"),
     "hostile": Command("evaluation.bench_hostile", "main", "what hostile input costs the server and the core"),

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model
         if model_dir is None:
-            from diffusion_core.tiny_model import make_tiny_model
+            from .tiny_model import make_tiny_model
 
             model_dir = str(make_tiny_model(os.path.join(tmp, "model"), **SIZES[args.size]))
         rows, info = [], {}

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from diffusion_core.engine import Engine
 
     if args.tiny:
-        from diffusion_core.tiny_model import make_tiny_model
+        from .tiny_model import make_tiny_model
 
         folder = tempfile.mkdtemp(prefix="diffill-threads-")
         make_tiny_model(folder)

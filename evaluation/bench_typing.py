@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if args.tiny:
-            from diffusion_core.tiny_model import make_tiny_model
+            from .tiny_model import make_tiny_model
 
             args.model = str(make_tiny_model(Path(tmp) / "tiny"))
         result = asyncio.run(run_human(args) if args.rhythm == "human" else run(args))

@@ -21,20 +21,26 @@ PACKAGES = ("lsp_server", "grammars", "diffusion_core", "evaluation", "diffill",
 TORCH = ("torch", "safetensors", "numpy", "gguf", "transformers")
 LSP = ("lsprotocol", "pygls", "pytest_lsp")
 
-# package -> names it must not import (a name forbids the module and everything under it)
+# package -> names it must not import (a name forbids the module and everything under it).
+# No package imports tests/: it is not installed, and a fixture the benchmarks need lives
+# in evaluation (evaluation.tiny_model).
 FORBIDDEN = {
-    "lsp_server": TORCH + ("diffusion_core", "evaluation", "diffill", "training"),
-    "grammars": TORCH + LSP + ("lsp_server", "diffusion_core", "evaluation", "diffill", "training"),
-    "diffusion_core": LSP + ("tree_sitter", "grammars", "lsp_server", "evaluation", "diffill", "training"),
-    "evaluation": ("diffill",),
-    "diffill": ("evaluation",),
+    "lsp_server": TORCH + ("diffusion_core", "evaluation", "diffill", "training", "tests"),
+    "grammars": TORCH + LSP + ("lsp_server", "diffusion_core", "evaluation", "diffill", "training", "tests"),
+    # the core is product code only: benchmarks, fixtures and training live elsewhere and
+    # import it, never the other way round.
+    "diffusion_core": LSP + ("tree_sitter", "grammars", "lsp_server", "evaluation", "diffill", "training", "tests"),
+    "evaluation": ("diffill", "tests"),
+    "diffill": ("evaluation", "tests"),
     # training cuts editor-shaped holes with grammars' span sampler: it may import both
     # diffusion_core and grammars, but nothing editor-facing.
-    "training": LSP + ("lsp_server", "evaluation", "diffill"),
+    "training": LSP + ("lsp_server", "evaluation", "diffill", "tests"),
 }
 # the one module of diffusion_core that the editor side may import
 ALLOWED = {"lsp_server": ("diffusion_core.protocol", "diffusion_core")}
-EXCEPTIONS: dict[str, tuple[str, ...]] = {}  # none: training is its own package
+# module -> names it may import against its package's rule. bench_hostile drives a real
+# `diffill lsp` with the hostile suite's raw LSP client (so it runs from a checkout only).
+EXCEPTIONS: dict[str, tuple[str, ...]] = {"evaluation.bench_hostile": ("tests.hostile.raw_lsp",)}
 
 
 def module_name(path: Path) -> str:
@@ -92,6 +98,14 @@ def test_each_package_imports_only_what_it_may():
             if any(_under(name, f) for f in FORBIDDEN[pkg]):
                 bad.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not bad, "\n".join(bad)
+
+
+def test_diffusion_core_holds_no_benchmark_fixture_or_training_module():
+    """Benchmarks are `diffill bench` entries in evaluation/, the tiny model is
+    evaluation.tiny_model, test-only references live in tests/, the BPE trainer in training/."""
+    names = {p.stem for p in (ROOT / "diffusion_core").rglob("*.py")}
+    assert not {n for n in names if n.startswith(("bench", "test_", "check_")) or "fixture" in n or "tiny" in n}
+    assert not names & {"reference", "references"}
 
 
 def test_protocol_imports_only_the_standard_library_and_msgpack():

@@ -83,7 +83,7 @@ async def test_three_callers_same_text_fake_engine(text, line, character, tmp_pa
 
 async def test_three_callers_same_text_tiny_model(tmp_path):
     from diffusion_core.engine import Engine
-    from diffusion_core.tiny_model import make_tiny_model
+    from evaluation.tiny_model import make_tiny_model
 
     engine = Engine.load(make_tiny_model(tmp_path / "model", seed=5), device="cpu")
     for text, line, character in CASES:

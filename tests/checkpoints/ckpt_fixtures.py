@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from diffusion_core.checkpoints import QWEN2_SPLIT
-from diffusion_core.tiny_model import PYTHON_SAMPLE as SAMPLE  # one sample text for every tiny tokenizer
+from evaluation.tiny_model import PYTHON_SAMPLE as SAMPLE  # one sample text for every tiny tokenizer
 
 DREAM_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|beginoftext|>", "<|mask|>"]
 LLADA_SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|eot_id|>", "<|mdm_mask|>"]

@@ -209,7 +209,7 @@ def test_threshold_commits_at_least_one_and_finishes(engine):
 
 
 def test_causal_only_strategies_are_refused_elsewhere(tmp_path):
-    from diffusion_core.tiny_model import make_tiny_model
+    from evaluation.tiny_model import make_tiny_model
 
     eng = Engine.load(make_tiny_model(tmp_path / "own"), "cpu")
     with pytest.raises(CoreError, match="strategy"):

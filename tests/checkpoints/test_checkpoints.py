@@ -16,7 +16,7 @@ from diffusion_core.checkpoints import build_qwen2_tokenizer, converter_for
 from diffusion_core.engine import Engine, HoleSpec
 from diffusion_core.errors import CoreError
 from diffusion_core.loader import load_model
-from diffusion_core.tiny_model import make_tiny_model
+from evaluation.tiny_model import make_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 

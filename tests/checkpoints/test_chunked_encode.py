@@ -11,7 +11,7 @@ import torch
 from diffusion_core.engine import Engine, HoleSpec, WarmJob
 from diffusion_core.errors import FillCancelled
 from diffusion_core.params import FillParams
-from diffusion_core.tiny_model import make_tiny_model
+from evaluation.tiny_model import make_tiny_model
 
 from test_causal import make_causal_lm
 

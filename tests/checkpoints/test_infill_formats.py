@@ -95,7 +95,7 @@ def test_token_rules_of_each_family(tmp_path, variant):
 
 
 def test_own_layout_has_no_foreign_format(tmp_path):
-    from diffusion_core.tiny_model import make_tiny_model
+    from evaluation.tiny_model import make_tiny_model
 
     lm = load_model(make_tiny_model(tmp_path / "own"), "cpu")
     assert fmts.format_for(lm.config) is None

@@ -13,7 +13,7 @@ import torch
 from gguf_fixtures import make_gguf
 from diffusion_core.errors import CoreError
 from diffusion_core.loader import load_model
-from diffusion_core.tiny_model import make_tiny_model
+from evaluation.tiny_model import make_tiny_model
 
 
 @pytest.fixture(autouse=True)

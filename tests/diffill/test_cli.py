@@ -149,7 +149,7 @@ def test_fill_errors_are_one_line(tmp_path):
     ("a.rs", "fn add(a: i32, b: i32) -> i32 {\n    todo!()\n}\n\nfn main() {\n    let x = 1;\n}\n", "2:5"),
 ])
 def test_fill_file_with_a_tiny_model(tmp_path, name, text, at):
-    from diffusion_core.tiny_model import make_tiny_model
+    from evaluation.tiny_model import make_tiny_model
 
     model = make_tiny_model(tmp_path / "model")
     src = tmp_path / name
@@ -167,7 +167,7 @@ def test_fill_file_with_a_tiny_model(tmp_path, name, text, at):
 
 @pytest.mark.e2e
 def test_fill_stdin_to_stdout_verbose(tmp_path):
-    from diffusion_core.tiny_model import make_tiny_model
+    from evaluation.tiny_model import make_tiny_model
 
     model = make_tiny_model(tmp_path / "model")
     text = "def add(a, b):\n    pass\n\nprint(add(1, 2))\n"

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from diffusion_core.engine import Engine
-from diffusion_core.tiny_model import make_tiny_model
+from evaluation.tiny_model import make_tiny_model
 
 
 # Tiny models gain nothing from a second thread, and OpenMP's spinning threads slow to a

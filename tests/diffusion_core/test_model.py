@@ -9,7 +9,7 @@ from diffusion_core.errors import CoreError
 from diffusion_core.layout import full_mask
 from diffusion_core.loader import INDEX_NAME, load_model, save_model
 from diffusion_core.model import Segment
-from diffusion_core.tiny_model import make_tiny_model
+from evaluation.tiny_model import make_tiny_model
 
 
 def test_exact_cache_logits_match_uncached(engine):

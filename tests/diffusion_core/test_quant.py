@@ -263,7 +263,7 @@ def test_ar_exact_on_packed_weights_equals_the_uncached_reference(tiny_gguf, cac
 
 
 def test_float_folder_packs_in_memory_when_asked(tmp_path):
-    from diffusion_core.tiny_model import make_tiny_model
+    from evaluation.tiny_model import make_tiny_model
 
     folder = make_tiny_model(tmp_path / "m", seed=1)
     assert load_model(folder, "cpu", weights="auto").weights == "float32"  # auto keeps a folder's floats

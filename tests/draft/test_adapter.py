@@ -8,7 +8,7 @@ import torch
 from diffusion_core.draft_adapter import AdapterSpec, MaskAdapter, load_adapter, read_spec
 from diffusion_core.errors import CoreError
 from diffusion_core.model import Transformer
-from diffusion_core.tiny_model import tiny_config
+from evaluation.tiny_model import tiny_config
 from training.draft import block_mask, chain_length, clean_pass, mask_pass
 
 MASK = 7

@@ -10,7 +10,7 @@ from diffusion_core.engine import FillResult, FillStats
 from evaluation.heldout import load_files, sample_holes
 from evaluation.infilling import load_problems
 from diffusion_core.params import FillParams
-from diffusion_core.tiny_model import make_tiny_model
+from evaluation.tiny_model import make_tiny_model
 from lsp_server.pipeline import segments_at
 from lsp_server.settings import ContextSettings, Settings
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from diffusion_core.tiny_model import make_tiny_model
+from evaluation.tiny_model import make_tiny_model
 
 # Tiny models gain nothing from a second thread on a shared CPU.
 torch.set_num_threads(1)

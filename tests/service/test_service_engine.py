@@ -16,7 +16,7 @@ from diffusion_core import protocol
 from diffusion_core.engine import Engine, FillParams, HoleSpec
 from diffusion_core.scheduler import SchedulerConfig
 from diffusion_core.service import CoreServer, EngineBackend, ServiceConfig
-from diffusion_core.tiny_model import make_tiny_model
+from evaluation.tiny_model import make_tiny_model
 from lsp_server.core_client import CoreClient, CoreRequestError, CoreUnavailable
 
 T = 60.0

@@ -3,6 +3,9 @@
 Owns a deterministic small tokenizer trained on ``SAMPLE`` and a few-layer model,
 written as a real model folder so everything goes through the real loader. Figures
 from it measure machinery (scheduling, caching), never completion quality.
+
+Lives in evaluation, not in diffusion_core (the product holds no fixture) and not in
+tests/ (the benchmarks' ``--tiny`` runs import it, and tests/ is not installed).
 """
 from __future__ import annotations
 
@@ -10,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig
-from .loader import save_model
-from .model import Transformer
-from .bpe import train_bpe
+from diffusion_core.bpe import train_bpe
+from diffusion_core.config import ModelConfig
+from diffusion_core.loader import save_model
+from diffusion_core.model import Transformer
 
 # A little code, so a tiny tokenizer has real merges: Python (the checkpoint-layout
 # fixtures in tests/ train on this part alone), then a line of a few other languages.

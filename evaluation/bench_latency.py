@@ -1,4 +1,4 @@
-"""Latency benchmark of the denoising core: `python -m diffusion_core.bench [--device cpu|cuda] [--json]`.
+"""Latency benchmark of the denoising core: `diffill bench latency [--device cpu|cuda] [--json]`.
 
 Contexts of 256, 1K, 4K and 16K tokens x holes of 16, 64 and 128 tokens, each cold (a
 context never seen) and warm (the previous request's prefix extended by one keystroke,
@@ -25,13 +25,15 @@ from pathlib import Path
 
 import torch
 
-from .engine import Engine, HoleSpec
-from .loader import resolve_device, save_model
-from .model import Transformer
-from .params import FillParams
-from .protocol import percentile
+import diffusion_core
+from diffusion_core.bpe import train_bpe
+from diffusion_core.engine import Engine, HoleSpec
+from diffusion_core.loader import resolve_device, save_model
+from diffusion_core.model import Transformer
+from diffusion_core.params import FillParams
+from diffusion_core.protocol import percentile
+
 from .tiny_model import tiny_config
-from .bpe import train_bpe
 
 CONTEXTS = (256, 1024, 4096, 16384)
 HOLES = (16, 64, 128)
@@ -40,8 +42,8 @@ BENCH_SHAPE = dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, 
 
 
 def source_text() -> str:
-    """Real code to tokenize: this package's own sources, repeated as needed."""
-    root = Path(__file__).parent
+    """Real code to tokenize: the core's own sources, repeated as needed."""
+    root = Path(diffusion_core.__file__).parent
     return "\n\n".join(p.read_text(encoding="utf-8") for p in sorted(root.rglob("*.py")))
 
 

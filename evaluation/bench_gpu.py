@@ -8,8 +8,8 @@ and reports p50/p95 ms, forward passes, tokens per forward, ms per forward again
 weight-bandwidth floor (weight bytes read per forward / HBM bandwidth), and peak memory.
 A human table, then one JSON line last.
 
-    python -m diffusion_core.bench_gpu                        # on a CUDA machine: 7B shape + bundled
-    python -m diffusion_core.bench_gpu --shape small --contexts 256 --budgets 16 --repeats 3   # CPU check
+    diffill bench gpu                        # on a CUDA machine: 7B shape + the default model
+    diffill bench gpu --shape small --device cpu --contexts 256 --budgets 16 --repeats 3   # CPU check
 
 Random weights give near-uniform confidences, so the "threshold" rows commit about one
 token per forward (the worst case); the "topk" rows fix the step count at budget/4, the
@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_SPECIAL_TOKENS, ModelConfig
-from .engine import Engine, HoleSpec
-from .loader import LoadedModel, resolve_device
-from .model import Transformer
-from .params import FillParams
-from .protocol import percentile
-from .tokenizer import Tokenizer
+from diffusion_core.config import DEFAULT_SPECIAL_TOKENS, ModelConfig
+from diffusion_core.engine import Engine, HoleSpec
+from diffusion_core.loader import LoadedModel, resolve_device
+from diffusion_core.model import Transformer
+from diffusion_core.params import FillParams
+from diffusion_core.protocol import percentile
+from diffusion_core.tokenizer import Tokenizer
 
 # Dream 7B / Qwen2.5-7B shape (Dream-Coder, DiffuCoder and DreamOn share it).
 SHAPES = {

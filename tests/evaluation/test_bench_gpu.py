@@ -1,11 +1,13 @@
-"""The GPU benchmark script runs on CPU with a small shape and ends with one JSON line."""
+"""`diffill bench gpu` (evaluation.bench_gpu) runs on CPU with a small shape and ends with one JSON line;
+its CUDA run skips without a GPU."""
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
-from diffusion_core import bench_gpu
+from evaluation import bench_gpu
 
 
 def test_small_shape_runs_on_cpu_and_prints_json_last(capsys):
@@ -33,3 +35,15 @@ def test_random_engine_is_materialised_and_floor_counts_weights_read(tmp_path):
 def test_bandwidth_lookup_prefers_the_override():
     assert bench_gpu.hbm_gbps(torch.device("cpu"), 1000.0) == 1000.0
     assert bench_gpu.hbm_gbps(torch.device("cpu"), None) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_small_shape_on_cuda_reports_the_bandwidth_floor(capsys):
+    rc = bench_gpu.main(["--shape", "small", "--device", "cuda", "--contexts", "64", "--budgets", "4",
+                         "--strategies", "topk", "--repeats", "1", "--warmup", "1", "--no-bundled"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (row,) = doc["rows"]
+    assert doc["device_type"] == "cuda" and doc["dtype"] == "bfloat16" and row["peak_mem_gib"] > 0
+    assert row["p50_ms"] > 0 and row["forwards"] == 1
