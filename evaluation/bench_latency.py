@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 
 import diffusion_core
-from diffusion_core.bpe import train_bpe
 from diffusion_core.engine import Engine, HoleSpec
 from diffusion_core.loader import resolve_device, save_model
 from diffusion_core.model import Transformer
 from diffusion_core.params import FillParams
 from diffusion_core.protocol import percentile
+from training.bpe import train_bpe
 
 from .tiny_model import tiny_config
 

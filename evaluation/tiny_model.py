@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from diffusion_core.bpe import train_bpe
 from diffusion_core.config import ModelConfig
 from diffusion_core.loader import save_model
 from diffusion_core.model import Transformer
+from training.bpe import train_bpe
 
 # A little code, so a tiny tokenizer has real merges: Python (the checkpoint-layout
 # fixtures in tests/ train on this part alone), then a line of a few other languages.

@@ -105,7 +105,7 @@ def test_diffusion_core_holds_no_benchmark_fixture_or_training_module():
     evaluation.tiny_model, test-only references live in tests/, the BPE trainer in training/."""
     names = {p.stem for p in (ROOT / "diffusion_core").rglob("*.py")}
     assert not {n for n in names if n.startswith(("bench", "test_", "check_")) or "fixture" in n or "tiny" in n}
-    assert not names & {"reference", "references"}
+    assert not names & {"bpe", "reference", "references"}
 
 
 def test_protocol_imports_only_the_standard_library_and_msgpack():

@@ -11,7 +11,7 @@ from diffusion_core.errors import CoreError
 
 
 def _tokenizer(argv: list[str]) -> int:
-    from diffusion_core.bpe import train_bpe
+    from .bpe import train_bpe
 
     ap = argparse.ArgumentParser(prog="diffill train tokenizer", description="Train the byte-level BPE on a corpus.",
                                  epilog="example:\n  diffill train tokenizer --corpus corpus --out runs/tok/tokenizer.json",

@@ -10,7 +10,7 @@ from diffusion_core.config import DEFAULT_SPECIAL_TOKENS
 from diffusion_core.layout import full_mask
 from diffusion_core.tokenizer import Tokenizer
 from training import corpus
-from diffusion_core.bpe import train_bpe
+from training.bpe import train_bpe
 from training.objective import (EDITOR_BUDGETS, MAX_HOLE_TOKENS, batch_mask, collate, hole_budget, loss_fn,
                                             make_causal_example, make_example)
 from training.trainer import TrainConfig, lr_at, train
