@@ -36,6 +36,7 @@ BENCHES: dict[str, Command] = {
     "latency": Command("evaluation.bench_latency", "main", "core latency over context sizes and hole budgets"),
     "service": Command("evaluation.bench_service", "main", "completions/s of one shared core at several concurrent editors"),
     "typing": Command("evaluation.bench_typing", "main", "latency while typing a file into the real `diffill lsp`"),
+    "neovim": Command("evaluation.bench_neovim", "main", "time to ghost text in real Neovim through the shipped Lua client"),
     "threads": Command("evaluation.bench_threads", "main", "encode and decode cost per torch thread count, quiet and busy"),
     "context-reuse": Command("evaluation.bench_context_reuse", "main",
                              "context tokens each key, cursor move and jump makes the core encode, per FIM layout"),
