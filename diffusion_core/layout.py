@@ -100,11 +100,6 @@ def build_diffill(seg_ids: list[list[int]], budgets: list[int], sp: SpecialIds) 
     return Layout(ids, len(ctx), holes, "diffill")
 
 
-def build_natural(seg_ids: list[list[int]], budgets: list[int], sp: SpecialIds) -> Layout:
-    """Reading order with masks in the holes: [BOS] s0 H1 s1 ... Hn sn."""
-    return build_natural_framed(seg_ids, budgets, sp, bos=True, eos=False)
-
-
 def build_natural_framed(seg_ids: list[list[int]], budgets: list[int], sp: SpecialIds,
                          bos: bool, eos: bool) -> Layout:
     """Reading order inside a checkpoint family's frame: [BOS]? s0 H1 s1 ... Hn sn [EOS]?

@@ -134,30 +134,6 @@ def frame_length(header: bytes, max_bytes: int = MAX_FRAME_BYTES) -> int:
     return length
 
 
-class FrameDecoder:
-    """Incremental decoder for a byte stream: feed() bytes, get whole messages back.
-
-    After a ProtocolError the stream is out of sync and the decoder must be dropped.
-    """
-
-    def __init__(self, max_bytes: int = MAX_FRAME_BYTES):
-        self.max_bytes = max_bytes
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[dict]:
-        self._buf += data
-        out = []
-        while len(self._buf) >= HEADER_BYTES:
-            length = frame_length(bytes(self._buf[:HEADER_BYTES]), self.max_bytes)
-            end = HEADER_BYTES + length
-            if len(self._buf) < end:
-                break
-            body = bytes(self._buf[HEADER_BYTES:end])
-            del self._buf[:end]
-            out.append(decode_body(body))
-        return out
-
-
 async def read_message(reader: asyncio.StreamReader, max_bytes: int = MAX_FRAME_BYTES) -> dict | None:
     """Next message from a stream; None at a clean end of stream between frames.
 

@@ -106,6 +106,12 @@ def test_diffusion_core_holds_no_benchmark_fixture_or_training_module():
     names = {p.stem for p in (ROOT / "diffusion_core").rglob("*.py")}
     assert not {n for n in names if n.startswith(("bench", "test_", "check_")) or "fixture" in n or "tiny" in n}
     assert not names & {"bpe", "reference", "references"}
+    # test-only references live beside their tests (tests/checkpoints/reference_sampler.py,
+    # tests/service/frame_decoder.py), never in the product
+    defined = {node.name for p in (ROOT / "diffusion_core").rglob("*.py")
+               for node in ast.parse(p.read_text(encoding="utf-8")).body
+               if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    assert not {n for n in defined if n.endswith("_reference") or n == "FrameDecoder"}
 
 
 def test_protocol_imports_only_the_standard_library_and_msgpack():

@@ -10,7 +10,7 @@ from ckpt_fixtures import make_dream
 from diffusion_core import infill_formats as fmts
 from diffusion_core.engine import Engine, HoleSpec
 from diffusion_core.params import FillParams
-from diffusion_core.sampler import denoise_reference
+from reference_sampler import denoise_reference
 
 SEGMENTS = ["def add(a, b):\n    return ", "\n\nclass Point:\n", "\n"]
 BUDGETS = [9, 6]

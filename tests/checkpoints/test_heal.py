@@ -139,7 +139,8 @@ def test_healed_dream_hole_equals_the_reference_loop_on_reference_logits(tmp_pat
     from ckpt_fixtures import make_dream
     from test_parity import qwen2_reference
     from diffusion_core.infill_formats import build
-    from diffusion_core.sampler import denoise_reference, trim
+    from diffusion_core.sampler import trim
+    from reference_sampler import denoise_reference
 
     folder = make_dream(tmp_path / "d", seed=5)
     ref = qwen2_reference(folder)

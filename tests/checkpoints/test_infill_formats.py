@@ -6,13 +6,25 @@ import torch
 
 from ckpt_fixtures import make_dream, make_llada
 from diffusion_core import infill_formats as fmts
-from diffusion_core.layout import build_natural
+from diffusion_core.layout import Layout
 from diffusion_core.loader import load_model
 from diffusion_core.sampler import HoleState, resize_holes
 from diffusion_core.tokenizer import SpecialIds
 
 SP = SpecialIds(mask=9, eos=1, bos=2, pad=1, expand=7)
 SEGS = [[10, 11], [12], [13, 14]]
+
+
+def build_natural(seg_ids: list[list[int]], budgets: list[int], sp: SpecialIds) -> Layout:
+    """The plain natural layout written out, the reference of the framed one: [BOS] s0 H1 s1 ... Hn sn."""
+    ids: list[int] = [sp.bos] if sp.bos is not None else []
+    holes = []
+    for i, s in enumerate(seg_ids):
+        ids.extend(s)
+        if i < len(budgets):
+            holes.append((len(ids), len(ids) + budgets[i]))
+            ids.extend([sp.mask] * budgets[i])
+    return Layout(ids, 0, holes, "natural")
 
 
 def test_dream_frame_is_bos_prefix_masks_suffix_eos():

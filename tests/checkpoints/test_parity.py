@@ -19,7 +19,7 @@ from ckpt_fixtures import make_dream, make_llada, raw_tensors
 from diffusion_core.engine import Engine, HoleSpec
 from diffusion_core.loader import load_model
 from diffusion_core.params import FillParams
-from diffusion_core.sampler import denoise_reference
+from reference_sampler import denoise_reference
 
 transformers = pytest.importorskip("transformers")
 

@@ -6,7 +6,8 @@ import torch
 from diffusion_core.engine import HoleSpec
 from diffusion_core.layout import build_diffill, full_mask
 from diffusion_core.params import FillParams
-from diffusion_core.sampler import denoise_reference, trim
+from diffusion_core.sampler import trim
+from tests.checkpoints.reference_sampler import denoise_reference
 from diffusion_core.tokenizer import HEAL_MAX_TOKENS
 
 ENDINGS = ["x = resu", "        self.x = x\n        sel", "a +", "a  ", "return a + b", "fn main() { let x",

@@ -6,7 +6,8 @@ from diffusion_core.engine import Engine, HoleSpec
 from diffusion_core.errors import FillCancelled
 from diffusion_core.layout import full_mask
 from diffusion_core.params import FillParams
-from diffusion_core.sampler import choose, denoise_reference, trim
+from diffusion_core.sampler import choose, trim
+from tests.checkpoints.reference_sampler import denoise_reference
 
 from .fakes import FakePredictor
 

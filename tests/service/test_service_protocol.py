@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from diffusion_core import protocol
 from diffusion_core.service import CoreServer, ServiceConfig
+from tests.service.frame_decoder import FrameDecoder
 from tests.service.service_fakes import FakeBackend
 
 scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text() | st.binary()
@@ -30,7 +31,7 @@ FAST = settings(max_examples=60, deadline=None)
 def test_round_trip_at_any_split(msgs, data):
     stream = b"".join(protocol.encode(m) for m in msgs)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
-    decoder = protocol.FrameDecoder()
+    decoder = FrameDecoder()
     out, last = [], 0
     for cut in cuts + [len(stream)]:
         out += decoder.feed(stream[last:cut])
@@ -40,7 +41,7 @@ def test_round_trip_at_any_split(msgs, data):
 
 @given(st.binary(max_size=200))
 def test_garbage_bytes_give_protocol_error_or_messages(blob):
-    decoder = protocol.FrameDecoder(max_bytes=1 << 16)
+    decoder = FrameDecoder(max_bytes=1 << 16)
     try:
         out = decoder.feed(blob)
     except protocol.ProtocolError as exc:
@@ -96,7 +97,7 @@ def test_limits_and_envelopes():
     with pytest.raises(protocol.ProtocolError, match="exceeds the limit"):
         protocol.encode({"x": "a" * 100}, max_bytes=50)
     with pytest.raises(protocol.ProtocolError, match="exceeds the limit"):
-        protocol.FrameDecoder(max_bytes=10).feed((11).to_bytes(4, "big"))
+        FrameDecoder(max_bytes=10).feed((11).to_bytes(4, "big"))
     frame = protocol.encode(protocol.request(1, "fill", {"segments": ["a", "b"], "budgets": [3]}))
     assert int.from_bytes(frame[:4], "big") == len(frame) - 4
     assert msgpack.unpackb(frame[4:]) == {"id": 1, "method": "fill",
