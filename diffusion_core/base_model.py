@@ -131,11 +131,6 @@ def verify(names: tuple[str, ...] = BASE_DISTRIBUTIONS, expected: str = BASE_SHA
     return parts
 
 
-def default_gguf() -> list[Path]:
-    """The verified part files of the default model (one GGUF, in order)."""
-    return verify()
-
-
 def base_folder(progress=None, dtype=None, scheme: str = "float32") -> Path:
     """The default model as a cached model folder (checked, and converted on first use).
 

@@ -140,11 +140,6 @@ async def recovery_nostandby(model: str | None, budget: int = 8) -> dict:
     return await recovery(model, tries=3, budget=budget, standby=False)
 
 
-def _lsp_frame(obj: dict) -> bytes:
-    body = json.dumps(obj).encode()
-    return b"Content-Length: %d\r\n\r\n" % len(body) + body
-
-
 def nesting(requests: int = 10, depth: int = 50_000) -> dict:
     sys.path.insert(0, str(ROOT))
     from tests.hostile.raw_lsp import RawLsp
