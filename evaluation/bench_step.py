@@ -7,7 +7,11 @@ rest (norms, RoPE, cache writes, casts), beside the floor set by reading the wei
 the machine's measured memory bandwidth. Also the two host-side costs a step pays after the
 forward: the fp32 copy of the logits and the sampler. A table on stderr, one JSON line last.
 
-    python -m evaluation.bench_step --context 1600 --rows 1,4,9,16 --weights float32,auto,int4,int8
+    diffill bench step --context 1600 --rows 1,4,9,16 --weights float32,auto,int4,int8
+    python -m evaluation.bench_step ...     (the same; the JSON's "command" names this form)
+
+`--model DIR` times a model folder instead (the smoke test's tiny one); figures that go into
+docs come from the default model.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 
 def _classify(name: str, shapes) -> str:
@@ -62,23 +67,28 @@ def run_one(args, weights: str) -> dict:
 
     from diffusion_core.base_model import load_base
     from diffusion_core.layout import attention_mask
+    from diffusion_core.loader import load_model
     from diffusion_core.model import Segment
     from diffusion_core.params import FillParams
     from diffusion_core.sampler import sample_tokens
 
-    loaded = load_base("cpu", torch.float32, weights=weights)
+    if args.model:
+        loaded = load_model(args.model, "cpu", torch.float32, weights=weights)
+    else:
+        loaded = load_base("cpu", torch.float32, weights=weights)
     model = loaded.model
+    vocab = min(150_000, loaded.config.vocab_size)  # random ids: any token of the vocabulary
     weight_bytes = _weight_bytes(model)
     gbs = bandwidth_gbs()
     C = args.context
-    ids = torch.randint(0, 150_000, (C,))
+    ids = torch.randint(0, vocab, (C,))
     cache = model.new_cache(C + 512)
     with torch.inference_mode():
         model.forward_packed(ids, torch.arange(C), [Segment(0, C, cache, "append", attention_mask("causal", 0, 0, C, C))],
                              torch.tensor([C - 1]))
     results = {}
     for R in args.rows:
-        new = torch.randint(0, 150_000, (R,))
+        new = torch.randint(0, vocab, (R,))
 
         def step():
             seg = Segment(0, R, cache, "append", attention_mask("causal", 0, C, R, C + R))
@@ -112,7 +122,7 @@ def run_one(args, weights: str) -> dict:
                       "logits copy ms": round(copy_ms, 2), "sampler ms": round(sample_ms, 2)}
     prefill = {}
     for T in args.prefill:
-        chunk = torch.randint(0, 150_000, (T,))
+        chunk = torch.randint(0, vocab, (T,))
         with torch.inference_mode():
             walls = []
             for _ in range(max(2, args.reps // 2) + 1):
@@ -131,14 +141,18 @@ def run(args) -> dict:
 
     torch.set_num_threads(args.threads)
     runs = {w: run_one(args, w) for w in args.weights}
-    return {"bench": "step", "model": "Qwen2.5-Coder-0.5B", "threads": args.threads, "context": args.context,
+    model = Path(args.model).name if args.model else "Qwen2.5-Coder-0.5B"
+    return {"bench": "step", "model": model, "threads": args.threads, "context": args.context,
             "machine": f"{platform.machine()} {platform.processor() or ''} {torch.backends.cpu.get_cpu_capability()}".strip(),
             "load": os.getloadavg()[0],
             "command": "python -m evaluation.bench_step " + " ".join(sys.argv[1:]), "runs": runs}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m evaluation.bench_step", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="diffill bench step", description=__doc__.splitlines()[0],
+                                 epilog="example:\n  diffill bench step --context 600 --rows 1,4,8,16 --reps 5 --threads 2",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="a model folder or .gguf (default: the default model from its weight wheels)")
     ap.add_argument("--context", type=int, default=1600, help="cached context tokens")
     ap.add_argument("--rows", type=lambda s: [int(x) for x in s.split(",")], default=[1, 9, 16],
                     help="new rows per step, comma-separated")

