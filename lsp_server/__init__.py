@@ -1,5 +1,7 @@
-"""diffill language server: LSP handlers, settings, the core client and the CLI.
+"""diffill language server: LSP handlers, the server's features, settings, documents,
+the fill pipeline and the core client.
 
-Imports no torch: the CLI imports ``diffusion_core`` lazily inside the subcommands
-that need it, and the server talks to the core through ``core_client``.
+Imports no torch: the core runs in its own process (``diffill core``), reached through
+``core_client``; of ``diffusion_core`` only ``protocol`` is imported here. ``diffill lsp``
+is ``server.main``.
 """

@@ -18,9 +18,8 @@ from typing import Any, Iterable
 log = logging.getLogger(__name__)
 
 # Above this size a document is planned line by line, without a syntax tree: parsing,
-# planning and ranking on a 10 MB tree take seconds each on the keystroke path (like
-# editors that turn tree-sitter off for huge files). Measured: 10 MB of Python, parse
-# 11 s, plan 10 s, score 12 s with a tree; 0.8 s / 50 ms / 0 without.
+# planning and ranking a huge tree take seconds each on the keystroke path (like editors
+# that turn tree-sitter off for huge files; docs/benchmarks.md, "Huge documents").
 MAX_PARSED_CHARS = 2_000_000
 
 # (start, end, text); start/end are (line, character) or None for a full replacement

@@ -53,9 +53,9 @@ class DiffillProtocol(LanguageServerProtocol):
     """pygls' protocol without its own copy of every open document.
 
     The server keeps documents in ``DocumentStore`` (grammars documents with their
-    trees); pygls' workspace copy costs a second copy of each file and, measured on a
-    10 MB file, 0.4 s per keystroke to split it into lines again. These overrides
-    only forward the notifications to the server's handlers."""
+    trees); pygls' workspace copy costs a second copy of each file and, on a huge one, a
+    split into lines again on every keystroke (docs/benchmarks.md, "Huge documents").
+    These overrides only forward the notifications to the server's handlers."""
 
     @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
     def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams):

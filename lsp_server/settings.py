@@ -46,9 +46,8 @@ EDITOR_KEYS = frozenset({"command", "trace"})
 class ModelSettings:
     path: str = ""  # model folder or .gguf file; "" = the default model (Qwen2.5-Coder-0.5B)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
-    # What the matmuls run on (protocol.WEIGHTS_SCHEMES): "auto" is packed int4/int8 on a CPU
-    # (int8 per channel: one decode step of the default model 88 -> 46 ms on the dev CPU, docs/benchmarks.md)
-    # and bf16 on a GPU; "float32" the exact reference.
+    # What the matmuls run on (protocol.WEIGHTS_SCHEMES): "auto" is packed int8 per channel on a
+    # CPU and bf16 on a GPU; "float32" the exact reference (docs/benchmarks.md, "Packed weights").
     weights: str = "auto"
 
 
@@ -57,13 +56,12 @@ class CoreSettings:
     # "" starts a private core subprocess; "unix:/path" or "tcp:host:port" shares one
     address: str = ""
     token: str = ""  # shared-core token, when the core asks for one
-    # A private core keeps a warmed second core that takes over when it dies (1.46 s to the
-    # next completion after kill -9 instead of 6.48 s, docs/security.md) for ~250 MB of
-    # private memory and one background core start; off on machines short of either.
+    # A private core keeps a warmed second core that takes over when it dies (a swap of
+    # connections instead of a whole core start) for its private memory and one background
+    # core start; off on machines short of either (docs/benchmarks.md, "Standby core").
     standby: bool = True
     # CPU threads of a private core (diffill core --threads): 0 chooses per kind of work by
-    # measurement (one thread decodes fastest on the 2-core dev VM, two encode fastest when
-    # it is quiet and slowest beside a busy neighbour; diffusion_core/threads.py).
+    # measurement (diffusion_core/threads.py; docs/benchmarks.md, "Threads").
     threads: int = 0
 
 
@@ -77,7 +75,7 @@ class FillSettings:
 
 @dataclass(frozen=True)
 class DebounceSettings:
-    # The delay adapts to the typing rhythm between these bounds (scheduler.Debouncer).
+    # The delay adapts to the typing rhythm between these bounds (lsp_server/debounce.py).
     min_ms: int = 0
     max_ms: int = 120
 
@@ -86,16 +84,15 @@ class DebounceSettings:
 class ContextSettings:
     # utf-8 bytes of text sent to the core around the hole; cut at line starts.
     prefix_bytes: int = 6000
-    # On 30 held-out holes 256 bytes scored as well as 2000 (all: exact 0.30 vs 0.23, edit
-    # similarity 0.56 vs 0.56; docs/benchmarks.md) at about a seventh of the tokens, which a
-    # cold request encodes at ~7 ms a token in fp32 on the 2-core dev CPU (chosen when the
-    # FIM order was PSM and every keystroke re-encoded the window; spm-variant appends).
+    # Suffix bytes sent: a short suffix scored as well as a long one on held-out holes at a
+    # fraction of the tokens a cold request encodes (docs/benchmarks.md, "Context windows":
+    # measured before the packed weights and the suffix-first order, not since).
     suffix_bytes: int = 256
     # A request whose full window the core does not hold yet (a newly opened file, a cursor
     # moved elsewhere) sends this much prefix instead, on a CPU core, while the full window
-    # is encoded in the background for the next request (lsp_server.windows); 0: off. About
-    # 200 tokens: ~0.5-1 s cold on the 2-core dev CPU, where 6000 bytes (~1.6K tokens) cost
-    # 4-12 s. A GPU core encodes the full window in tens of milliseconds: never shortened.
+    # is encoded in the background for the next request (lsp_server.windows); 0: off. A GPU
+    # core encodes the full window in one short forward: never shortened there
+    # (docs/benchmarks.md, "Context windows").
     cold_prefix_bytes: int = 768
 
 
