@@ -13,15 +13,17 @@ BLOCK_BUDGET = 96
 # An empty function body or a placeholder body (`pass`, `todo!()`): a whole body.
 BODY_BUDGET = 128
 # A selection the user asked to regenerate gets its own length in tokens (estimated)
-# plus this slack, clamped to [LINE_BUDGET, MAX_BUDGET].
+# plus this slack, clamped to [LINE_BUDGET, MAX_PLAN_BUDGET].
 REGENERATE_SLACK = 16
-MAX_BUDGET = 256
+# The most a plan asks for (a regenerated selection); the wire's cap on a hole is
+# protocol.MAX_HOLE_TOKENS, which this stays under.
+MAX_PLAN_BUDGET = 256
 
 # Average characters per token of source code for BPE tokenizers (roughly 3-4); used
 # only to estimate a selection's budget and to cap training-span lengths.
 CHARS_PER_TOKEN = 4
 # Training spans longer than the largest budget can never be produced at inference.
-MAX_SPAN_CHARS = MAX_BUDGET * CHARS_PER_TOKEN
+MAX_SPAN_CHARS = MAX_PLAN_BUDGET * CHARS_PER_TOKEN
 
 # Indentation unit guessed when a document gives no evidence.
 DEFAULT_INDENT = "    "

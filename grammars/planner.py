@@ -278,7 +278,7 @@ def _selection_plan(doc: Document, selection, encoding: str) -> FillPlan | None:
     _, ls, _ = doc.line_of(s)
     indent = leading_ws(decode(doc.source[ls:s]) + text)
     estimate = len(text) // budgets.CHARS_PER_TOKEN + budgets.REGENERATE_SLACK
-    budget = max(budgets.LINE_BUDGET, min(budgets.MAX_BUDGET, estimate))
+    budget = max(budgets.LINE_BUDGET, min(budgets.MAX_PLAN_BUDGET, estimate))
     if "\n" in text.rstrip("\n"):
         offside = doc.lang is None or doc.lang.offside
         stop = StopRules(dedent=offside, min_depth=0)

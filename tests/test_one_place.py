@@ -21,7 +21,7 @@ def test_the_marker_setting_defaults_to_the_planner_marker_and_reaches_it():
 
 def test_one_budget_cap():
     assert params.MAX_BUDGET == protocol.MAX_HOLE_TOKENS
-    assert budgets.MAX_BUDGET <= protocol.MAX_HOLE_TOKENS  # the planner never asks for more
+    assert budgets.MAX_PLAN_BUDGET <= protocol.MAX_HOLE_TOKENS  # the planner never asks for more
     ok, bad = settings_mod.parse({"fill": {"maxTokens": protocol.MAX_HOLE_TOKENS}})
     assert not bad and ok.fill.max_tokens == protocol.MAX_HOLE_TOKENS
     over, bad = settings_mod.parse({"fill": {"maxTokens": protocol.MAX_HOLE_TOKENS + 1}})

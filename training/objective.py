@@ -32,7 +32,9 @@ except ImportError:  # pragma: no cover
     sample_spans = None
 
 MIN_T = 1e-3  # t is drawn from [MIN_T, 1): 1/t stays bounded
-MAX_HOLE_TOKENS = 128
+# The largest hole of a training example (its target is cut there); not the inference cap,
+# which is protocol.MAX_HOLE_TOKENS.
+MAX_TRAIN_HOLE_TOKENS = 128
 # Hole sizes an editor asks for: the planner's line, block and body budgets, and the LSP's
 # default cap of 64 tokens on a block. At inference a 3-token rest of line still gets a
 # 32-token hole; a model that only ever saw holes of at most about twice their text reads
@@ -79,14 +81,14 @@ def choose_spans(text: str, lang: str, rng: random.Random, max_holes: int) -> li
 
 
 def hole_budget(n: int, rng: random.Random) -> int:
-    """Mask tokens for a hole of n text tokens: never fewer than n, at most MAX_HOLE_TOKENS
+    """Mask tokens for a hole of n text tokens: never fewer than n, at most MAX_TRAIN_HOLE_TOKENS
     (unless n itself is more). Half the time the smallest editor budget that holds it, else
     a budget drawn between n and about 2n + 8."""
-    if n >= MAX_HOLE_TOKENS:
+    if n >= MAX_TRAIN_HOLE_TOKENS:
         return n
     if rng.random() < EDITOR_BUDGET_SHARE:
-        return min(MAX_HOLE_TOKENS, next((b for b in EDITOR_BUDGETS if b >= n), MAX_HOLE_TOKENS))
-    return min(MAX_HOLE_TOKENS, n + int(rng.random() * (n + 8)))
+        return min(MAX_TRAIN_HOLE_TOKENS, next((b for b in EDITOR_BUDGETS if b >= n), MAX_TRAIN_HOLE_TOKENS))
+    return min(MAX_TRAIN_HOLE_TOKENS, n + int(rng.random() * (n + 8)))
 
 
 def make_example(text: str, lang: str, tok, sp: SpecialIds, seq_len: int, rng: random.Random,
@@ -108,7 +110,7 @@ def make_example(text: str, lang: str, tok, sp: SpecialIds, seq_len: int, rng: r
     segments.append(text[last:])
     enc = tok.encode_batch(segments + holes_text)
     seg_ids, hole_ids = enc[: len(segments)], enc[len(segments):]
-    hole_ids = [h[:MAX_HOLE_TOKENS] for h in hole_ids]
+    hole_ids = [h[:MAX_TRAIN_HOLE_TOKENS] for h in hole_ids]
     budgets = [hole_budget(len(h), rng) for h in hole_ids]
     region = sum(budgets) + len(budgets)
     room = seq_len - region - 3

@@ -34,7 +34,7 @@ def test_selection_regenerates():
     doc = Document("total = compute(a, b) + 1\n", language_id="python")
     p = plan(doc, 0, 0, selection=((0, 8), (0, 21)))
     assert (p.mode, p.kind, p.start_byte, p.end_byte) == ("regenerate", "line", 8, 21)
-    assert budgets.LINE_BUDGET <= p.budget <= budgets.MAX_BUDGET
+    assert budgets.LINE_BUDGET <= p.budget <= budgets.MAX_PLAN_BUDGET
     empty = plan(doc, 0, 8, selection=((0, 8), (0, 8)))  # an empty selection is a cursor
     assert empty.mode == "insert"
     backwards = plan(doc, 0, 0, selection=((0, 21), (0, 8)))

@@ -11,7 +11,7 @@ from diffusion_core.layout import full_mask
 from diffusion_core.tokenizer import Tokenizer
 from training import corpus
 from training.bpe import train_bpe
-from training.objective import (EDITOR_BUDGETS, MAX_HOLE_TOKENS, batch_mask, collate, hole_budget, loss_fn,
+from training.objective import (EDITOR_BUDGETS, MAX_TRAIN_HOLE_TOKENS, batch_mask, collate, hole_budget, loss_fn,
                                             make_causal_example, make_example)
 from training.trainer import TrainConfig, lr_at, train
 
@@ -103,7 +103,7 @@ def test_hole_budgets_cover_editor_sizes_and_near_lengths():
     rng = random.Random(0)
     for n in (1, 3, 20, 33, 70, 127, 128, 200):
         got = [hole_budget(n, rng) for _ in range(400)]
-        assert all(b >= n for b in got) and all(b <= max(n, MAX_HOLE_TOKENS) for b in got)
+        assert all(b >= n for b in got) and all(b <= max(n, MAX_TRAIN_HOLE_TOKENS) for b in got)
         editor = min((b for b in EDITOR_BUDGETS if b >= n), default=None)
         if editor is not None and 2 * n + 8 < editor:  # the two regimes do not overlap
             near = [b for b in got if b <= 2 * n + 8]
