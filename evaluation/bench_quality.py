@@ -27,7 +27,7 @@ from pathlib import Path
 from . import metrics as M
 from diffusion_core.errors import CoreError
 from diffusion_core.protocol import WEIGHTS_SCHEMES
-from .scoring import Outcome, errors_with, fill, score
+from .scoring import TimedFill, errors_with, fill, score
 
 DEFAULT_N = 100  # held-out holes; sized so a default run stays within minutes on 2 CPU cores
 SWEEP_HOLES = 10  # holes per sweep point (a prefix of the held-out holes)
@@ -293,7 +293,7 @@ def bench_settings(args) -> "Settings":
     return Settings(context=ContextSettings(prefix_bytes=args.prefix_bytes, suffix_bytes=args.suffix_bytes))
 
 
-async def shipped_fill(core, hole, settings) -> tuple[str, Outcome]:
+async def shipped_fill(core, hole, settings) -> tuple[str, TimedFill]:
     """The hole filled as an editor would get it at the hole's cursor: the pipeline's
     top candidate ("" when it offers none), and the timing and forward passes."""
     from lsp_server import pipeline
@@ -302,11 +302,11 @@ async def shipped_fill(core, hole, settings) -> tuple[str, Outcome]:
     try:
         got = await pipeline.fill_at(core, hole.doc, hole.plan.start_byte, settings)
     except CoreError as exc:
-        return "", Outcome("", (time.perf_counter() - t0) * 1e3, 0, 0.0, str(exc))
+        return "", TimedFill("", (time.perf_counter() - t0) * 1e3, 0, 0.0, str(exc))
     ms = (time.perf_counter() - t0) * 1e3
     stats = got.core_stats if got is not None else {}
     text = got.candidates[0].text if got is not None and got.candidates else ""
-    return text, Outcome(text, ms, int(stats.get("forward_passes", 0)), float(stats.get("encode_ms", 0.0)))
+    return text, TimedFill(text, ms, int(stats.get("forward_passes", 0)), float(stats.get("encode_ms", 0.0)))
 
 
 # -- held-out FIM ----------------------------------------------------------------------
@@ -387,7 +387,7 @@ def problem_stop(prob) -> dict:
     return {"dedent_below": body, "min_depth": 0} if body else {"min_depth": 0}
 
 
-def infill_problem(engine, prob, params, budget: int, post: str) -> tuple[str, Outcome]:
+def infill_problem(engine, prob, params, budget: int, post: str) -> tuple[str, TimedFill]:
     """The fill of one problem's hole (the model fills between prompt and suffix;
     eval_infilling.finalize_fill post-processes) and its outcome."""
     from grammars import budgets as gb
@@ -441,7 +441,7 @@ def _run_problems(engine, problems, params, args, progress) -> list[dict]:
     recs = []
     for i, prob in enumerate(problems):
         if args.canonical:
-            text, out = prob.canonical_solution, Outcome(prob.canonical_solution, 0.0, 0, 0.0)
+            text, out = prob.canonical_solution, TimedFill(prob.canonical_solution, 0.0, 0, 0.0)
             source, fill_text = program(prob, text), text
         elif getattr(args, "cursor", "harness") != "harness":
             doc_text, fill_text, out = asyncio.run(editor_problem(core, prob, args))
@@ -458,7 +458,7 @@ def _run_problems(engine, problems, params, args, progress) -> list[dict]:
     return recs
 
 
-async def editor_problem(core, prob, args) -> tuple[str, str, Outcome]:
+async def editor_problem(core, prob, args) -> tuple[str, str, TimedFill]:
     """One problem as an editor asks for it: the hole's line blank, the cursor at column 0
     or at the solution's indentation, the pipeline's top candidate applied. Returns the
     document's text with the fill, the fill as it lands on the line, and the outcome."""

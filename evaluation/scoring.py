@@ -16,7 +16,9 @@ from diffusion_core.errors import CoreError
 
 
 @dataclass
-class Outcome:
+class TimedFill:
+    """One benchmark fill: the model's raw text, its wall time, forwards and encode time."""
+
     raw: str
     ms: float
     forward_passes: int
@@ -24,7 +26,7 @@ class Outcome:
     error: str = ""
 
 
-def fill(engine, segments: list[str], budget: int, params, stop: dict | None = None) -> Outcome:
+def fill(engine, segments: list[str], budget: int, params, stop: dict | None = None) -> TimedFill:
     """One timed Engine.fill of a single hole between segments[0] and segments[1];
     stop: the hole's stop rule (`protocol.STOP_KEYS`), as the pipeline sends it."""
     from diffusion_core.engine import HoleSpec
@@ -33,9 +35,9 @@ def fill(engine, segments: list[str], budget: int, params, stop: dict | None = N
     try:
         res = engine.fill(segments, [HoleSpec(budget=int(budget), **(stop or {}))], params)
     except CoreError as exc:
-        return Outcome("", (time.perf_counter() - t0) * 1e3, 0, 0.0, str(exc))
+        return TimedFill("", (time.perf_counter() - t0) * 1e3, 0, 0.0, str(exc))
     ms = (time.perf_counter() - t0) * 1e3
-    return Outcome(res.texts[0], ms, res.stats.forward_passes, res.stats.encode_ms)
+    return TimedFill(res.texts[0], ms, res.stats.forward_passes, res.stats.encode_ms)
 
 
 def errors_with(hole, text: str) -> int | None:

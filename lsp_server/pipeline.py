@@ -49,7 +49,9 @@ class Candidate:
 
 
 @dataclass
-class Outcome:
+class RankedFills:
+    """The ranked candidates of one fill at a cursor, with its plan and what it cost."""
+
     candidates: list[Candidate]  # best first
     plan: FillPlan | None = None
     cached: bool = False
@@ -194,7 +196,7 @@ async def fill_at(core: CoreConnection, doc: Document, cursor: int, settings: Se
                   selection: tuple[tuple[int, int], tuple[int, int]] | None = None, encoding: str = "utf-16",
                   request_id: str | None = None,
                   short_window: Callable[[FillPlan], int | None] | None = None,
-                  cold_one_line: bool = False) -> Outcome | None:
+                  cold_one_line: bool = False) -> RankedFills | None:
     """Ranked fills at a cursor (a byte offset into ``doc.source``); None when there is
     nothing worth completing. ``selection`` (editor positions in ``encoding``) regenerates
     the selected text instead. ``short_window(plan)``: the prefix bytes to send instead of
@@ -215,7 +217,7 @@ async def fill_at(core: CoreConnection, doc: Document, cursor: int, settings: Se
     raw = reply["texts"][0] if reply.get("texts") else ""
     scored = rank(doc, p, raw)
     timings = {"plan_ms": (t1 - t0) * 1000, "core_ms": (t2 - t1) * 1000, "post_ms": _ms(t2)}
-    return Outcome(scored, plan=p, timings=timings, core_stats=dict(reply.get("stats") or {}),
+    return RankedFills(scored, plan=p, timings=timings, core_stats=dict(reply.get("stats") or {}),
                    short_window=short is not None)
 
 

@@ -25,7 +25,7 @@ from lsp_server.cache import FillCache
 from lsp_server.core_link import CORE_ERRORS, CoreUnready
 from lsp_server.debounce import Debouncer, Focus, Latest
 from lsp_server.documents import OpenDoc, with_selected
-from lsp_server.pipeline import Candidate, Outcome
+from lsp_server.pipeline import Candidate, RankedFills
 from lsp_server.windows import Windows
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class Answer:
 
     entry: OpenDoc
     doc: Any  # the grammars Document the byte offsets refer to
-    outcome: Outcome
+    outcome: RankedFills
     cursor: int
     latency_ms: float
     accept_ids: list[str]  # one per candidate, for the items' diffill.accepted command
@@ -132,7 +132,7 @@ class Completion:
             return None
         return self._answered(entry, doc, outcome, cursor, (time.perf_counter() - t0) * 1000)
 
-    def _answered(self, entry: OpenDoc, doc: Any, outcome: Outcome, cursor: int, latency: float) -> Answer:
+    def _answered(self, entry: OpenDoc, doc: Any, outcome: RankedFills, cursor: int, latency: float) -> Answer:
         """Counted, timed, logged and given feedback ids: what the handlers convert."""
         stats, uri = self.ls.stats, entry.uri
         stats.count("answered")
@@ -160,17 +160,17 @@ class Completion:
         doc, (line, character) = shadow
         return await self.complete(uri, line, character, debounce=debounce, doc=doc)
 
-    def from_cache(self, uri: str, doc: Any, cursor: int | None) -> Outcome | None:
+    def from_cache(self, uri: str, doc: Any, cursor: int | None) -> RankedFills | None:
         """Fills the typed-ahead cache answers without the model; None on a miss."""
         t0 = time.perf_counter()
         hit = self.cache.get(uri, doc.source, cursor) if cursor is not None else None
         if hit is None:
             return None
         cands = [Candidate(t, hit.start, hit.end) for t in hit.texts]
-        return Outcome(cands, cached=True, timings={"cache_ms": (time.perf_counter() - t0) * 1000})
+        return RankedFills(cands, cached=True, timings={"cache_ms": (time.perf_counter() - t0) * 1000})
 
     async def fill_at(self, uri: str, doc: Any, cursor: int | None, request_id: str,
-                      automatic: bool = False) -> Outcome | None:
+                      automatic: bool = False) -> RankedFills | None:
         """The pipeline's fill at the cursor; what it answers at the cursor is cached for
         the keystrokes that type it."""
         if cursor is None:
@@ -204,7 +204,7 @@ class Completion:
 
         return choose
 
-    def _grow_window(self, uri: str, doc: Any, outcome: Outcome) -> None:
+    def _grow_window(self, uri: str, doc: Any, outcome: RankedFills) -> None:
         """After a fill: a full-window one leaves that window in the core; a short one has
         the full window warmed in the background for the next request."""
         plan, settings = outcome.plan, self.ls.settings
