@@ -10,7 +10,7 @@ import torch
 from diffusion_core.infill_formats import FIM_ORDER_ENV
 from evaluation import bench_fim_order
 from evaluation.tiny_model import make_tiny_model
-from tests.evaluate.corpus_fixture import write_corpus
+from .corpus_fixture import write_corpus
 
 
 def test_two_orders_on_a_tiny_model_print_json_last(tmp_path, capsys, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 
 from evaluation import bench_llamacpp
 from evaluation.peer_llamacpp import PeerStats
-from tests.evaluate.corpus_fixture import write_corpus
+from .corpus_fixture import write_corpus
 
 
 class StandInPeer:
