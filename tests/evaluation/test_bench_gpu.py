@@ -12,7 +12,7 @@ from evaluation import bench_gpu
 
 def test_small_shape_runs_on_cpu_and_prints_json_last(capsys):
     rc = bench_gpu.main(["--shape", "small", "--device", "cpu", "--contexts", "64", "--budgets", "4",
-                         "--strategies", "topk", "--repeats", "1", "--warmup", "0", "--no-bundled"])
+                         "--strategies", "topk", "--repeats", "1", "--warmup", "0", "--no-default-model"])
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     doc = json.loads(lines[-1])
@@ -41,9 +41,16 @@ def test_bandwidth_lookup_prefers_the_override():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_small_shape_on_cuda_reports_the_bandwidth_floor(capsys):
     rc = bench_gpu.main(["--shape", "small", "--device", "cuda", "--contexts", "64", "--budgets", "4",
-                         "--strategies", "topk", "--repeats", "1", "--warmup", "1", "--no-bundled"])
+                         "--strategies", "topk", "--repeats", "1", "--warmup", "1", "--no-default-model"])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     (row,) = doc["rows"]
     assert doc["device_type"] == "cuda" and doc["dtype"] == "bfloat16" and row["peak_mem_gib"] > 0
     assert row["p50_ms"] > 0 and row["forwards"] == 1
+
+
+def test_the_old_no_bundled_flag_still_skips_the_default_model():
+    base = ["--shape", "small", "--device", "cpu"]
+    assert bench_gpu.parse_args(base + ["--no-default-model"]).no_default_model
+    assert bench_gpu.parse_args(base + ["--no-bundled"]).no_default_model  # its name before the default left the package
+    assert not bench_gpu.parse_args(base).no_default_model
