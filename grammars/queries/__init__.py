@@ -1,4 +1,5 @@
-"""Query files and the capture vocabulary they may use.
+"""Query files and the capture vocabulary they may use. The files sit beside this module,
+so `grammars.queries` names both: the `<lang>/<purpose>.scm` files and the code that reads them.
 
 Owns loading `grammars/queries/<lang>/<purpose>.scm` (with helix-style
 `; inherits: other` first lines, so TypeScript reuses JavaScript's patterns), compiling
@@ -17,7 +18,7 @@ import tree_sitter as ts
 
 from grammars.languages import get_lang
 
-QUERY_DIR = Path(__file__).parent / "queries"
+QUERY_DIR = Path(__file__).parent  # <lang>/<purpose>.scm beside this file
 
 # purpose -> the capture names its files may use (names starting with "_" are private
 # helpers for predicates and are never returned). docs/grammars.md explains each one.
