@@ -8,7 +8,7 @@ LSP server (a socket client to the core), ``diffill fill`` and ``diffill bench
 quality`` (both an in-process engine, ``diffusion_core.local_core.LocalCore``), so the
 benchmark measures what users get.
 
-Must not know: LSP types (results.py converts), pygls, torch, how the core is reached.
+Must not know: LSP types (conversions.py converts), pygls, torch, how the core is reached.
 The cursor arrives as a byte offset: callers convert an editor position once.
 
 The context window: the core's exact cache (docs/architecture.md) reuses the encoded

@@ -6,7 +6,7 @@ completion, fill holes, status, core start); settings updates with their one-tim
 message; the one-time messages themselves; ``DiffillProtocol``, pygls without its own
 copy of each document.
 
-Must not know: how results look on the wire (results.py), how a completion or a fill
+Must not know: how results look on the wire (conversions.py), how a completion or a fill
 is made (the features), grammars internals, torch. Handlers live in server.py.
 """
 

@@ -1,9 +1,9 @@
 """LSP handlers of the diffill server, and ``diffill lsp``.
 
 Owns: the handler functions only, registered on a ``DiffillServer`` by
-``build_server``. Each converts its params with results.py, asks the server
+``build_server``. Each converts its params with conversions.py, asks the server
 (runtime.py: documents, settings) or one of its features (``lsp_server.features``:
-completion, fill holes, status, core start), and converts the answer with results.py.
+completion, fill holes, status, core start), and converts the answer with conversions.py.
 
 Must not know: torch, how fills are computed, how results are built.
 """
@@ -20,7 +20,7 @@ from typing import Any
 from lsprotocol import types
 
 from diffusion_core.protocol import WEIGHTS_SCHEMES
-from lsp_server import guards, results
+from lsp_server import conversions, guards
 from lsp_server.core_link import CoreFactory, real_core_factory
 from lsp_server.features import status as status_feature
 from lsp_server.features.fill_holes import fill_holes as fill_holes_command
@@ -69,7 +69,7 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
 
     @ls.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: DiffillServer, params: types.DidChangeTextDocumentParams) -> None:
-        ls.changed(params.text_document.uri, params.text_document.version, results.changes(params.content_changes))
+        ls.changed(params.text_document.uri, params.text_document.version, conversions.changes(params.content_changes))
 
     @ls.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: DiffillServer, params: types.DidCloseTextDocumentParams) -> None:
@@ -83,14 +83,14 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
         uri, selected = params.text_document.uri, params.context.selected_completion_info
         if selected is not None:  # complete as if the selected item were applied
             r = selected.range
-            answer = await ls.completion.complete_with_selected(uri, results.point(r.start), results.point(r.end),
+            answer = await ls.completion.complete_with_selected(uri, conversions.point(r.start), conversions.point(r.end),
                                                                 selected.text, debounce=not invoked)
         else:
-            answer = await ls.completion.complete(uri, *results.point(params.position), debounce=not invoked)
+            answer = await ls.completion.complete(uri, *conversions.point(params.position), debounce=not invoked)
         if answer is None:
             return types.InlineCompletionList(items=[])
         n = ls.settings.inline.max_items if invoked else 1
-        return results.inline_list(answer.doc, answer.outcome.candidates, ls.encoding, n, answer.accept_ids,
+        return conversions.inline_list(answer.doc, answer.outcome.candidates, ls.encoding, n, answer.accept_ids,
                                    selected=selected)
 
     @ls.feature(
@@ -101,11 +101,11 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
         if not ls.settings.completion.enable:
             return None
         invoked = params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked
-        answer = await ls.completion.complete(params.text_document.uri, *results.point(params.position),
+        answer = await ls.completion.complete(params.text_document.uri, *conversions.point(params.position),
                                               debounce=not invoked)
         if answer is None:
             return types.CompletionList(is_incomplete=True, items=[])
-        return results.completion_list(answer.doc, answer.outcome.candidates, answer.cursor, ls.encoding)
+        return conversions.completion_list(answer.doc, answer.outcome.candidates, answer.cursor, ls.encoding)
 
     @ls.feature(
         types.TEXT_DOCUMENT_CODE_ACTION,
@@ -115,18 +115,18 @@ def build_server(core_factory: CoreFactory = real_core_factory) -> DiffillServer
         entry = ls.usable(params.text_document.uri)
         if entry is None:
             return None
-        here, count = holes_near(ls, entry.doc, results.point(params.range.start), results.point(params.range.end))
-        return results.code_actions(params.text_document.uri, params.range, here, count) or None
+        here, count = holes_near(ls, entry.doc, conversions.point(params.range.start), conversions.point(params.range.end))
+        return conversions.code_actions(params.text_document.uri, params.range, here, count) or None
 
-    @ls.command(results.COMMAND_FILL_HOLES)
+    @ls.command(conversions.COMMAND_FILL_HOLES)
     async def fill_holes(ls: DiffillServer, *args: Any) -> dict:
         return await fill_holes_command(ls, list(args))
 
-    @ls.command(results.COMMAND_ACCEPTED)
+    @ls.command(conversions.COMMAND_ACCEPTED)
     def accepted(ls: DiffillServer, *args: Any) -> bool:
         return bool(args) and ls.feedback.accepted(str(args[0]))
 
-    @ls.feature(results.STATUS_METHOD)
+    @ls.feature(conversions.STATUS_METHOD)
     async def status(ls: DiffillServer, params: Any) -> dict:
         return await status_feature.status(ls)
 

@@ -7,5 +7,5 @@ hole, the holes in a range, a selection regenerated; the code actions that offer
 ``$/progress``, its events, closing it). Each takes the ``DiffillServer`` that holds the
 shared state (runtime.py); the handlers that call them are in server.py.
 
-Must not know: torch, how results look on the wire (results.py).
+Must not know: torch, how results look on the wire (conversions.py).
 """

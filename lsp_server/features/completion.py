@@ -6,7 +6,7 @@ typed-ahead cache, short and full context windows (``lsp_server.windows``), the 
 check, counters and the feedback ids of what is shown, and what each document's last
 fill cost the core (``diffill/status``).
 
-Must not know: how results look on the wire (results.py), grammars internals, how the
+Must not know: how results look on the wire (conversions.py), grammars internals, how the
 core is reached (``core_link``), torch.
 """
 

@@ -16,7 +16,7 @@ has ``window.workDoneProgress``) fed by the core's heartbeats (hole k of n, cont
 tokens encoded, tokens written). There is no deadline: the fill runs as long as the
 core's heartbeats say it is working (core_client).
 
-Must not know: torch, how results are built (results.py), how the core is reached (core_link).
+Must not know: torch, how results are built (conversions.py), how the core is reached (core_link).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from lsprotocol import types
 
 from grammars.holes import find_holes
 from grammars.planner import plan
-from lsp_server import pipeline, results
+from lsp_server import conversions, pipeline
 from lsp_server.core_link import CORE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ async def run_fill_holes(ls: Any, args: list) -> dict:
     candidates = [c for c in candidates if c.text.strip()]
     if not candidates:
         return {"filled": 0}
-    edit = results.workspace_edit(doc, uri, version, candidates, ls.encoding)
+    edit = conversions.workspace_edit(doc, uri, version, candidates, ls.encoding)
     reply = await ls.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label="diffill: fill holes"))
     if not getattr(reply, "applied", False):
         reason = getattr(reply, "failure_reason", None) or "the editor refused the edit"

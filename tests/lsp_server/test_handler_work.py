@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from lsprotocol import types
 
-from lsp_server import results
+from lsp_server import conversions
 from lsp_server.documents import DocumentStore, with_selected
 from lsp_server.features.fill_holes import holes_near
 from lsp_server.settings import Settings
@@ -14,7 +14,7 @@ from lsp_server.settings import Settings
 
 def test_changes_become_plain_tuples():
     rng = types.Range(start=types.Position(1, 2), end=types.Position(1, 4))
-    got = results.changes([types.TextDocumentContentChangePartial(range=rng, text="ab"),
+    got = conversions.changes([types.TextDocumentContentChangePartial(range=rng, text="ab"),
                            types.TextDocumentContentChangeWholeDocument(text="all")])
     assert got == [((1, 2), (1, 4), "ab"), (None, None, "all")]
 

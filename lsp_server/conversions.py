@@ -1,10 +1,10 @@
-"""Every lsprotocol result the server sends, built from plain fills; and LSP inputs as plain tuples.
+"""Every conversion between lsprotocol types and the server's plain data, both ways.
 
-Owns: converting byte-offset candidates into InlineCompletionItems, CompletionItems,
-versioned WorkspaceEdits and CodeActions, in the negotiated position encoding, and the
-other way, content changes and ranges into (line, character) tuples. This is the one
-module that converts between lsprotocol types and the server's plain data; handlers in
-server.py only call it.
+Owns: LSP inputs as plain tuples (content changes, positions and ranges as (line,
+character)), and every lsprotocol result the server sends, built from byte-offset
+candidates: InlineCompletionItems, CompletionItems, versioned WorkspaceEdits and
+CodeActions, in the negotiated position encoding. This is the one module that converts
+between lsprotocol types and the server's plain data; handlers in server.py only call it.
 
 Must not know: the core, settings parsing, grammars internals (it uses only
 ``doc.position_at`` from the grammars contract).
