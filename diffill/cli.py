@@ -25,7 +25,7 @@ class Command(NamedTuple):
 SUBCOMMANDS: dict[str, Command] = {
     "lsp": Command("lsp_server.server", "main", "run the language server for an editor (stdio, or --tcp HOST:PORT)"),
     "fill": Command("diffill.fill", "main", "fill the holes of a file (or stdin) and print the whole result"),
-    "core": Command("diffusion_core.service", "main", "run a denoising core that several editors share"),
+    "core": Command("diffusion_core.serving.service", "main", "run a denoising core that several editors share"),
     "train": Command("training.cli", "main", "build a corpus, train a tokenizer or a model, ship it"),
     "bench": Command("diffill.cli", "bench_main", "benchmark fill quality and latency (diffill bench NAME)"),
 }
@@ -118,7 +118,7 @@ def _interrupted(signum: int, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     # Before any work, even the imports of the command's modules (tree-sitter, pygls: up to
     # a second on a busy CPU): Ctrl-C or SIGTERM there is one line and 128 + the signal.
-    # Each command installs its own handlers first thing (diffusion_core.lifeline).
+    # Each command installs its own handlers first thing (diffusion_core.serving.lifeline).
     previous = {sig: signal.signal(sig, _interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         argv = list(sys.argv[1:] if argv is None else argv)

@@ -2,7 +2,7 @@
 
 Owns: the command line of a one-shot fill (reading the file or stdin, the position,
 the model flags, progress and ``--verbose`` on stderr) on top of the one fill pipeline
-(``lsp_server.pipeline``) with an in-process engine (``diffusion_core.local_core``), so
+(``lsp_server.pipeline``) with an in-process engine (``diffusion_core.serving.local_core``), so
 it fills exactly as the language server does. Any failure is one line on stderr and a
 non-zero exit: 2 for bad arguments (missing file, bad position), 1 for nothing to fill
 at the position or a core failure.
@@ -21,7 +21,7 @@ import signal
 import sys
 from pathlib import Path
 
-from diffusion_core.lifeline import Interrupted, received, restore, stop_on_signals
+from diffusion_core.serving.lifeline import Interrupted, received, restore, stop_on_signals
 from diffusion_core.protocol import WEIGHTS_SCHEMES, one_line
 from grammars.holes import DEFAULT_MARKER
 
@@ -110,10 +110,10 @@ def _describe(info: dict) -> str:
 
 
 def _load_core(model: str | None, device: str, verbose: bool, weights: str = "auto", threads: int = 0):
-    from diffusion_core.progress import Progress
+    from diffusion_core.serving.progress import Progress
 
     try:
-        from diffusion_core.local_core import LocalCore
+        from diffusion_core.serving.local_core import LocalCore
     except ImportError as exc:
         raise FillError(f"the denoising core is not available: {exc}", 1) from None
     try:
@@ -122,7 +122,7 @@ def _load_core(model: str | None, device: str, verbose: bool, weights: str = "au
                                   weights=weights)
     except Exception as exc:  # CoreError names the file or key in one line; anything else too
         raise FillError(f"core failed: {one_line(exc)}", 1) from None
-    core.engine.set_threads(threads)  # diffusion_core/threads.py
+    core.engine.set_threads(threads)  # diffusion_core/generation/threads.py
     if verbose:
         print(f"diffill fill: {_describe(core.engine.info())}", file=sys.stderr)
     return core
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> str:
     if not 0 <= args.threads <= 1024:
         raise FillError(f"--threads {args.threads}: want 0 (chosen by measurement) or a thread count 1-1024", 2)
     core = _load_core(args.model, args.device, args.verbose, args.weights, args.threads)
-    from diffusion_core.progress import Progress
+    from diffusion_core.serving.progress import Progress
 
     try:
         with Progress("diffill fill: filling") as progress:

@@ -84,7 +84,7 @@ class Store:
 
 
 def context_ids(engine, lines: list[str], line: int, typed: str, order: str, extra: list[int], settings) -> list[int]:
-    from diffusion_core.infill_formats import causal_context
+    from diffusion_core.tokens.infill_formats import causal_context
     from grammars.document import Document
     from lsp_server.pipeline import window_segments
 
@@ -101,7 +101,7 @@ def context_ids(engine, lines: list[str], line: int, typed: str, order: str, ext
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from diffusion_core.engine import CONTEXT_STORE_SIZE, Engine
+    from diffusion_core.generation.engine import CONTEXT_STORE_SIZE, Engine
     from lsp_server.settings import Settings
 
     engine = Engine.load(args.model, device="cpu")

@@ -1,6 +1,6 @@
 """Where a core's start goes: the phases between `exec` and the first good completion.
 
-Owns one experiment: a fresh interpreter (as `diffusion_core.service` starts) walks the
+Owns one experiment: a fresh interpreter (as `diffusion_core.serving.service` starts) walks the
 steps of `Engine.load` one at a time (the same public functions `base_model.load_base`
 and `loader.load_model` call, in their order) and times each, then the first and second
 fill; the parent times the interpreter's own start. Run several times, medians reported.
@@ -58,12 +58,12 @@ def child(model: str | None, threads: int, t_exec: float) -> None:
     mark("import_torch")
     if threads > 0:
         torch.set_num_threads(threads)
-    from diffusion_core import service  # noqa: F401 (what `diffill core` imports first)
-    from diffusion_core.engine import Engine, HoleSpec
-    from diffusion_core.loader import LoadedModel, assign_weights, default_dtype, meta_model, resolve_device
-    from diffusion_core.config import ModelConfig
-    from diffusion_core.tokenizer import Tokenizer
-    from diffusion_core.weights import read_tensors, weight_files
+    from diffusion_core.serving import service  # noqa: F401 (what `diffill core` imports first)
+    from diffusion_core.generation.engine import Engine, HoleSpec
+    from diffusion_core.loading.loader import LoadedModel, assign_weights, default_dtype, meta_model, resolve_device
+    from diffusion_core.network.config import ModelConfig
+    from diffusion_core.tokens.tokenizer import Tokenizer
+    from diffusion_core.loading.weights import read_tensors, weight_files
     mark("import_diffill")
     dev = resolve_device("cpu")
     dtype = default_dtype(dev)
@@ -71,7 +71,7 @@ def child(model: str | None, threads: int, t_exec: float) -> None:
         from pathlib import Path
         folder = Path(model)
     else:
-        from diffusion_core import base_model
+        from diffusion_core.loading import base_model
         folder = base_model.base_folder(None, dtype)  # the sha check is a stat lookup once cached
     mark("locate_and_check")
     cfg = ModelConfig.load(folder / "config.json")

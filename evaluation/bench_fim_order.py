@@ -36,7 +36,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def _fill(engine, segments: list[str], plan, settings, params, cap: int):
-    from diffusion_core.engine import HoleSpec
+    from diffusion_core.generation.engine import HoleSpec
     from lsp_server.pipeline import budget_for, stop_spec
 
     spec = HoleSpec(min(budget_for(plan, settings), cap), **stop_spec(plan))
@@ -47,7 +47,7 @@ def _fill(engine, segments: list[str], plan, settings, params, cap: int):
 
 def quality(engine, holes, orders, settings, params, cap: int) -> dict:
     """Per (kind, order): exact match, edit similarity, parse rate, same-as-PSM, p50 ms."""
-    from diffusion_core.infill_formats import FIM_ORDER_ENV
+    from diffusion_core.tokens.infill_formats import FIM_ORDER_ENV
     from grammars.postprocess import finalize
     from lsp_server.pipeline import segments_at
 
@@ -87,7 +87,7 @@ def quality(engine, holes, orders, settings, params, cap: int) -> dict:
 
 def typing(engine, holes, orders, settings, params, cap: int, keys: int) -> dict:
     """Per order: context tokens encoded per keystroke (p50 / mean / max) and encode ms p50."""
-    from diffusion_core.infill_formats import FIM_ORDER_ENV
+    from diffusion_core.tokens.infill_formats import FIM_ORDER_ENV
     from grammars.planner import with_plan_context
     from lsp_server.pipeline import window_segments
 
@@ -123,10 +123,10 @@ def typing(engine, holes, orders, settings, params, cap: int, keys: int) -> dict
 def run(args) -> dict:
     import torch
 
-    from diffusion_core.base_model import load_base
-    from diffusion_core.engine import Engine
-    from diffusion_core.infill_formats import FIM_ORDER_ENV, FIM_ORDERS
-    from diffusion_core.params import FillParams
+    from diffusion_core.loading.base_model import load_base
+    from diffusion_core.generation.engine import Engine
+    from diffusion_core.tokens.infill_formats import FIM_ORDER_ENV, FIM_ORDERS
+    from diffusion_core.generation.params import FillParams
     from lsp_server.settings import ContextSettings, Settings
 
     from .heldout import load_files, sample_holes

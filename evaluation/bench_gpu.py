@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from diffusion_core.config import DEFAULT_SPECIAL_TOKENS, ModelConfig
-from diffusion_core.engine import Engine, HoleSpec
-from diffusion_core.loader import LoadedModel, resolve_device
-from diffusion_core.model import Transformer
-from diffusion_core.params import FillParams
+from diffusion_core.network.config import DEFAULT_SPECIAL_TOKENS, ModelConfig
+from diffusion_core.generation.engine import Engine, HoleSpec
+from diffusion_core.loading.loader import LoadedModel, resolve_device
+from diffusion_core.network.model import Transformer
+from diffusion_core.generation.params import FillParams
 from diffusion_core.protocol import percentile
-from diffusion_core.tokenizer import Tokenizer
+from diffusion_core.tokens.tokenizer import Tokenizer
 
 # Dream 7B / Qwen2.5-7B shape (Dream-Coder, DiffuCoder and DreamOn share it).
 SHAPES = {

@@ -176,7 +176,7 @@ def nesting(requests: int = 10, depth: int = 50_000) -> dict:
 
 
 async def _start_core(model: str | None, where: str, extra: list[str] = (), env=None):
-    cmd = [sys.executable, "-m", "diffusion_core.service", "--device", "cpu", "--threads", "1",
+    cmd = [sys.executable, "-m", "diffusion_core.serving.service", "--device", "cpu", "--threads", "1",
            "--log-level", "WARNING", *where.split(), *extra]
     if model:
         cmd += ["--model", model]
@@ -346,7 +346,7 @@ EDITOR = """
 import os, subprocess, sys, time
 sock, model, delay, log = sys.argv[1:5]
 env = {**os.environ, "DIFFILL_DEBUG_LOAD_DELAY_S": delay}
-core = subprocess.Popen([sys.executable, "-m", "diffusion_core.service", "--socket", sock, "--device", "cpu",
+core = subprocess.Popen([sys.executable, "-m", "diffusion_core.serving.service", "--socket", sock, "--device", "cpu",
                          "--threads", "1", "--parent-pid", str(os.getpid()), "--log-level", "INFO"]
                         + (["--model", model] if model else []), env=env, stdout=subprocess.DEVNULL,
                         stderr=open(log, "w"))

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 import diffusion_core
-from diffusion_core.engine import Engine, HoleSpec
-from diffusion_core.loader import resolve_device, save_model
-from diffusion_core.model import Transformer
-from diffusion_core.params import FillParams
+from diffusion_core.generation.engine import Engine, HoleSpec
+from diffusion_core.loading.loader import resolve_device, save_model
+from diffusion_core.network.model import Transformer
+from diffusion_core.generation.params import FillParams
 from diffusion_core.protocol import percentile
 from training.bpe import train_bpe
 

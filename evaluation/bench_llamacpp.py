@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from diffusion_core.infill_formats import CAUSAL_MAX_CONTEXT, FIM_TOKENS
+from diffusion_core.tokens.infill_formats import CAUSAL_MAX_CONTEXT, FIM_TOKENS
 
 from .decoding import add_hole_args, heldout_holes, percentile, stop_spec, window_settings
 from .peer_llamacpp import N_CTX, LlamaCppPeer, default_gguf_file, prompt_ids
@@ -35,10 +35,10 @@ def diffill_prompt(tokenizer_json: Path) -> Callable[[str, str], list[int]]:
     (to check that llama.cpp is asked the same thing, token for token)."""
     from tokenizers import Tokenizer
 
-    from diffusion_core.textcut import cut_segments
+    from diffusion_core.tokens.textcut import cut_segments
 
     tok = Tokenizer.from_file(str(tokenizer_json))
-    tok.encode_special_tokens = True  # as diffusion_core.tokenizer: marker text in code stays text
+    tok.encode_special_tokens = True  # as diffusion_core.tokens.tokenizer: marker text in code stays text
     marks = {role: tok.token_to_id(FIM_TOKENS[role]) for role in ("pre", "suf", "mid")}
 
     def ids(prefix: str, suffix: str) -> list[int]:
@@ -52,8 +52,8 @@ def _default_tokenizer_json() -> Path | None:
     """The default model's converted tokenizer.json, if a diffill run converted it already."""
     import torch
 
-    from diffusion_core.base_model import BASE_SHA256
-    from diffusion_core.model_cache import model_dir
+    from diffusion_core.loading.base_model import BASE_SHA256
+    from diffusion_core.loading.model_cache import model_dir
 
     found = [d / "tokenizer.json" for d in (model_dir(BASE_SHA256, torch.float32), model_dir(BASE_SHA256))
              if (d / "tokenizer.json").is_file()]

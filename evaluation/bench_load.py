@@ -28,8 +28,8 @@ CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
 import torch
-from diffusion_core.base_model import load_base
-from diffusion_core.loader import load_model
+from diffusion_core.loading.base_model import load_base
+from diffusion_core.loading.loader import load_model
 dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[sys.argv[2]]
 t1 = time.perf_counter()
 if sys.argv[1] == "-":

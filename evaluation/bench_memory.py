@@ -52,8 +52,8 @@ async def _session(core, holes, settings, checkpoints: set[int]) -> list[dict]:
 def run(args) -> dict:
     import torch
 
-    from diffusion_core.engine import Engine
-    from diffusion_core.local_core import LocalCore
+    from diffusion_core.generation.engine import Engine
+    from diffusion_core.serving.local_core import LocalCore
 
     from .bench_quality import bench_settings, first_use_heldout
     from .heldout import load_files, sample_holes

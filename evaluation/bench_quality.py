@@ -2,7 +2,7 @@
 
 Owns the benchmark's orchestration: the command line, filling held-out holes through
 the shipped fill path (``lsp_server.pipeline.fill_at`` over an in-process
-``diffusion_core.local_core.LocalCore``: the plan, context window, budget cap,
+``diffusion_core.serving.local_core.LocalCore``: the plan, context window, budget cap,
 finalize and ranking an editor gets; the top candidate is scored), HumanEval-Infilling
 problems, the baselines, the budget and sampler sweeps, and the report (a table per
 section on stdout, then one JSON line; with --json only the JSON line).
@@ -47,7 +47,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from diffusion_core.params import STRATEGIES, FillParams
+    from diffusion_core.generation.params import STRATEGIES, FillParams
     from lsp_server.settings import ContextSettings
 
     from .sandbox import MEMORY_MB, TIMEOUT_S
@@ -135,8 +135,8 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     """Every asked-for section; returns (JSON-safe report, human tables)."""
     import torch
 
-    from diffusion_core.engine import Engine
-    from diffusion_core.params import FillParams
+    from diffusion_core.generation.engine import Engine
+    from diffusion_core.generation.params import FillParams
 
     t_start = time.perf_counter()
     threads = args.threads or _auto_threads()
@@ -278,7 +278,7 @@ def first_use_heldout(corpus: str) -> list[Path]:
 
 def _warm_up(engine, hole) -> None:
     """One excluded fill, so one-off costs (allocator, kernels) stay out of the figures."""
-    from diffusion_core.params import FillParams
+    from diffusion_core.generation.params import FillParams
     from lsp_server.pipeline import segments_at
     from lsp_server.settings import ContextSettings, Settings
 
@@ -316,8 +316,8 @@ def heldout_section(engine, holes, params, args, sweeps) -> tuple[dict, str]:
 
 
 async def _heldout(engine, holes, params, args, sweeps) -> tuple[dict, str]:
-    from diffusion_core.local_core import LocalCore
-    from diffusion_core.progress import Progress
+    from diffusion_core.serving.local_core import LocalCore
+    from diffusion_core.serving.progress import Progress
     from grammars.postprocess import finalize
     from lsp_server.pipeline import segments_at
 
@@ -405,7 +405,7 @@ def infill_problem(engine, prob, params, budget: int, post: str) -> tuple[str, T
 
 
 def infilling_section(engine, params, args, limit) -> tuple[dict, str]:
-    from diffusion_core.progress import Progress
+    from diffusion_core.serving.progress import Progress
 
     from .infilling import load_problems
     from .report import table
@@ -432,7 +432,7 @@ def infilling_section(engine, params, args, limit) -> tuple[dict, str]:
 
 
 def _run_problems(engine, problems, params, args, progress) -> list[dict]:
-    from diffusion_core.local_core import LocalCore
+    from diffusion_core.serving.local_core import LocalCore
 
     from .infilling import fill_shape, program
     from .sandbox import run_program

@@ -65,12 +65,12 @@ def run_one(args, weights: str) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from diffusion_core.base_model import load_base
-    from diffusion_core.layout import attention_mask
-    from diffusion_core.loader import load_model
-    from diffusion_core.model import Segment
-    from diffusion_core.params import FillParams
-    from diffusion_core.sampler import sample_tokens
+    from diffusion_core.loading.base_model import load_base
+    from diffusion_core.tokens.layout import attention_mask
+    from diffusion_core.loading.loader import load_model
+    from diffusion_core.network.model import Segment
+    from diffusion_core.generation.params import FillParams
+    from diffusion_core.generation.sampler import sample_tokens
 
     if args.model:
         loaded = load_model(args.model, "cpu", torch.float32, weights=weights)

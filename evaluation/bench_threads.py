@@ -6,7 +6,7 @@ Owns: timing what a completion costs the core (a cold context encode of ``--cont
 tokens, then ``--tokens`` AR decode steps) at each thread count from 1 to the CPU count,
 once with the machine as it is ("quiet") and once beside ``--hogs`` busy-loop processes
 ("busy": another build or test run on the same cores). The core's ``--threads`` default
-(``diffusion_core.threads.auto_threads``) was chosen from this table.
+(``diffusion_core.generation.threads.auto_threads``) was chosen from this table.
 
 Prints a table, then one JSON line last. Must not know: LSP, the scheduler.
 """
@@ -46,7 +46,7 @@ def _hog(stop) -> None:  # a CPU-bound neighbour
 
 def _run(engine, text: str, tokens: int) -> tuple[float, float]:
     """(encode ms, decode ms per token) of one cold fill."""
-    from diffusion_core.engine import FillParams, HoleSpec
+    from diffusion_core.generation.engine import FillParams, HoleSpec
 
     engine.forget_contexts()
     res = engine.fill([text, "\n"], [HoleSpec(budget=tokens)], FillParams(strategy="ar"))
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from diffusion_core.engine import Engine
+    from diffusion_core.generation.engine import Engine
 
     if args.tiny:
         from .tiny_model import make_tiny_model

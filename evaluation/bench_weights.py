@@ -49,7 +49,7 @@ def run(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from diffusion_core.base_model import load_base
+    from diffusion_core.loading.base_model import load_base
 
     from .bench_quality import first_use_heldout
 

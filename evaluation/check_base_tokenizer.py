@@ -31,7 +31,7 @@ def reference_tokenizer(parts: list[Path]):
     import transformers
     import transformers.integrations.gguf.reader as hf_reader
 
-    from diffusion_core.gguf_model import open_gguf
+    from diffusion_core.loading.gguf_model import open_gguf
 
     joined = open_gguf(parts)
     hf_reader._mapped = lambda path: np.memmap(parts[0], mode="r", dtype=np.uint8)
@@ -42,8 +42,8 @@ def reference_tokenizer(parts: list[Path]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from diffusion_core import base_model
-    from diffusion_core.gguf_model import build_tokenizer, open_gguf
+    from diffusion_core.loading import base_model
+    from diffusion_core.loading.gguf_model import build_tokenizer, open_gguf
 
     ap = argparse.ArgumentParser(prog="diffill bench base-tokenizer", description=__doc__.splitlines()[0],
                                  epilog="example:\n  diffill bench base-tokenizer README.md diffill/cli.py",

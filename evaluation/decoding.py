@@ -41,7 +41,7 @@ DEFAULT_HELDOUT = "/work/corpus/holdout.jsonl"
 
 def stop_spec(plan, budget: int):
     """The planner's stop rule as the engine's HoleSpec: the LSP pipeline's own (one place)."""
-    from diffusion_core.engine import HoleSpec
+    from diffusion_core.generation.engine import HoleSpec
     from lsp_server.pipeline import stop_spec as pipeline_stop
 
     return HoleSpec(budget, **pipeline_stop(plan))
@@ -85,8 +85,8 @@ def add_hole_args(ap) -> None:
 def run(args) -> dict:
     import torch
 
-    from diffusion_core.engine import Engine
-    from diffusion_core.params import FillParams
+    from diffusion_core.generation.engine import Engine
+    from diffusion_core.generation.params import FillParams
     from grammars.postprocess import finalize
     from lsp_server.pipeline import segments_at
 
@@ -98,7 +98,7 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     engine = Engine.load(args.model or None, "cpu", dtype=dtype, weights=args.weights)
     if args.adapter:
-        from diffusion_core.draft_adapter import load_adapter
+        from diffusion_core.generation.draft_adapter import load_adapter
 
         if engine.drafter is not None:
             engine.drafter.detach()

@@ -72,7 +72,7 @@ def _zero_tensor_bytes(shard: Path) -> None:
 
 
 async def first_run(model: str | None, weights: str = "auto", editors: int = 2) -> dict:
-    from diffusion_core import cache_folder
+    from diffusion_core.loading import cache_folder
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +173,7 @@ def hostile_files(folder: Path) -> dict[str, Path]:
 
 LOAD = r"""
 import json, resource, sys, time
-from diffusion_core.loader import load_model
+from diffusion_core.loading.loader import load_model
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 try:

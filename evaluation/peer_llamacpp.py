@@ -52,8 +52,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from diffusion_core.errors import CoreError
-from diffusion_core.infill_formats import CAUSAL_MASK_TOKEN, CAUSAL_MAX_CONTEXT, FIM_TOKENS, FORMATS
-from diffusion_core.sampler import stop_point
+from diffusion_core.tokens.infill_formats import CAUSAL_MASK_TOKEN, CAUSAL_MAX_CONTEXT, FIM_TOKENS, FORMATS
+from diffusion_core.generation.sampler import stop_point
 
 GGUF_DIR_NAME = "llamacpp"  # under the diffill user cache (model_cache.cache_root)
 JOIN_CHUNK = 16 * 1024 * 1024
@@ -77,7 +77,7 @@ def joined_gguf(parts: list[Path], expected_sha256: str, dest_dir: Path, progres
     is written and renamed into place only when it matches, so a reader never sees a torn
     or wrong file.
     """
-    from diffusion_core.model_cache import remember_hash, sha256_of
+    from diffusion_core.loading.model_cache import remember_hash, sha256_of
 
     parts = [Path(p) for p in parts]
     dest = Path(dest_dir) / f"{expected_sha256}.gguf"
@@ -110,8 +110,8 @@ def joined_gguf(parts: list[Path], expected_sha256: str, dest_dir: Path, progres
 
 def default_gguf_file(progress=None) -> Path:
     """The default model as one GGUF file in the user cache (joined on first use)."""
-    from diffusion_core.base_model import BASE_SHA256, locate
-    from diffusion_core.model_cache import cache_root
+    from diffusion_core.loading.base_model import BASE_SHA256, locate
+    from diffusion_core.loading.model_cache import cache_root
 
     return joined_gguf(locate(), BASE_SHA256, cache_root() / GGUF_DIR_NAME, progress)
 
@@ -130,9 +130,9 @@ def prompt_ids(prefix_ids: list[int], suffix_ids: list[int], marks: dict[str, in
 
     marks: FIM_TOKENS role ("pre", "suf", "mid") -> id in this vocabulary.
     """
-    from diffusion_core.infill_formats import causal_context
-    from diffusion_core.layout import fit_context
-    from diffusion_core.tokenizer import SpecialIds
+    from diffusion_core.tokens.infill_formats import causal_context
+    from diffusion_core.tokens.layout import fit_context
+    from diffusion_core.tokens.tokenizer import SpecialIds
 
     (prefix_ids, suffix_ids), _ = fit_context([list(prefix_ids), list(suffix_ids)], max_context)
     sp = SpecialIds(mask=-1, eos=-1, pre=marks["pre"], suf=marks["suf"], mid=marks["mid"])
@@ -255,7 +255,7 @@ class LlamaCppPeer:
     def prompt(self, prefix: str, suffix: str, budget_tokens: int) -> list[int]:
         """The prompt ids of a hole: diffill's engine window (CAUSAL_MAX_CONTEXT tokens of
         prefix and suffix, the markers and the hole on top), never past this context's n_ctx."""
-        from diffusion_core.textcut import cut_segments
+        from diffusion_core.tokens.textcut import cut_segments
 
         prefix, suffix = cut_segments([prefix, suffix], CAUSAL_MAX_CONTEXT)
         room = min(CAUSAL_MAX_CONTEXT, self.n_ctx - budget_tokens - FIM_MARKS)

@@ -29,7 +29,7 @@ class TimedFill:
 def fill(engine, segments: list[str], budget: int, params, stop: dict | None = None) -> TimedFill:
     """One timed Engine.fill of a single hole between segments[0] and segments[1];
     stop: the hole's stop rule (`protocol.STOP_KEYS`), as the pipeline sends it."""
-    from diffusion_core.engine import HoleSpec
+    from diffusion_core.generation.engine import HoleSpec
 
     t0 = time.perf_counter()
     try:

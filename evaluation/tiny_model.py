@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from diffusion_core.config import ModelConfig
-from diffusion_core.loader import save_model
-from diffusion_core.model import Transformer
+from diffusion_core.network.config import ModelConfig
+from diffusion_core.loading.loader import save_model
+from diffusion_core.network.model import Transformer
 from training.bpe import train_bpe
 
 # A little code, so a tiny tokenizer has real merges: Python (the checkpoint-layout

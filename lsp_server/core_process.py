@@ -1,6 +1,6 @@
 """The private core processes of one client: spawned, watched, replaced, swept.
 
-Owns: starting ``python -m diffusion_core.service`` on a private socket in a fresh 0700
+Owns: starting ``python -m diffusion_core.serving.service`` on a private socket in a fresh 0700
 folder, its stderr (load progress lines, the tail that explains an exit), the standby
 (a second private core started ahead of need, connected and idle), promoting it when
 the live core is lost, stopping and reaping cores, sweeping folders that dead servers
@@ -95,7 +95,7 @@ class CoreCommand:
     model_dir: str | None = None
     device: str = "auto"
     weights: str = "auto"  # protocol.WEIGHTS_SCHEMES
-    threads: int = 0  # 0: chosen by measurement (diffusion_core.threads)
+    threads: int = 0  # 0: chosen by measurement (diffusion_core.generation.threads)
     core_args: list[str] = field(default_factory=list)
 
 
@@ -166,7 +166,7 @@ class Supervisor:
         c = self.command
         # --parent-pid: the core exits with us from its first instruction, also when we die
         # before its interpreter has started (service.main, lifeline.tie_to_parent).
-        cmd = [sys.executable, "-m", "diffusion_core.service", "--socket", socket_path, "--device", c.device,
+        cmd = [sys.executable, "-m", "diffusion_core.serving.service", "--socket", socket_path, "--device", c.device,
                "--weights", c.weights, "--threads", str(c.threads),
                "--parent-pid", str(os.getpid()), "--load-progress"]
         if c.model_dir:

@@ -5,7 +5,7 @@ through a ``CoreConnection`` -> grammars ``finalize`` -> variants and ranking, f
 cursor (``fill_at``) and for every hole of a document in one core call (``fill_plans``), and
 the context window cut around the hole. Three callers use it and nothing else: the
 LSP server (a socket client to the core), ``diffill fill`` and ``diffill bench
-quality`` (both an in-process engine, ``diffusion_core.local_core.LocalCore``), so the
+quality`` (both an in-process engine, ``diffusion_core.serving.local_core.LocalCore``), so the
 benchmark measures what users get.
 
 Must not know: LSP types (conversions.py converts), pygls, torch, how the core is reached.

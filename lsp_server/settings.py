@@ -61,14 +61,14 @@ class CoreSettings:
     # core start; off on machines short of either (docs/benchmarks.md, "Standby core").
     standby: bool = True
     # CPU threads of a private core (diffill core --threads): 0 chooses per kind of work by
-    # measurement (diffusion_core/threads.py; docs/benchmarks.md, "Threads").
+    # measurement (diffusion_core/generation/threads.py; docs/benchmarks.md, "Threads").
     threads: int = 0
 
 
 @dataclass(frozen=True)
 class FillSettings:
     max_tokens: int = 64  # cap on the planner's budget per hole
-    steps: int | None = None  # None: the core's default (diffusion_core/params.py)
+    steps: int | None = None  # None: the core's default (diffusion_core/generation/params.py)
     threshold: float | None = None
     strategy: str | None = None
 

@@ -16,8 +16,8 @@ import hashlib
 import pytest
 
 from diffill.fill import fill_document
-from diffusion_core.engine import FillResult, FillStats
-from diffusion_core.local_core import LocalCore
+from diffusion_core.generation.engine import FillResult, FillStats
+from diffusion_core.serving.local_core import LocalCore
 from evaluation.bench_quality import shipped_fill
 from evaluation.heldout import Hole
 from grammars.document import Document
@@ -82,7 +82,7 @@ async def test_three_callers_same_text_fake_engine(text, line, character, tmp_pa
 
 
 async def test_three_callers_same_text_tiny_model(tmp_path):
-    from diffusion_core.engine import Engine
+    from diffusion_core.generation.engine import Engine
     from evaluation.tiny_model import make_tiny_model
 
     engine = Engine.load(make_tiny_model(tmp_path / "model", seed=5), device="cpu")

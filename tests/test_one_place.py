@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from diffusion_core import params, protocol
+from diffusion_core import protocol
+from diffusion_core.generation import params
 from grammars import budgets
 from grammars.document import Document
 from grammars.holes import DEFAULT_MARKER

@@ -9,7 +9,7 @@ from typing import Iterable
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from diffusion_core.config import DEFAULT_SPECIAL_TOKENS
+from diffusion_core.network.config import DEFAULT_SPECIAL_TOKENS
 
 # cl100k-style split: letters with one leading non-letter, numbers in groups of three (with
 # their leading space),

@@ -4,7 +4,7 @@
 
 Owns the conversion recipe of issue 13 for a causal-layout base (Qwen2.5-Coder-0.5B):
 examples, the objective, the loop, save/resume and the validation figure. The adapter and its
-no-op-on-clean-rows rule live in `diffusion_core.draft_adapter`.
+no-op-on-clean-rows rule live in `diffusion_core.generation.draft_adapter`.
 
 Examples are FIM frames cut from the corpus's train split (never benchmark data): a cursor
 at a random column of a random line, a middle of whole lines after it, the prefix before it
@@ -41,9 +41,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from diffusion_core import infill_formats
-from diffusion_core.draft_adapter import AdapterSpec, MaskAdapter
-from diffusion_core.model import Transformer, rope_cos_sin
+from diffusion_core.tokens import infill_formats
+from diffusion_core.generation.draft_adapter import AdapterSpec, MaskAdapter
+from diffusion_core.network.model import Transformer, rope_cos_sin
 
 PREFIX_TOKENS = 256  # clean context before the cursor: the drafts see the base's keys/values of it
 SUFFIX_BYTES = 256  # lsp_server settings' context.suffixBytes default
@@ -266,7 +266,7 @@ def evaluate(model, tok, adapter: MaskAdapter, texts: list[str], n: int, k: int,
 def train(cfg: DraftConfig, loaded=None) -> Path:
     """Train (or resume) into cfg.out; loaded: a `LoadedModel` to convert instead of the default
     base (tests use tiny ones; the adapter then records no base hash)."""
-    from diffusion_core.base_model import BASE_SHA256, load_base
+    from diffusion_core.loading.base_model import BASE_SHA256, load_base
 
     torch.manual_seed(cfg.seed)
     if cfg.threads:
@@ -274,7 +274,7 @@ def train(cfg: DraftConfig, loaded=None) -> Path:
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    from diffusion_core.loader import resolve_device
+    from diffusion_core.loading.loader import resolve_device
 
     base_sha = "" if loaded is not None else BASE_SHA256
     loaded = loaded or load_base(str(resolve_device(cfg.device)), torch.float32)

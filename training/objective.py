@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from grammars.budgets import BLOCK_BUDGET, BODY_BUDGET, LINE_BUDGET
 
-from diffusion_core.layout import build_diffill, fit_context
-from diffusion_core.tokenizer import SpecialIds
+from diffusion_core.tokens.layout import build_diffill, fit_context
+from diffusion_core.tokens.tokenizer import SpecialIds
 
 try:  # grammars is part of the distribution; the fallback keeps training alive on junk input
     from grammars.spans import sample_spans

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from diffusion_core.errors import CoreError
-from diffusion_core.loader import load_model, save_model
+from diffusion_core.loading.loader import load_model, save_model
 
 MAX_SHIPPED_BYTES = 32 * 1024 * 1024
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusion_core.config import ModelConfig
+from diffusion_core.network.config import ModelConfig
 from diffusion_core.errors import CoreError
-from diffusion_core.loader import read_tensors, resolve_device, save_model, weight_files
-from diffusion_core.model import Transformer
-from diffusion_core.tokenizer import Tokenizer
+from diffusion_core.loading.loader import read_tensors, resolve_device, save_model, weight_files
+from diffusion_core.network.model import Transformer
+from diffusion_core.tokens.tokenizer import Tokenizer
 from .objective import collate, loss_fn, make_causal_example, make_example
 
 

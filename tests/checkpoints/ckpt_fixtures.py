@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from diffusion_core.checkpoints import QWEN2_SPLIT
+from diffusion_core.loading.checkpoints import QWEN2_SPLIT
 from evaluation.tiny_model import PYTHON_SAMPLE as SAMPLE  # one sample text for every tiny tokenizer
 
 DREAM_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|beginoftext|>", "<|mask|>"]
@@ -185,6 +185,6 @@ def make_llada(folder: str | Path, seed: int = 0, shards: int = 1, n_kv_heads: i
 
 
 def raw_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    from diffusion_core.loader import read_tensors, weight_files
+    from diffusion_core.loading.loader import read_tensors, weight_files
 
     return {k: v.float() for k, v in read_tensors(weight_files(Path(folder))).items()}

@@ -1,7 +1,7 @@
 """The slow, obviously correct denoising loop the engine's fast path is tested against.
 
 Owns `denoise_reference`: a full uncached forward over the whole sequence every step and
-plain Python per hole, built from the sampler's rules (`diffusion_core.sampler`), so a
+plain Python per hole, built from the sampler's rules (`diffusion_core.generation.sampler`), so a
 test compares the engine's cached, batched steps with the same rules run the plain way.
 Test-only: the product never runs it.
 """
@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 
 from diffusion_core.errors import CoreError, FillCancelled
-from diffusion_core.params import FillParams
-from diffusion_core.sampler import HoleState, commit_hole, resize_holes, step_cap
+from diffusion_core.generation.params import FillParams
+from diffusion_core.generation.sampler import HoleState, commit_hole, resize_holes, step_cap
 
 
 def denoise_reference(full_logits: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor,

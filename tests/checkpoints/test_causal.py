@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ckpt_fixtures import _tokenizer_config, write_tokenizer
-from diffusion_core import causal
-from diffusion_core.infill_formats import causal_context
-from diffusion_core.checkpoints import converter_for, convert_causal_lm
-from diffusion_core.engine import Engine, HoleSpec
+from diffusion_core.generation import causal
+from diffusion_core.tokens.infill_formats import causal_context
+from diffusion_core.loading.checkpoints import converter_for, convert_causal_lm
+from diffusion_core.generation.engine import Engine, HoleSpec
 from diffusion_core.errors import CoreError
-from diffusion_core.params import FillParams
+from diffusion_core.generation.params import FillParams
 
 transformers = pytest.importorskip("transformers")
 

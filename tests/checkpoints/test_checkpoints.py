@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ckpt_fixtures import make_dream, make_llada
-from diffusion_core.checkpoints import build_qwen2_tokenizer, converter_for
-from diffusion_core.engine import Engine, HoleSpec
+from diffusion_core.loading.checkpoints import build_qwen2_tokenizer, converter_for
+from diffusion_core.generation.engine import Engine, HoleSpec
 from diffusion_core.errors import CoreError
-from diffusion_core.loader import load_model
+from diffusion_core.loading.loader import load_model
 from evaluation.tiny_model import make_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]

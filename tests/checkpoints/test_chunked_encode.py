@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_core.engine import Engine, HoleSpec, WarmJob
+from diffusion_core.generation.engine import Engine, HoleSpec, WarmJob
 from diffusion_core.errors import FillCancelled
-from diffusion_core.params import FillParams
+from diffusion_core.generation.params import FillParams
 from evaluation.tiny_model import make_tiny_model
 
 from test_causal import make_causal_lm

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ckpt_fixtures import make_dream
-from diffusion_core import infill_formats as fmts
-from diffusion_core.engine import Engine, HoleSpec
-from diffusion_core.params import FillParams
+from diffusion_core.tokens import infill_formats as fmts
+from diffusion_core.generation.engine import Engine, HoleSpec
+from diffusion_core.generation.params import FillParams
 from reference_sampler import denoise_reference
 
 SEGMENTS = ["def add(a, b):\n    return ", "\n\nclass Point:\n", "\n"]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_core import infill_formats as fmts
-from diffusion_core.engine import Engine, HoleSpec
+from diffusion_core.tokens import infill_formats as fmts
+from diffusion_core.generation.engine import Engine, HoleSpec
 from diffusion_core.errors import CoreError
-from diffusion_core.params import FillParams
-from diffusion_core.tokenizer import SpecialIds
+from diffusion_core.generation.params import FillParams
+from diffusion_core.tokens.tokenizer import SpecialIds
 
 transformers = pytest.importorskip("transformers")
 from test_causal import PREFIX, SUFFIX, make_causal_lm  # noqa: E402  (needs transformers)

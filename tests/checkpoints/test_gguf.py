@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from gguf_fixtures import CONTROL, USER_DEFINED, make_gguf, split_file
-from diffusion_core import base_model, model_cache
+from diffusion_core.loading import base_model, model_cache
 from diffusion_core.errors import CoreError
-from diffusion_core.gguf_model import read_gguf
-from diffusion_core.loader import load_model
+from diffusion_core.loading.gguf_model import read_gguf
+from diffusion_core.loading.loader import load_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -165,7 +165,7 @@ def test_cache_round_trip(tmp_path, cache_home, monkeypatch):
     assert torch.equal(full.model.state_dict()["lm_head.weight"], tiny.effective["lm_head.weight"])
     # ... with its matmul weights stored transposed and loaded as views (the fast CPU layout),
     # every value the same as the dequantized weight.
-    from diffusion_core.loader import read_tensors, weight_files
+    from diffusion_core.loading.loader import read_tensors, weight_files
 
     stored = read_tensors(weight_files(full.path))
     assert "lm_head.weight.T" in stored and "layers.0.self_attn.q_proj.weight.T" in stored
@@ -363,7 +363,7 @@ def test_default_model_changed_under_its_mtime_is_not_converted(fake_base, cache
 
 
 def test_multipart_reader_copies_only_across_boundaries(tmp_path):
-    from diffusion_core.gguf_model import PartsBuffer
+    from diffusion_core.loading.gguf_model import PartsBuffer
 
     tiny = make_gguf(tmp_path / "tiny.gguf")
     parts = split_file(tiny.path, tmp_path / "cut", 4)

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from test_causal import fill, make_causal_lm
-from diffusion_core.engine import Engine, HoleSpec
-from diffusion_core.params import FillParams
-from diffusion_core.infill_formats import causal_context
-from diffusion_core.sampler import stop_point
+from diffusion_core.generation.engine import Engine, HoleSpec
+from diffusion_core.generation.params import FillParams
+from diffusion_core.tokens.infill_formats import causal_context
+from diffusion_core.generation.sampler import stop_point
 
 transformers = pytest.importorskip("transformers")
 
@@ -138,8 +138,8 @@ def test_healed_dream_hole_equals_the_reference_loop_on_reference_logits(tmp_pat
     brute force) the slow loop over transformers' own model commits too."""
     from ckpt_fixtures import make_dream
     from test_parity import qwen2_reference
-    from diffusion_core.infill_formats import build
-    from diffusion_core.sampler import trim
+    from diffusion_core.tokens.infill_formats import build
+    from diffusion_core.generation.sampler import trim
     from reference_sampler import denoise_reference
 
     folder = make_dream(tmp_path / "d", seed=5)

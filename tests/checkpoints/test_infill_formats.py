@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from ckpt_fixtures import make_dream, make_llada
-from diffusion_core import infill_formats as fmts
-from diffusion_core.layout import Layout
-from diffusion_core.loader import load_model
-from diffusion_core.sampler import HoleState, resize_holes
-from diffusion_core.tokenizer import SpecialIds
+from diffusion_core.tokens import infill_formats as fmts
+from diffusion_core.tokens.layout import Layout
+from diffusion_core.loading.loader import load_model
+from diffusion_core.generation.sampler import HoleState, resize_holes
+from diffusion_core.tokens.tokenizer import SpecialIds
 
 SP = SpecialIds(mask=9, eos=1, bos=2, pad=1, expand=7)
 SEGS = [[10, 11], [12], [13, 14]]

@@ -12,7 +12,7 @@ import torch
 
 from gguf_fixtures import make_gguf
 from diffusion_core.errors import CoreError
-from diffusion_core.loader import load_model
+from diffusion_core.loading.loader import load_model
 from evaluation.tiny_model import make_tiny_model
 
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from ckpt_fixtures import make_dream, make_llada, raw_tensors
-from diffusion_core.engine import Engine, HoleSpec
-from diffusion_core.loader import load_model
-from diffusion_core.params import FillParams
+from diffusion_core.generation.engine import Engine, HoleSpec
+from diffusion_core.loading.loader import load_model
+from diffusion_core.generation.params import FillParams
 from reference_sampler import denoise_reference
 
 transformers = pytest.importorskip("transformers")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffusion_core.engine import Engine
+from diffusion_core.generation.engine import Engine
 from evaluation.tiny_model import make_tiny_model
 
 

@@ -5,7 +5,7 @@ reference loop can be checked to recover a known answer under every strategy.
 """
 import torch
 
-from diffusion_core.model import Transformer
+from diffusion_core.network.model import Transformer
 
 
 class FakePredictor(Transformer):

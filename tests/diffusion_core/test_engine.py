@@ -1,10 +1,10 @@
 """Engine requests: bad input is one clear error, truncation keeps the text around the hole."""
 import pytest
 
-from diffusion_core.engine import HoleSpec
+from diffusion_core.generation.engine import HoleSpec
 from diffusion_core.errors import CoreError
-from diffusion_core.layout import PREFIX_CUT_ALIGN, fit_context
-from diffusion_core.params import MAX_BUDGET, FillParams
+from diffusion_core.tokens.layout import PREFIX_CUT_ALIGN, fit_context
+from diffusion_core.generation.params import MAX_BUDGET, FillParams
 
 
 @pytest.mark.parametrize("segments, holes, match", [

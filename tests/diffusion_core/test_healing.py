@@ -3,12 +3,12 @@ vocabulary, and a healed diffusion hole (the "diffill" layout) against the refer
 import pytest
 import torch
 
-from diffusion_core.engine import HoleSpec
-from diffusion_core.layout import build_diffill, full_mask
-from diffusion_core.params import FillParams
-from diffusion_core.sampler import trim
+from diffusion_core.generation.engine import HoleSpec
+from diffusion_core.tokens.layout import build_diffill, full_mask
+from diffusion_core.generation.params import FillParams
+from diffusion_core.generation.sampler import trim
 from tests.checkpoints.reference_sampler import denoise_reference
-from diffusion_core.tokenizer import HEAL_MAX_TOKENS
+from diffusion_core.tokens.tokenizer import HEAL_MAX_TOKENS
 
 ENDINGS = ["x = resu", "        self.x = x\n        sel", "a +", "a  ", "return a + b", "fn main() { let x",
            "for i in range(10", "print(i)", "", "x = 1\n", "a ==", "self.", "\u00e9t", "\u00e9t\u00e9\u00e9"]

@@ -1,4 +1,4 @@
-"""The job protocol (diffusion_core.job) and the context store's slots, the store without a model."""
+"""The job protocol (diffusion_core.generation.job) and the context store's slots, the store without a model."""
 import ast
 from pathlib import Path
 from types import SimpleNamespace
@@ -6,10 +6,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from diffusion_core import causal, diffusion_job, job
-from diffusion_core.context_store import ContextStore
-from diffusion_core.engine import Engine, FillParams, HoleSpec
-from diffusion_core.fill_types import FillStats
+from diffusion_core.generation import causal, diffusion_job, job
+from diffusion_core.generation.context_store import ContextStore
+from diffusion_core.generation.engine import Engine, FillParams, HoleSpec
+from diffusion_core.generation.fill_types import FillStats
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB, OTHER = SimpleNamespace(warm=False), SimpleNamespace(warm=False)  # owners that are not warm-ups
@@ -90,6 +90,6 @@ def test_every_job_kind_has_the_protocol(engine, causal_engine):
 def test_jobs_never_import_the_engine():
     """The jobs get a JobEnv, not the Engine: no import of engine, even for annotations."""
     for name in ("causal.py", "diffusion_job.py", "job.py", "context_store.py"):
-        tree = ast.parse((ROOT / "diffusion_core" / name).read_text(encoding="utf-8"))
+        tree = ast.parse((ROOT / "diffusion_core" / "generation" / name).read_text(encoding="utf-8"))
         mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        assert "engine" not in mods and "diffusion_core.engine" not in mods, name
+        assert "engine" not in mods and "diffusion_core.generation.engine" not in mods, name

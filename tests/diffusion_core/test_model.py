@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from diffusion_core.engine import Engine, HoleSpec
+from diffusion_core.generation.engine import Engine, HoleSpec
 from diffusion_core.errors import CoreError
-from diffusion_core.layout import full_mask
-from diffusion_core.loader import INDEX_NAME, load_model, save_model
-from diffusion_core.model import Segment
+from diffusion_core.tokens.layout import full_mask
+from diffusion_core.loading.loader import INDEX_NAME, load_model, save_model
+from diffusion_core.network.model import Segment
 from evaluation.tiny_model import make_tiny_model
 
 

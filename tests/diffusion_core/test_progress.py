@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import time
 
-from diffusion_core import progress
-from diffusion_core.progress import Progress
+from diffusion_core.serving import progress
+from diffusion_core.serving.progress import Progress
 
 
 def test_a_quick_task_prints_nothing():

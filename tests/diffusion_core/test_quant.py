@@ -1,4 +1,4 @@
-"""Packed weights (diffusion_core.quant): each kernel against the dequantized fp32 matmul, the Q4_K
+"""Packed weights (diffusion_core.network.quant): each kernel against the dequantized fp32 matmul, the Q4_K
 regrouping against the gguf package's dequantizer, and whole models decoded on packed weights
 against the uncached reference of the same packed model.
 
@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_core import quant
-from diffusion_core.engine import Engine, HoleSpec
+from diffusion_core.network import quant
+from diffusion_core.generation.engine import Engine, HoleSpec
 from diffusion_core.errors import CoreError
-from diffusion_core.loader import load_model
-from diffusion_core.params import FillParams
+from diffusion_core.loading.loader import load_model
+from diffusion_core.generation.params import FillParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
 from gguf_fixtures import DEFAULT_TYPES, make_gguf  # noqa: E402

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from diffusion_core.engine import Engine, HoleSpec
+from diffusion_core.generation.engine import Engine, HoleSpec
 from diffusion_core.errors import FillCancelled
-from diffusion_core.layout import full_mask
-from diffusion_core.params import FillParams
-from diffusion_core.sampler import choose, trim
+from diffusion_core.tokens.layout import full_mask
+from diffusion_core.generation.params import FillParams
+from diffusion_core.generation.sampler import choose, trim
 from tests.checkpoints.reference_sampler import denoise_reference
 
 from .fakes import FakePredictor

@@ -3,11 +3,11 @@ the uncached full forward and the packed step; compiled CUDA graphs against eage
 import pytest
 import torch
 
-from diffusion_core.engine import Engine, HoleSpec
-from diffusion_core.layout import full_mask
-from diffusion_core.model import capacity_bucket
-from diffusion_core.params import FillParams
-from diffusion_core.static_step import StaticSteps, region_bucket
+from diffusion_core.generation.engine import Engine, HoleSpec
+from diffusion_core.tokens.layout import full_mask
+from diffusion_core.network.model import capacity_bucket
+from diffusion_core.generation.params import FillParams
+from diffusion_core.generation.static_step import StaticSteps, region_bucket
 
 PREFIX = "import os\n\ndef main(argv):\n    path = os.path.join(argv[0], 'x')\n    "
 SUFFIX = "\n    return 0\n\n\nclass Point:\n    def __init__(self, x, y):\n        self.x = x\n"

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_core.engine import Engine, HoleSpec
+from diffusion_core.generation.engine import Engine, HoleSpec
 from diffusion_core.errors import CoreError
-from diffusion_core.model import Transformer
-from diffusion_core.params import FillParams
-from diffusion_core.sampler import bracket_stop, step_cap, stop_point
+from diffusion_core.network.model import Transformer
+from diffusion_core.generation.params import FillParams
+from diffusion_core.generation.sampler import bracket_stop, step_cap, stop_point
 
 from .fakes import FakePredictor
 

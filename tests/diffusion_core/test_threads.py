@@ -1,4 +1,4 @@
-"""The engine's thread count per kind of work (diffusion_core.threads): the cheaper count
+"""The engine's thread count per kind of work (diffusion_core.generation.threads): the cheaper count
 wins, the other is retried the less often the dearer it measured, a change of load is
 followed, a fixed count is kept; and the engine really runs each kind at the count chosen."""
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_core import threads as T
-from diffusion_core.engine import FillParams, HoleSpec
+from diffusion_core.generation import threads as T
+from diffusion_core.generation.engine import FillParams, HoleSpec
 
 
 class Machine:

@@ -5,9 +5,9 @@ import random
 import pytest
 import torch
 
-from diffusion_core.draft_adapter import AdapterSpec, MaskAdapter, load_adapter, read_spec
+from diffusion_core.generation.draft_adapter import AdapterSpec, MaskAdapter, load_adapter, read_spec
 from diffusion_core.errors import CoreError
-from diffusion_core.model import Transformer
+from diffusion_core.network.model import Transformer
 from evaluation.tiny_model import tiny_config
 from training.draft import block_mask, chain_length, clean_pass, mask_pass
 
@@ -49,7 +49,7 @@ def test_clean_rows_are_the_base_exactly_and_mask_rows_change():
 
 
 def test_on_packed_weights_clean_rows_stay_the_packed_base_exactly():
-    from diffusion_core import quant
+    from diffusion_core.network import quant
 
     m = tiny()
     rest = quant.install(m, quant.pack_state(dict(m.state_dict()), "int4"))
@@ -137,7 +137,7 @@ def test_training_run_saves_resumes_and_keeps_the_best(tmp_path):
     pytest.importorskip("transformers")
     from test_causal import make_causal_lm
 
-    from diffusion_core.loader import load_model
+    from diffusion_core.loading.loader import load_model
     from training.draft import DraftConfig, train
 
     corpus = tmp_path / "corpus"
@@ -174,9 +174,9 @@ def load_file_tensors(path):
 
 
 def test_packaged_adapters_attach_only_to_their_own_base(tmp_path, monkeypatch, capsys):
-    """A shipped adapter (diffusion_core/adapters/) loads for the base it names, not another;
+    """A shipped adapter (diffusion_core/generation/adapters/) loads for the base it names, not another;
     a damaged one costs the drafts with one line on stderr, not the model."""
-    from diffusion_core import draft_adapter
+    from diffusion_core.generation import draft_adapter
 
     monkeypatch.setattr(draft_adapter, "PACKAGED", tmp_path)
     m = tiny()

@@ -11,9 +11,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
 
-from diffusion_core.draft_adapter import AdapterSpec, MaskAdapter  # noqa: E402
-from diffusion_core.engine import Engine, HoleSpec  # noqa: E402
-from diffusion_core.params import FillParams  # noqa: E402
+from diffusion_core.generation.draft_adapter import AdapterSpec, MaskAdapter  # noqa: E402
+from diffusion_core.generation.engine import Engine, HoleSpec  # noqa: E402
+from diffusion_core.generation.params import FillParams  # noqa: E402
 
 pytest.importorskip("transformers")
 from test_causal import PREFIX, SUFFIX, make_causal_lm, repetitive_prompt  # noqa: E402

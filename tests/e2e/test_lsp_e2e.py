@@ -216,7 +216,7 @@ async def test_two_editors_share_one_core(tmp_path, tiny_init, shared_core):
 
 
 def _base_installed() -> bool:
-    from diffusion_core.base_model import locate
+    from diffusion_core.loading.base_model import locate
     from diffusion_core.errors import CoreError
     try:
         locate()

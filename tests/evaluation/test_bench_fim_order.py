@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from diffusion_core.infill_formats import FIM_ORDER_ENV
+from diffusion_core.tokens.infill_formats import FIM_ORDER_ENV
 from evaluation import bench_fim_order
 from evaluation.tiny_model import make_tiny_model
 from .corpus_fixture import write_corpus

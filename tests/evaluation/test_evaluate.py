@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from evaluation import bench_quality
-from diffusion_core.engine import FillResult, FillStats
+from diffusion_core.generation.engine import FillResult, FillStats
 from evaluation.heldout import load_files, sample_holes
 from evaluation.infilling import load_problems
-from diffusion_core.params import FillParams
+from diffusion_core.generation.params import FillParams
 from evaluation.tiny_model import make_tiny_model
 from lsp_server.pipeline import segments_at
 from lsp_server.settings import ContextSettings, Settings

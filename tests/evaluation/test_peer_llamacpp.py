@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from diffusion_core.errors import CoreError
-from diffusion_core.sampler import stop_point
+from diffusion_core.generation.sampler import stop_point
 from evaluation.peer_llamacpp import (StopRule, fill_text, fim_prompt, joined_gguf, prompt_ids,
                                       take_until_stop)
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion_core import cache_folder, model_cache
+from diffusion_core.loading import cache_folder, model_cache
 from diffusion_core.errors import CoreError
-from diffusion_core.loader import load_model
+from diffusion_core.loading.loader import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
 from gguf_fixtures import make_gguf  # noqa: E402
@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # converted tensor (so the others can meet it half-way), the folder at the end.
 CONVERT = r"""
 import sys, time
-from diffusion_core import lifeline, model_cache
+from diffusion_core.loading import model_cache
+from diffusion_core.serving import lifeline
 lifeline.stop_on_signals()
 def slow(done, total, what):
     print(what.split(" ")[0], flush=True)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from diffusion_core import service
+from diffusion_core.serving import service
 from lsp_server.core_client import CoreClient, CoreState, CoreUnavailable
 from lsp_server.core_process import sweep_stale_private_dirs
 from tests.service.service_fakes import FakeBackend
@@ -132,7 +132,7 @@ def test_private_core_folder_goes_when_its_server_is_killed(tiny_dir, tmp_path):
     # A stand-in for the LSP server: starts a private core, then dies by kill -9.
     parent = subprocess.Popen([sys.executable, "-c", (
         "import subprocess, sys, time\n"
-        f"subprocess.Popen([sys.executable, '-m', 'diffusion_core.service', '--socket', {str(sock)!r}, "
+        f"subprocess.Popen([sys.executable, '-m', 'diffusion_core.serving.service', '--socket', {str(sock)!r}, "
         f"'--model', {str(tiny_dir)!r}, '--device', 'cpu', '--exit-with-parent', '--log-level', 'WARNING'])\n"
         "time.sleep(120)\n")])
     try:

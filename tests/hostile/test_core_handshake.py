@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from diffusion_core import protocol
-from diffusion_core.service import AuthLimiter
+from diffusion_core.serving.service import AuthLimiter
 from lsp_server.core_client import CoreClient
 from tests.service.service_fakes import FakeBackend
 from tests.service.test_service_server import FILL, OPEN, Raw, close_raw_connections, start_server  # noqa: F401

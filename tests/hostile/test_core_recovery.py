@@ -136,10 +136,10 @@ def test_meta_build_skips_initialisers_and_loads_the_same_network(tiny_dir):
     model); what loads is the network the plain meta-device build gives."""
     import torch
 
-    from diffusion_core.config import ModelConfig
-    from diffusion_core.loader import assign_weights, load_model, meta_model
-    from diffusion_core.model import Transformer
-    from diffusion_core.weights import read_tensors, weight_files
+    from diffusion_core.network.config import ModelConfig
+    from diffusion_core.loading.loader import assign_weights, load_model, meta_model
+    from diffusion_core.network.model import Transformer
+    from diffusion_core.loading.weights import read_tensors, weight_files
 
     originals = {name: getattr(torch.nn.init, name) for name in ("uniform_", "normal_", "kaiming_uniform_")}
     cfg = ModelConfig.load(tiny_dir / "config.json")

@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from diffusion_core import protocol
-from diffusion_core.scheduler import Busy, Scheduler
+from diffusion_core.serving.scheduler import Busy, Scheduler
 from lsp_server.core_client import CoreClient, CoreRequestError, CoreState
 from tests.service.service_fakes import FakeBackend
 

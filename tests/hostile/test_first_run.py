@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_core import cache_folder
+from diffusion_core.loading import cache_folder
 from lsp_server.core_client import EVENT_PROGRESS, CoreClient, CoreUnavailable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
@@ -45,7 +45,7 @@ def fresh(tmp_path, monkeypatch):
 
 def _target(path: Path, monkeypatch) -> Path:
     """The folder a core's load of `path` converts into (as the core resolves it)."""
-    from diffusion_core.loader import load_model
+    from diffusion_core.loading.loader import load_model
 
     seen = []
 

@@ -16,7 +16,7 @@ import gguf
 import pytest
 
 from diffusion_core.errors import CoreError
-from diffusion_core.gguf_model import open_gguf, read_gguf
+from diffusion_core.loading.gguf_model import open_gguf, read_gguf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
 from gguf_fixtures import make_gguf  # noqa: E402

@@ -1,9 +1,9 @@
 """A huge fill (issue 17 item 6): the core cuts text to what the context window can hold
 before tokenizing it, so work and memory are bounded by the window, not by the input;
 the prefix cut is aligned so the context cache survives typing."""
-from diffusion_core import textcut
-from diffusion_core.engine import Engine, HoleSpec
-from diffusion_core.params import FillParams
+from diffusion_core.tokens import textcut
+from diffusion_core.generation.engine import Engine, HoleSpec
+from diffusion_core.generation.params import FillParams
 
 
 def test_text_that_fits_is_untouched():

@@ -21,8 +21,9 @@ import threading
 
 import pytest
 
-from diffusion_core import protocol, service
-from diffusion_core.service import ServiceConfig, build_parser, resolve_listen
+from diffusion_core import protocol
+from diffusion_core.serving import service
+from diffusion_core.serving.service import ServiceConfig, build_parser, resolve_listen
 from lsp_server.core_client import CoreClient, CoreUnavailable
 from tests.service.service_fakes import FakeBackend
 from tests.service.test_service_server import FILL, Raw, close_raw_connections, start_server  # noqa: F401

@@ -12,8 +12,8 @@ pytest.importorskip("transformers")
 
 from test_causal import QWEN_SPECIALS, make_causal_lm  # noqa: E402
 
-from diffusion_core.engine import Engine, HoleSpec  # noqa: E402
-from diffusion_core.params import FillParams  # noqa: E402
+from diffusion_core.generation.engine import Engine, HoleSpec  # noqa: E402
+from diffusion_core.generation.params import FillParams  # noqa: E402
 
 
 def test_marker_strings_in_code_stay_text(tmp_path):

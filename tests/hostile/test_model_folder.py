@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from diffusion_core import service
-from diffusion_core.config import ModelConfig
+from diffusion_core.serving import service
+from diffusion_core.network.config import ModelConfig
 from diffusion_core.errors import CoreError
-from diffusion_core.params import FillParams
+from diffusion_core.generation.params import FillParams
 
 BASE = dict(vocab_size=400, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from diffusion_core import lifeline, service
+from diffusion_core.serving import lifeline, service
 from evaluation.bench_hostile import alive, seconds_to_exit, start_editor
 
 T = 60.0
@@ -75,7 +75,7 @@ def test_a_parent_dead_before_the_core_started_is_noticed(tmp_path, capfd):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     t0 = time.monotonic()
-    code = subprocess.run([sys.executable, "-m", "diffusion_core.service", "--socket", str(tmp_path / "c.sock"),
+    code = subprocess.run([sys.executable, "-m", "diffusion_core.serving.service", "--socket", str(tmp_path / "c.sock"),
                            "--model", str(tmp_path / "no-model"), "--parent-pid", str(dead.pid)],
                           capture_output=True, text=True, timeout=T, env={**os.environ,
                                                                           service.LOAD_DELAY_ENV: "30"})

@@ -9,7 +9,7 @@ import asyncio
 import struct
 
 from diffusion_core import protocol
-from diffusion_core.service import MAX_PARTIAL_FRAME_BYTES
+from diffusion_core.serving.service import MAX_PARTIAL_FRAME_BYTES
 from lsp_server.core_client import CoreClient
 from tests.service.service_fakes import FakeBackend
 from tests.service.test_service_server import FILL, OPEN, Raw, close_raw_connections, start_server  # noqa: F401

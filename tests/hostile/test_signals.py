@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_core import service
+from diffusion_core.serving import service
 from tests.hostile.raw_lsp import ROOT, frame
 
 T = 60.0

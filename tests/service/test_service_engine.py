@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from diffusion_core import protocol
-from diffusion_core.engine import Engine, FillParams, HoleSpec
-from diffusion_core.scheduler import SchedulerConfig
-from diffusion_core.service import CoreServer, EngineBackend, ServiceConfig
+from diffusion_core.generation.engine import Engine, FillParams, HoleSpec
+from diffusion_core.serving.scheduler import SchedulerConfig
+from diffusion_core.serving.service import CoreServer, EngineBackend, ServiceConfig
 from evaluation.tiny_model import make_tiny_model
 from lsp_server.core_client import CoreClient, CoreRequestError, CoreUnavailable
 
@@ -188,7 +188,7 @@ def test_private_core_exits_with_its_parent(tiny_model, tmp_path):
 
     sock = tmp_path / "core.sock"
     parent = subprocess.Popen(
-        ["sh", "-c", f'"{sys.executable}" -m diffusion_core.service --socket {sock} --model {tiny_model} '
+        ["sh", "-c", f'"{sys.executable}" -m diffusion_core.serving.service --socket {sock} --model {tiny_model} '
                      f'--device cpu --exit-with-parent --threads 1 2>/dev/null & echo $!; wait'],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ROOT})
     core_pid = int(parent.stdout.readline())

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from diffusion_core import protocol
-from diffusion_core.service import CoreServer, ServiceConfig
+from diffusion_core.serving.service import CoreServer, ServiceConfig
 from tests.service.frame_decoder import FrameDecoder
 from tests.service.service_fakes import FakeBackend
 

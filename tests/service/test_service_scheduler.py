@@ -9,7 +9,7 @@ import time
 import pytest
 
 from diffusion_core import protocol
-from diffusion_core.scheduler import Busy, Scheduler, SchedulerConfig
+from diffusion_core.serving.scheduler import Busy, Scheduler, SchedulerConfig
 from tests.service.service_fakes import FakeBackend, expected_texts
 
 TIMEOUT = 10.0

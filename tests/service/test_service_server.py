@@ -11,8 +11,8 @@ import stat
 import pytest
 
 from diffusion_core import protocol
-from diffusion_core.scheduler import SchedulerConfig
-from diffusion_core.service import CoreServer, ServiceConfig, main
+from diffusion_core.serving.scheduler import SchedulerConfig
+from diffusion_core.serving.service import CoreServer, ServiceConfig, main
 from lsp_server.core_client import CoreClient, CoreRequestError, CoreUnavailable
 from tests.service.service_fakes import FakeBackend, expected_texts
 
@@ -350,7 +350,7 @@ async def test_shutdown_method_stops_the_server(tmp_path):
 
 
 def test_loopback_tcp_without_token_generates_one(tmp_path, monkeypatch):
-    from diffusion_core.service import build_parser, resolve_listen, write_token
+    from diffusion_core.serving.service import build_parser, resolve_listen, write_token
 
     monkeypatch.delenv(protocol.TOKEN_ENV, raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion_core.config import DEFAULT_SPECIAL_TOKENS
-from diffusion_core.layout import full_mask
-from diffusion_core.tokenizer import Tokenizer
+from diffusion_core.network.config import DEFAULT_SPECIAL_TOKENS
+from diffusion_core.tokens.layout import full_mask
+from diffusion_core.tokens.tokenizer import Tokenizer
 from training import corpus
 from training.bpe import train_bpe
 from training.objective import (EDITOR_BUDGETS, MAX_TRAIN_HOLE_TOKENS, batch_mask, collate, hole_budget, loss_fn,
@@ -180,11 +180,11 @@ def test_a_few_steps_lower_the_loss_and_resume_continues(tmp_path, tok_path):
     train(TrainConfig(**base, max_steps=6), log=logs.append)
     assert "from step 3" in logs[-1] or any("from step 3" in m for m in logs)
     assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["step"] == 6
-    from diffusion_core.engine import Engine, HoleSpec
+    from diffusion_core.generation.engine import Engine, HoleSpec
     res = Engine.load(tmp_path / "run" / "model", "cpu").fill(["def f():\n    return ", "\n"], [HoleSpec(4)])
     assert len(res.texts) == 1
     from training.ship import ship
-    from diffusion_core.loader import load_model
+    from diffusion_core.loading.loader import load_model
     total = ship(tmp_path / "run", tmp_path / "shipped")
     shipped = load_model(tmp_path / "shipped", "cpu")
     trained = load_model(tmp_path / "run" / "model", "cpu")

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .errors import CoreError
-from .quant import PACKED_MODULES
+from diffusion_core.errors import CoreError
+from diffusion_core.network.quant import PACKED_MODULES
 
 PACKAGED = Path(__file__).parent / "adapters"  # shipped adapters, one per base they were trained on
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

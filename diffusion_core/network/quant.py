@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import CoreError
-from .protocol import WEIGHTS_SCHEMES
+from diffusion_core.errors import CoreError
+from diffusion_core.protocol import WEIGHTS_SCHEMES
 
 GROUP_SIZE = 32  # int4 group: one Q4_K sub-block; g64/g128 ran 1.4x slower at one row here (docs/benchmarks.md)
 N_ALIGN = 16  # the int4 kernel packs output rows in sixteens; other counts are padded with zero rows

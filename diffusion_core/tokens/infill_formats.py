@@ -34,8 +34,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .config import ModelConfig
-from .errors import CoreError
+from diffusion_core.errors import CoreError
+from diffusion_core.network.config import ModelConfig
 from .layout import Layout, build_natural_framed
 from .tokenizer import SpecialIds, Tokenizer
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import torch
 
+from diffusion_core.network.model import Segment
+from diffusion_core.tokens.layout import Layout, full_mask, logit_source
+from diffusion_core.tokens.tokenizer import Heal
 from .fill_types import FillResult, FillStats, HoleSpec
 from .job import JobBase, JobEnv, StepRows
-from .layout import Layout, full_mask, logit_source
-from .model import Segment
 from .params import FillParams
 from .sampler import HoleState, commit_hole, resize_holes, restrict, step_cap, stop_point, trim
-from .tokenizer import Heal
 
 CACHE_ROOM = 16  # slots past the sequence a step's cache reserves
 

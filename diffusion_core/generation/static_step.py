@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from .model import KVCache, Transformer, pow2_bucket
+from diffusion_core.network.model import KVCache, Transformer, pow2_bucket
 
 MIN_REGION_ROWS = 16
 MAX_COMPILED_BUCKETS = 8  # more distinct shapes than this run eagerly rather than recompile without end

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import torch
 
+from diffusion_core.network.model import KVCache, Segment, Transformer
+from diffusion_core.tokens.layout import attention_mask
 from .context_store import ContextStore, Slot
 from .fill_types import FillResult, FillStats, StepInfo
-from .layout import attention_mask
-from .model import KVCache, Segment, Transformer
 
 if TYPE_CHECKING:  # annotations only
     from .draft_adapter import MaskAdapter
-    from .tokenizer import Tokenizer
+    from diffusion_core.tokens.tokenizer import Tokenizer
 
 ENCODE_CHUNK = 1024  # context tokens per forward when encoding (bounds the [T, S] mask)
 ENCODE_ROOM = 512  # slots reserved past an encoded chunk: room for the hole region's scratch rows

@@ -15,9 +15,9 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from .engine import Engine, FillParams, HoleSpec, StepInfo
-from .errors import CoreError
-from .protocol import STOP_KEYS
+from diffusion_core.errors import CoreError
+from diffusion_core.generation.engine import Engine, FillParams, HoleSpec, StepInfo
+from diffusion_core.protocol import STOP_KEYS
 
 
 class LocalCore:

@@ -23,11 +23,11 @@ import gguf
 import numpy as np
 import torch
 
-from .config import ModelConfig
-from .errors import CoreError
+from diffusion_core.errors import CoreError
+from diffusion_core.network.config import ModelConfig
+from diffusion_core.tokens.infill_formats import CAUSAL_EOS_TOKEN as EOS_TOKEN
+from diffusion_core.tokens.infill_formats import CAUSAL_MASK_TOKEN, CAUSAL_MAX_CONTEXT, FILE_SEP_TOKEN, FIM_TOKENS
 from .gguf_header import BoundedReader
-from .infill_formats import CAUSAL_EOS_TOKEN as EOS_TOKEN
-from .infill_formats import CAUSAL_MASK_TOKEN, CAUSAL_MAX_CONTEXT, FILE_SEP_TOKEN, FIM_TOKENS
 
 # The FIM tokens (infill_formats.FIM_TOKENS) are found by name in tokenizer.ggml.tokens; a
 # file that carries tokenizer.ggml.fim_*_token_id wins (see special_names).
@@ -380,7 +380,7 @@ class GGUFTensors:
         A Q4_K tensor asked for as int4 is regrouped straight from its blocks (`quant.pack_q4_k`);
         every other one is dequantized to float32 first and quantized from that.
         """
-        from . import quant
+        from diffusion_core.network import quant
 
         src = source_name(self.reader)
         for t in self.reader.tensors:
@@ -448,7 +448,7 @@ class GGUFModel:
 
     def check_complete(self) -> None:
         """Every tensor our Transformer has is in the file (before a long conversion starts)."""
-        from .model import Transformer
+        from diffusion_core.network.model import Transformer
 
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in Transformer(self.config).state_dict().items()}

@@ -20,21 +20,22 @@ from typing import Callable
 
 import torch
 
-from .errors import CoreError, FillCancelled
-from .fill_types import FillResult, FillStats, HoleSpec, StepInfo  # noqa: F401 (the engine contract names them here)
-from . import draft_adapter, infill_formats, textcut
-from .base_model import load_base
+from diffusion_core.errors import CoreError, FillCancelled
+from diffusion_core.loading.base_model import load_base
+from diffusion_core.loading.loader import LoadedModel, load_model
+from diffusion_core.loading.model_cache import read_provenance
+from diffusion_core.tokens import infill_formats, textcut
+from diffusion_core.tokens.layout import Layout, build_diffill, fit_context
+from diffusion_core.tokens.tokenizer import Heal
+from . import draft_adapter
 from .causal import CausalJob
 from .context_store import CONTEXT_STORE_SIZE, ContextStore  # noqa: F401 (bench_context_reuse reads the size here)
 from .diffusion_job import DiffusionJob
+from .fill_types import FillResult, FillStats, HoleSpec, StepInfo  # noqa: F401 (the engine contract names them here)
 from .job import ENCODE_CHUNK, Job, JobEnv, StepRows, WarmJob
-from .layout import Layout, build_diffill, fit_context
-from .loader import LoadedModel, load_model
-from .model_cache import read_provenance
 from .params import CAUSAL_ONLY, MAX_BUDGET, FillParams
 from .static_step import StaticSteps
 from .threads import ThreadChoice
-from .tokenizer import Heal
 
 # Context tokens one scheduler step (and one forward) encodes on a CPU: a long cold encode
 # is cut into steps of this size, so a cancel (the user typed on) or a newer request waits
@@ -330,7 +331,7 @@ class Engine:
         return logits, [len(p.rows) for p in plans]
 
     def set_threads(self, threads: int | None) -> None:
-        """CPU threads for torch (``diffusion_core.threads``): 0 chooses per kind of work by
+        """CPU threads for torch (``diffusion_core.generation.threads``): 0 chooses per kind of work by
         measurement (what ``diffill fill``, ``core`` and ``lsp`` run with), N > 0 always N,
         None leaves torch's setting alone (the default: library callers and tests)."""
         if threads is None or self.device.type != "cpu":

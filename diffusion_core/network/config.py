@@ -5,7 +5,7 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from .errors import CoreError
+from diffusion_core.errors import CoreError
 
 # Names of the special tokens our own layout needs, looked up in tokenizer.json.
 DEFAULT_SPECIAL_TOKENS = {

@@ -1,7 +1,7 @@
 """What a fill request and its answer are: HoleSpec, StepInfo, FillStats, FillResult.
 
 Owns the plain dataclasses the engine and the causal job both build and return (the
-engine contract in docs/architecture.md names them from ``diffusion_core.engine``, which
+engine contract in docs/architecture.md names them from ``diffusion_core.generation.engine``, which
 re-exports them). A module of its own so ``engine`` and ``causal`` share them without
 importing each other. Must not know tensors or the request lifecycle.
 """

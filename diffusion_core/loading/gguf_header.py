@@ -27,7 +27,7 @@ import gguf
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from .errors import CoreError
+from diffusion_core.errors import CoreError
 
 MAX_KV = 1 << 16  # llama.cpp files carry ~20-60 keys
 MAX_TENSORS = 1 << 16  # a 0.5B model has 290; the largest open models a few thousand

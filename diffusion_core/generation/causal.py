@@ -48,14 +48,14 @@ import math
 
 import torch
 
-from . import infill_formats
+from diffusion_core.network.model import Segment
+from diffusion_core.tokens import infill_formats
+from diffusion_core.tokens.layout import attention_mask, fit_context
+from diffusion_core.tokens.tokenizer import Heal
 from .fill_types import FillResult, FillStats, HoleSpec
 from .job import JobBase, JobEnv, StepRows
-from .layout import attention_mask, fit_context
-from .model import Segment
 from .params import FillParams
 from .sampler import restrict, sample_tokens, step_cap, stop_point
-from .tokenizer import Heal
 
 # Drafts per forward. Verifying them is cheap where a forward is bound by reading the weights
 # (a GPU); on a CPU extra rows are not free, which is why "auto" is "ar" there

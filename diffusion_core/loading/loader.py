@@ -19,12 +19,12 @@ import torch
 from safetensors.torch import save_file
 from torch.overrides import TorchFunctionMode
 
-from . import quant
+from diffusion_core.errors import CoreError
+from diffusion_core.network import quant
+from diffusion_core.network.config import ModelConfig
+from diffusion_core.network.model import Transformer
+from diffusion_core.tokens.tokenizer import Tokenizer
 from .checkpoints import converter_for
-from .config import ModelConfig
-from .errors import CoreError
-from .model import Transformer
-from .tokenizer import Tokenizer
 from .weights import INDEX_NAME, SINGLE_NAME, read_tensors, untranspose, weight_files  # noqa: F401 (re-exported)
 
 SHARD_BYTES = 15 * 1024 * 1024  # one safetensors file at most; larger models get an index

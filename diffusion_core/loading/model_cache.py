@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from diffusion_core.errors import CoreError
 from . import cache_folder
-from .errors import CoreError
 from .gguf_model import Progress, read_gguf
 from .weights import TRANSPOSED_SUFFIX, save_aligned
 
@@ -157,7 +157,7 @@ def model_dir(digest: str, dtype: torch.dtype = CACHE_DTYPE, scheme: str = "floa
     """models/<sha256>[-float32-t] for dense copies; models/<sha256>-<scheme>-<layout fingerprint>
     for packed ones (the int4 layout is blocked for the CPU that packed it: `quant.layout_fingerprint`)."""
     if scheme != "float32":
-        from .quant import layout_fingerprint
+        from diffusion_core.network.quant import layout_fingerprint
 
         return cache_root() / MODELS_DIR_NAME / f"{digest}-{scheme}-{layout_fingerprint()}"
     return cache_root() / MODELS_DIR_NAME / (digest + (FLOAT32_SUFFIX if dtype == torch.float32 else ""))
@@ -222,7 +222,7 @@ def _write_packed(parts: list[Path], folder: Path, provenance: dict, progress: P
     Shards are flushed past CACHE_SHARD_BYTES of packed entries, so a conversion holds one
     shard and the tensor being converted (the float32 head: 545 MB) in memory.
     """
-    from .quant import tensor_format
+    from diffusion_core.network.quant import tensor_format
 
     model = read_gguf(parts)
     cfg, tensors = model.config, model.tensors

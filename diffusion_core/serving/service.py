@@ -3,7 +3,7 @@
 Owns: the listening socket (Unix 0600 or TCP with a token), per-connection read loops
 and bounded write queues, the hello handshake, dispatch of hello/fill/cancel/status/
 shutdown, the adapter from the engine contract to the scheduler, and ``main`` (what
-``diffill core`` and ``python -m diffusion_core.service`` run).
+``diffill core`` and ``python -m diffusion_core.serving.service`` run).
 
 Must not know: LSP, documents, grammars. Tensors stay behind the engine; scheduling
 (batching, fairness, the queue bound) lives in ``scheduler``; the wire format in
@@ -33,8 +33,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusion_core import lifeline, protocol
-from diffusion_core.scheduler import Busy, EngineFailed, Outcome, Scheduler, SchedulerConfig, Ticket
+from diffusion_core import protocol
+from . import lifeline
+from .scheduler import Busy, EngineFailed, Outcome, Scheduler, SchedulerConfig, Ticket
 
 log = logging.getLogger("diffill.core")
 
@@ -84,14 +85,14 @@ class ServiceConfig:
 
 
 class EngineBackend:
-    """Adapter from the engine contract (diffusion_core.engine) to what the server needs."""
+    """Adapter from the engine contract (diffusion_core.generation.engine) to what the server needs."""
 
     def __init__(self, engine: Any):
         self.engine = engine
 
     def prepare(self, fill: protocol.FillRequest) -> tuple:
         """Validate on the event loop (cheap); raises CoreError for bad params."""
-        from diffusion_core.engine import FillParams, HoleSpec
+        from diffusion_core.generation.engine import FillParams, HoleSpec
 
         stops = fill.stops or [{}] * len(fill.budgets)
         holes = [HoleSpec(budget=b, **s) for b, s in zip(fill.budgets, stops)]
@@ -99,7 +100,7 @@ class EngineBackend:
 
     def prepare_warm(self, warm: protocol.FillRequest) -> tuple:
         """A warm request's arguments for Engine.warm, checked on the event loop."""
-        from diffusion_core.engine import FillParams
+        from diffusion_core.generation.engine import FillParams
 
         return ("warm", warm.segments, warm.budgets[0], FillParams.from_dict(warm.params))
 
@@ -123,7 +124,7 @@ class EngineBackend:
         return dict(self.engine.info())
 
     def threads(self) -> dict | None:
-        """The engine's thread choice and its measured costs (diffusion_core.threads)."""
+        """The engine's thread choice and its measured costs (diffusion_core.generation.threads)."""
         choice = getattr(self.engine, "threads", None)
         return choice.summary() if choice is not None else None
 
@@ -652,7 +653,7 @@ def warm_up(engine: Any) -> None:
     fresh core, so their outputs are the same). It touches every weight page of the
     memory-mapped model in this process and runs each kernel once: a restarted core's
     first fill was ~0.3 s slower than its second (evaluation/bench_core_start.py)."""
-    from diffusion_core.engine import HoleSpec
+    from diffusion_core.generation.engine import HoleSpec
 
     engine.fill(list(WARM_UP_SEGMENTS), [HoleSpec(budget=1)])
     engine.forget_contexts()
@@ -860,12 +861,12 @@ def _run(args: argparse.Namespace, address: protocol.Address, token: str | None,
         batched=not args.no_batch))
     try:
         log.info("loading the model %s", args.model or "(default)")
-        from diffusion_core.engine import Engine
+        from diffusion_core.generation.engine import Engine
 
         _debug_load_delay()
         backend = EngineBackend(Engine.load(model_dir=args.model, device=args.device,
                                             progress=_load_reporter() if args.load_progress else None, weights=args.weights))
-        backend.engine.set_threads(args.threads)  # diffusion_core/threads.py
+        backend.engine.set_threads(args.threads)  # diffusion_core/generation/threads.py
         if args.warm_up:
             warm_up(backend.engine)
     except Exception as exc:

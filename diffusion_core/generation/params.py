@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from .errors import CoreError
-from .protocol import MAX_HOLE_TOKENS
+from diffusion_core.errors import CoreError
+from diffusion_core.protocol import MAX_HOLE_TOKENS
 
 # "ar" and "lossless" are for the causal layout (a pretrained AR coder, see `causal`):
 # "ar" commits the model's greedy next token once per forward (AR-exact); "lossless"

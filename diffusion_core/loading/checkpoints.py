@@ -29,9 +29,9 @@ from typing import Callable
 
 import torch
 
-from .config import ModelConfig, read_json
-from .errors import CoreError
-from .infill_formats import CAUSAL_EOS_TOKEN, CAUSAL_MASK_TOKEN, CAUSAL_MAX_CONTEXT, FIM_TOKENS
+from diffusion_core.errors import CoreError
+from diffusion_core.network.config import ModelConfig, read_json
+from diffusion_core.tokens.infill_formats import CAUSAL_EOS_TOKEN, CAUSAL_MASK_TOKEN, CAUSAL_MAX_CONTEXT, FIM_TOKENS
 from .weights import read_tensors, weight_files
 
 log = logging.getLogger(__name__)

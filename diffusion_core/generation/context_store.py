@@ -19,8 +19,8 @@ from typing import Callable
 
 import torch
 
+from diffusion_core.network.model import KVCache
 from .fill_types import FillStats
-from .model import KVCache
 
 CONTEXT_STORE_SIZE = 4  # slots kept for reuse across requests (one per recent document)
 # Scratch room a claimed slot's cache gets past the context it will hold (decode steps' rows).

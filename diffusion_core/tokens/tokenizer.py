@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
 
-from .errors import CoreError
+from diffusion_core.errors import CoreError
 
 log = logging.getLogger(__name__)
 
