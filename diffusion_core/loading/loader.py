@@ -25,6 +25,7 @@ from diffusion_core.network.config import ModelConfig
 from diffusion_core.network.model import Transformer
 from diffusion_core.tokens.tokenizer import Tokenizer
 from .checkpoints import converter_for
+from .model_cache import cache_dtype, gguf_folder
 from .weights import INDEX_NAME, SINGLE_NAME, read_tensors, untranspose, weight_files  # noqa: F401 (re-exported)
 
 SHARD_BYTES = 15 * 1024 * 1024  # one safetensors file at most; larger models get an index
@@ -167,8 +168,6 @@ def load_model(folder: str | Path | None = None, device: str = "auto", dtype: to
     dtype = dtype or default_dtype(dev)
     scheme = quant.resolve_scheme(weights, dev)
     if folder.suffix.lower() == GGUF_SUFFIX and not folder.is_dir():
-        from .model_cache import cache_dtype, gguf_folder  # imports gguf_model, which needs none of this module
-
         folder = gguf_folder(folder, progress, cache_dtype(dtype), scheme)
     elif weights == "auto":
         scheme = "float32"

@@ -30,8 +30,9 @@ import torch
 from safetensors.torch import save_file
 
 from diffusion_core.errors import CoreError
+from diffusion_core.network import quant
 from . import cache_folder
-from .gguf_model import Progress, read_gguf
+from .gguf_model import Progress, open_gguf, our_name, read_gguf, read_tensors_info
 from .weights import TRANSPOSED_SUFFIX, save_aligned
 
 log = logging.getLogger(__name__)
@@ -157,9 +158,7 @@ def model_dir(digest: str, dtype: torch.dtype = CACHE_DTYPE, scheme: str = "floa
     """models/<sha256>[-float32-t] for dense copies; models/<sha256>-<scheme>-<layout fingerprint>
     for packed ones (the int4 layout is blocked for the CPU that packed it: `quant.layout_fingerprint`)."""
     if scheme != "float32":
-        from diffusion_core.network.quant import layout_fingerprint
-
-        return cache_root() / MODELS_DIR_NAME / f"{digest}-{scheme}-{layout_fingerprint()}"
+        return cache_root() / MODELS_DIR_NAME / f"{digest}-{scheme}-{quant.layout_fingerprint()}"
     return cache_root() / MODELS_DIR_NAME / (digest + (FLOAT32_SUFFIX if dtype == torch.float32 else ""))
 
 
@@ -182,8 +181,6 @@ def _shard_plan(shapes: dict[str, tuple[int, ...]], order: list[str], dtype: tor
 def _write_converted(parts: list[Path], folder: Path, provenance: dict, progress: Progress | None,
                      dtype: torch.dtype) -> None:
     """Convert the GGUF into `folder` (a fresh temporary directory)."""
-    from .gguf_model import our_name
-
     model = read_gguf(parts)
     cfg, tensors = model.config, model.tensors
     src = str(parts[0])
@@ -222,8 +219,6 @@ def _write_packed(parts: list[Path], folder: Path, provenance: dict, progress: P
     Shards are flushed past CACHE_SHARD_BYTES of packed entries, so a conversion holds one
     shard and the tensor being converted (the float32 head: 545 MB) in memory.
     """
-    from diffusion_core.network.quant import tensor_format
-
     model = read_gguf(parts)
     cfg, tensors = model.config, model.tensors
     weight_map: dict[str, str] = {}
@@ -240,7 +235,7 @@ def _write_packed(parts: list[Path], folder: Path, provenance: dict, progress: P
         pending.clear()
         size = 0
 
-    fmt_of = lambda name, shape, kind: tensor_format(scheme, name, shape, kind)  # noqa: E731
+    fmt_of = lambda name, shape, kind: quant.tensor_format(scheme, name, shape, kind)  # noqa: E731
     for name, entries, nbytes in tensors.packed(cfg, fmt_of):
         n = sum(v.numel() * v.element_size() for v in entries.values())
         if pending and size + n > CACHE_SHARD_BYTES:
@@ -287,8 +282,6 @@ def _ready(target: Path, progress: Progress | None) -> bool:
 def _output_bytes(parts: list[Path], item: int) -> int:
     """What a conversion writes at most: every tensor at `item` bytes per element. Bounded by
     the file: the reader refuses tensor ranges that overlap or leave it (gguf_header)."""
-    from .gguf_model import open_gguf, read_tensors_info
-
     info = read_tensors_info(open_gguf(parts))
     total = 0
     for shape in info.shapes.values():

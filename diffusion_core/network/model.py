@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .quant import logical_numel
 
 
 class RMSNorm(nn.Module):
@@ -303,8 +304,7 @@ class Transformer(nn.Module):
         return self.lm_head(self.norm(x))
 
     def num_parameters(self) -> int:
-        from .quant import logical_numel  # packed modules hold their weights as buffers
-
+        # packed modules hold their weights as buffers, not parameters
         tied = self.config.tie_word_embeddings  # a packed tied head is a second copy, not more weights
         packed = sum(logical_numel(m) for name, m in self.named_modules() if not (tied and name == "lm_head"))
         return sum(p.numel() for p in self.parameters()) + packed

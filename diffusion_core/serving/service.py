@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diffusion_core import protocol
+from diffusion_core.errors import FillCancelled
 from . import lifeline
 from .scheduler import Busy, EngineFailed, Outcome, Scheduler, SchedulerConfig, Ticket
 
@@ -92,6 +93,8 @@ class EngineBackend:
 
     def prepare(self, fill: protocol.FillRequest) -> tuple:
         """Validate on the event loop (cheap); raises CoreError for bad params."""
+        # Lazy, as every engine import in this module: the engine imports torch, which the service
+        # does without until it loads a model (tests/service runs it on fake backends, without torch).
         from diffusion_core.generation.engine import FillParams, HoleSpec
 
         stops = fill.stops or [{}] * len(fill.budgets)
@@ -100,7 +103,7 @@ class EngineBackend:
 
     def prepare_warm(self, warm: protocol.FillRequest) -> tuple:
         """A warm request's arguments for Engine.warm, checked on the event loop."""
-        from diffusion_core.generation.engine import FillParams
+        from diffusion_core.generation.engine import FillParams  # lazy: torch (prepare)
 
         return ("warm", warm.segments, warm.budgets[0], FillParams.from_dict(warm.params))
 
@@ -116,8 +119,6 @@ class EngineBackend:
 
     def drop(self, job: Any) -> None:
         """A cancelled job: ended now, its encoded context kept in the engine's store."""
-        from diffusion_core.errors import FillCancelled
-
         job.finish(FillCancelled())
 
     def info(self) -> dict:
@@ -653,7 +654,7 @@ def warm_up(engine: Any) -> None:
     fresh core, so their outputs are the same). It touches every weight page of the
     memory-mapped model in this process and runs each kernel once: a restarted core's
     first fill was ~0.3 s slower than its second (evaluation/bench_core_start.py)."""
-    from diffusion_core.generation.engine import HoleSpec
+    from diffusion_core.generation.engine import HoleSpec  # lazy: torch (EngineBackend.prepare)
 
     engine.fill(list(WARM_UP_SEGMENTS), [HoleSpec(budget=1)])
     engine.forget_contexts()
@@ -861,7 +862,7 @@ def _run(args: argparse.Namespace, address: protocol.Address, token: str | None,
         batched=not args.no_batch))
     try:
         log.info("loading the model %s", args.model or "(default)")
-        from diffusion_core.generation.engine import Engine
+        from diffusion_core.generation.engine import Engine  # lazy: torch, imported once the model loads
 
         _debug_load_delay()
         backend = EngineBackend(Engine.load(model_dir=args.model, device=args.device,
