@@ -1,5 +1,5 @@
-"""The packages keep their rules (docs/architecture.md): who may import whom, no cycles,
-and the language server runs with torch impossible to import.
+"""The packages keep their rules (docs/architecture.md): who may import whom, diffusion_core's
+rooms each below the next, no cycles, and the language server runs with torch impossible to import.
 
 Imports are read from the source (every ``import``, at module level or inside a
 function, since a lazy import still runs), so a rule cannot be dodged by importing late;
@@ -41,6 +41,15 @@ ALLOWED = {"lsp_server": ("diffusion_core.protocol", "diffusion_core")}
 # module -> names it may import against its package's rule. bench_hostile drives a real
 # `diffill lsp` with the hostile suite's raw LSP client (so it runs from a checkout only).
 EXCEPTIONS: dict[str, tuple[str, ...]] = {"evaluation.bench_hostile": ("tests.hostile.raw_lsp",)}
+
+# diffusion_core's rooms, lowest first (diffusion_core/__init__.py): a room may import the
+# rooms before it and the two top-level modules, never a room after it; the top-level
+# modules (protocol, errors) import no room.
+ROOMS = ("network", "tokens", "loading", "generation", "serving")
+CORE_TOP = ("__init__.py", "protocol.py", "errors.py")
+# room -> the only modules of the rooms below it that it may import: serving reaches the
+# model through the engine contract alone.
+ROOM_DOORS = {"serving": ("diffusion_core.generation.engine",)}
 
 
 def module_name(path: Path) -> str:
@@ -112,6 +121,40 @@ def test_diffusion_core_holds_no_benchmark_fixture_or_training_module():
                for node in ast.parse(p.read_text(encoding="utf-8")).body
                if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
     assert not {n for n in defined if n.endswith("_reference") or n == "FrameDecoder"}
+
+
+def room_of(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if parts[0] == "diffusion_core" and len(parts) > 1 and parts[1] in ROOMS else None
+
+
+def test_each_room_of_diffusion_core_imports_only_the_rooms_below_it():
+    bad = []
+    for mod, (path, names) in sources().items():
+        if not _under(mod, "diffusion_core"):
+            continue
+        here = room_of(mod)
+        rank = ROOMS.index(here) if here else -1
+        for name in sorted(names):
+            there = room_of(name)
+            if there is None or there == here:
+                continue
+            if ROOMS.index(there) > rank:
+                bad.append(f"{path.relative_to(ROOT)} imports {name}: {there}/ is not below {here + '/' if here else 'a top-level module'}")
+            elif here in ROOM_DOORS and name != f"diffusion_core.{there}" and not any(
+                    _under(name, door) for door in ROOM_DOORS[here]):
+                bad.append(f"{path.relative_to(ROOT)} imports {name}: {here}/ may import only {ROOM_DOORS[here]}")
+    assert not bad, "\n".join(bad)
+
+
+def test_every_diffusion_core_module_lives_in_a_room():
+    """Only protocol and errors stay at the top; the rooms are the packages under it, and a
+    room's __init__ imports nothing (callers import the real module paths)."""
+    core = ROOT / "diffusion_core"
+    assert {p.name for p in core.glob("*.py")} == set(CORE_TOP)
+    assert {p.name for p in core.iterdir() if (p / "__init__.py").is_file()} == set(ROOMS)
+    assert not [room for room in ROOMS if imported(core / room / "__init__.py")]
+    assert not imported(core / "__init__.py")
 
 
 def test_protocol_imports_only_the_standard_library_and_msgpack():
