@@ -18,6 +18,7 @@ from typing import Callable
 from diffusion_core.errors import CoreError
 from diffusion_core.generation.engine import Engine, FillParams, HoleSpec, StepInfo
 from diffusion_core.protocol import STOP_KEYS
+from diffusion_core.serving.scheduler import release_memory
 
 
 class LocalCore:
@@ -59,6 +60,7 @@ class LocalCore:
         self.fills += 1
         stats = res.stats.as_dict()
         stats["core_ms"] = (time.perf_counter() - t0) * 1000
+        release_memory()  # idle until the next call, as a core's engine is when its queue empties
         return {"texts": list(res.texts), "stats": stats}
 
     async def status(self) -> dict:

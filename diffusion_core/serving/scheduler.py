@@ -108,18 +108,46 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
+    """Give freed memory back: CUDA's cached blocks, and on glibc the heap's free pages.
+
+    Why the heap: a core's private memory grew over a long session although the context
+    store is bounded (docs/benchmarks.md, "The core's memory over a long session"): glibc
+    keeps the pages of freed tensors of every size a request needed; ``malloc_trim``
+    returns them to the OS. Called when the engine goes idle and after an out-of-memory
+    error, never between two steps of a request."""
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS, Windows)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return getattr(libc, "malloc_trim", None)
+
+
+_malloc_trim = _find_malloc_trim()
 
 
 class Scheduler:
     """Thread-safe front (submit/cancel from any thread); the engine runs on its own thread."""
 
     def __init__(self, backend: Backend, config: SchedulerConfig | None = None,
-                 on_failure: Callable[[str], None] | None = None):
+                 on_failure: Callable[[str], None] | None = None,
+                 on_idle: Callable[[], None] = release_memory):
         self.backend = backend
+        # Called on the engine thread each time it runs out of work (see release_memory).
+        self.on_idle = on_idle
         self.config = config or SchedulerConfig()
         self._cond = threading.Condition()
         self._waiting: dict[Any, collections.deque[Ticket]] = {}  # client -> FIFO, insertion order = turn order
@@ -278,7 +306,14 @@ class Scheduler:
             self._engine_failed(exc)
 
     def _loop(self) -> None:
+        worked = False
         while True:
+            with self._cond:
+                idle_now = worked and not (self._stopping or self._waiting or self._active or self._idle)
+            if idle_now:
+                # Outside the lock: a request arriving meanwhile is queued and begun after it.
+                worked = False
+                self.on_idle()
             with self._cond:
                 while not self._stopping and not self._waiting and not self._active and not self._idle:
                     self._cond.wait()
@@ -290,6 +325,7 @@ class Scheduler:
             for ticket in self._admitted:
                 self._begin(ticket)
                 self.last_work = time.monotonic()
+                worked = True
             self._admitted = []
             with self._cond:
                 self._drop_cancelled_locked()
@@ -298,6 +334,7 @@ class Scheduler:
             if batch:
                 self._step(batch)
                 self.last_work = time.monotonic()
+                worked = True
 
     def _engine_failed(self, exc: BaseException) -> None:
         """The engine thread dies of an exception no per-request handler took (issue 22:
@@ -401,7 +438,7 @@ class Scheduler:
         if name == "FillCancelled":
             return Outcome(code=protocol.E_CANCELLED, message="request cancelled")
         if is_out_of_memory(exc):
-            _release_memory()
+            release_memory()
             return Outcome(code=protocol.E_OUT_OF_MEMORY, message=f"out of memory on this request: {protocol.one_line(exc)}")
         if isinstance(exc, ValueError):  # CoreError is a ValueError: the user's input is at fault
             return Outcome(code=protocol.E_INVALID_PARAMS, message=protocol.one_line(exc))

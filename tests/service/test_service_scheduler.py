@@ -281,3 +281,33 @@ def test_a_closed_connection_cancels_its_warm_ups_too():
         assert sched.snapshot()["warming"] == 0 and sched.snapshot()["active"] == 0
     finally:
         sched.stop()
+
+
+def test_memory_is_released_each_time_the_engine_runs_out_of_work_never_between_steps():
+    backend = FakeBackend()
+    seen = []  # work left (active + waiting tickets) at each release
+    sched = Scheduler(backend, on_idle=lambda: seen.append(len(sched._active) + sum(map(len, sched._waiting.values()))))
+    got = Collector()
+    for i in range(3):
+        sched.submit("a", prepared(f"r{i}", steps=3), got.cb(f"r{i}"))
+    sched.start()
+    got.wait(3)
+    deadline = time.monotonic() + TIMEOUT
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [0]  # once, after the last step, with nothing left to do
+    sched.submit("a", prepared("later", steps=2), got.cb("later"))
+    got.wait(4)
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # an idle engine does not release again and again
+    assert seen == [0, 0]
+    sched.stop()
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_glibc_heap_trim_is_found_and_runs():
+    from diffusion_core.serving import scheduler
+
+    assert scheduler._malloc_trim is not None
+    scheduler.release_memory()  # returns; the heap's free pages go back to the OS
