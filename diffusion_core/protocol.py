@@ -52,7 +52,7 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_HOLE_TOKENS = 1024
 
 # What a core's matmuls run on (`diffusion_core.network.quant`): a private core's --weights, the
-# editor's model.weights setting and `diffill fill --weights`. "auto": packed int4/int8 on a
+# editor's model.weights setting and `diffill fill --weights`. "auto": packed int8 per channel on a
 # CPU, dense bf16 on a GPU; "float32": the weights dequantized exactly (the reference).
 WEIGHTS_SCHEMES = ("auto", "int4", "int8", "float32")
 

